@@ -1,0 +1,1 @@
+"""The checkpoint engine: universal sharded format, asynchronous multi-tier save, reshard-on-restore."""

@@ -1,0 +1,89 @@
+"""The `elastra` console script.
+
+Each subcommand is owned by the package that implements it and is imported only when invoked, so that
+`elastra --help` stays fast and `elastra operator` never loads torch. A subcommand module exposes
+`main(argv: list[str]) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Subcommand:
+    """One `elastra <name>` entry."""
+
+    name: str
+    """What the user types."""
+    module: str
+    """Module whose `main(argv)` runs it."""
+    help: str
+    """One line for `elastra --help`."""
+
+
+SUBCOMMANDS: tuple[Subcommand, ...] = (
+    Subcommand(
+        "local", "localcluster.cli", "run a single-machine Kubernetes stand-in (up, node, status, down)"
+    ),
+    Subcommand(
+        "ckpt",
+        "elastra.checkpoint.cli",
+        "inspect, verify and consolidate checkpoints (ls, inspect, verify, consolidate)",
+    ),
+    Subcommand(
+        "operator", "elastra_operator.cli", "run the TrainingJob operator against the current kubeconfig"
+    ),
+    Subcommand(
+        "crds",
+        "elastra_operator.crdgen",
+        "generate the CRD manifests from the pydantic models in elastra.api",
+    ),
+    Subcommand("demo", "elastra.demo", "run the main job end to end on localcluster and write a report"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="elastra",
+        description="Elastra: checkpoint-aware elastic PyTorch training on Kubernetes.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in SUBCOMMANDS:
+        p = sub.add_parser(command.name, help=command.help, add_help=False)
+        p.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.version:
+        from elastra import __version__
+
+        print(__version__)
+        return 0
+    if ns.command is None:
+        parser.print_help()
+        return 2
+    command = next(c for c in SUBCOMMANDS if c.name == ns.command)
+    try:
+        module = importlib.import_module(command.module)
+    except ModuleNotFoundError as exc:
+        print(
+            f"elastra {command.name}: not available in this installation ({exc.name} is missing). "
+            f"Install the extra that provides it, e.g. `pip install 'elastra[operator,trainer,local]'`.",
+            file=sys.stderr,
+        )
+        return 3
+    rc: int = module.main(list(ns.args))
+    return rc
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""The operator ↔ pod agent protocol (docs/protocol.md), as pydantic models.
+
+The operator writes `Membership` into the ConfigMap `<job>-membership` (key `membership.json`). Each
+pod agent writes `AgentReport` (annotation `elastra.dev/agent`) and, on the pod of global rank 0,
+`CommitReport` (annotation `elastra.dev/commit`) on its own pod. All three are JSON with camelCase keys.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Annotated, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+PROTOCOL_VERSION = 1
+"""Bumped on any incompatible change to the models below."""
+
+MEMBERSHIP_KEY = "membership.json"
+"""Key of the membership record inside its ConfigMap."""
+AGENT_ANNOTATION = "elastra.dev/agent"
+"""Pod annotation holding the agent's `AgentReport`."""
+COMMIT_ANNOTATION = "elastra.dev/commit"
+"""Pod annotation holding the newest `CommitReport` (written by the pod of global rank 0)."""
+JOB_LABEL = "elastra.dev/job"
+"""Label on every object that belongs to a TrainingJob."""
+ROLE_LABEL = "elastra.dev/role"
+"""Label naming what an object is for (`worker`)."""
+
+
+def membership_configmap_name(job: str) -> str:
+    """Name of the ConfigMap carrying a job's membership record."""
+    return f"{job}-membership"
+
+
+class _Wire(BaseModel):
+    """JSON on the wire: camelCase keys, unknown keys kept out, values validated."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+    def to_json(self) -> str:
+        """Serialize with the wire (camelCase) names."""
+        return self.model_dump_json(by_alias=True)
+
+
+class MembershipPhase(enum.StrEnum):
+    """What the agents of a generation are told to do."""
+
+    RUN = "Run"
+    """Start, or keep running, the workers of this generation."""
+    HOLD = "Hold"
+    """Stop the workers and wait (below min replicas, or suspended)."""
+    DONE = "Done"
+    """The job finished; agents exit with their workers' status."""
+
+
+class Member(_Wire):
+    """One pod of a generation and the ranks it runs."""
+
+    pod: str
+    """Pod name."""
+    node: str
+    """Node the pod runs on."""
+    pod_ip: Annotated[str, Field(alias="podIP")]
+    """The pod's IP (rank 0's is the master address)."""
+    rank_start: Annotated[int, Field(ge=0)]
+    """Global rank of this pod's first worker."""
+    nprocs: Annotated[int, Field(ge=1)]
+    """Workers in this pod; they take ranks `rank_start … rank_start + nprocs - 1`."""
+
+
+class RestorePoint(_Wire):
+    """The committed checkpoint a generation restores."""
+
+    checkpoint: str
+    """Name of the Checkpoint object."""
+    step: Annotated[int, Field(ge=0)]
+    """Training step the checkpoint was taken at."""
+    uri: str
+    """URI of the checkpoint's step directory (`s3://…/step-N` or a path)."""
+
+
+class CheckpointRequest(_Wire):
+    """An out-of-interval checkpoint the operator wants (planned shrink, grow, suspend)."""
+
+    id: str
+    """Unique id; agents echo it in `AgentReport.ack_request` once their workers saw it."""
+    reason: str
+    """Why: `ScaleUp`, `ScaleDown`, `Suspend`, `Drain`, `User`."""
+    requested_at: dt.datetime
+    """When the operator asked."""
+
+
+class Membership(_Wire):
+    """The membership record of one generation."""
+
+    protocol: int = PROTOCOL_VERSION
+    """Protocol version of the writer."""
+    generation: Annotated[int, Field(ge=0)]
+    """Grows by one on every membership change; world size and ranks never change within one."""
+    phase: MembershipPhase
+    """What the listed members do."""
+    world_size: Annotated[int, Field(ge=0)]
+    """Total ranks of this generation."""
+    nproc_per_pod: Annotated[int, Field(ge=1)] = 1
+    """Workers per pod."""
+    master_addr: str = ""
+    """Address of global rank 0's pod."""
+    master_port: Annotated[int, Field(ge=0, le=65535)] = 29500
+    """Rendezvous port for torch.distributed's TCP store."""
+    members: tuple[Member, ...] = ()
+    """Pods of the generation, ordered by `rank_start`."""
+    restore: RestorePoint | None = None
+    """Checkpoint every rank restores; None for a fresh start."""
+    checkpoint_request: CheckpointRequest | None = None
+    """An out-of-interval checkpoint wanted now, if any."""
+
+    @model_validator(mode="after")
+    def _ranks_tile_the_world(self) -> Self:
+        expected = 0
+        for member in sorted(self.members, key=lambda m: m.rank_start):
+            if member.rank_start != expected:
+                raise ValueError(
+                    f"member {member.pod} starts at rank {member.rank_start}, expected {expected}: "
+                    "rank ranges must tile 0..worldSize-1 without gaps or overlaps"
+                )
+            expected += member.nprocs
+        if self.members and expected != self.world_size:
+            raise ValueError(f"members hold {expected} ranks but worldSize is {self.world_size}")
+        if len({m.pod for m in self.members}) != len(self.members):
+            raise ValueError("a pod is listed twice")
+        return self
+
+    def member(self, pod: str) -> Member | None:
+        """The entry for `pod`, or None when it is not in this generation."""
+        return next((m for m in self.members if m.pod == pod), None)
+
+
+class AgentState(enum.StrEnum):
+    """What a pod agent reports about its workers."""
+
+    WAITING = "Waiting"
+    RESTORING = "Restoring"
+    RUNNING = "Running"
+    FAILED = "Failed"
+    SUCCEEDED = "Succeeded"
+    STOPPED = "Stopped"
+
+
+class AgentReport(_Wire):
+    """A pod agent's view of its workers, on its own pod's annotation."""
+
+    generation: Annotated[int, Field(ge=0)]
+    """The generation the report is about."""
+    state: AgentState
+    """State of the pod's workers in that generation."""
+    step: Annotated[int, Field(ge=0)] | None = None
+    """Last step any local worker completed."""
+    exit_code: int | None = None
+    """First non-zero worker exit code (Failed), or 0 (Succeeded)."""
+    reason: str | None = None
+    """Human-readable cause of a failure."""
+    ack_request: str | None = None
+    """Id of the newest checkpoint request the workers have seen."""
+    time: dt.datetime
+    """When the agent wrote this."""
+
+
+class CommitReport(_Wire):
+    """One committed checkpoint, as reported by the pod of global rank 0."""
+
+    step: Annotated[int, Field(ge=0)]
+    """Training step of the checkpoint."""
+    uri: str
+    """URI of the committed step directory in the durable tier."""
+    tiers: tuple[str, ...]
+    """Tiers that hold the whole checkpoint (`local`, `s3`)."""
+    bytes: Annotated[int, Field(ge=0)]
+    """Total payload bytes."""
+    manifest_digest: str
+    """`sha256:<hex>` of the manifest."""
+    world_size: Annotated[int, Field(ge=1)]
+    """World size at save time."""
+    format_version: Annotated[int, Field(ge=1)]
+    """Checkpoint format version (docs/format.md)."""
+    generation: Annotated[int, Field(ge=0)]
+    """Generation that wrote it."""
+    stall_seconds: Annotated[float, Field(ge=0)] = 0.0
+    """Time the save blocked the training loop on rank 0."""
+    commit_seconds: Annotated[float, Field(ge=0)] = 0.0
+    """Time from `save()` to the manifest being committed."""
+    request_id: str | None = None
+    """The checkpoint request this save answered, if any."""
+    time: dt.datetime
+    """When the manifest was committed."""

@@ -62,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    if argv and argv[0] in {c.name for c in SUBCOMMANDS}:
+        # argparse's REMAINDER drops a subcommand's leading `--flags`: hand them over verbatim.
+        ns = argparse.Namespace(version=False, command=argv[0], args=argv[1:])
+    else:
+        ns = parser.parse_args(argv)
     if ns.version:
         from elastra import __version__
 

@@ -1,0 +1,331 @@
+"""One process of the checkpoint benchmark: a gloo rank that saves, restores, or measures the floors.
+
+`benchmarks/checkpoint.py` starts these as fresh processes (one group per method, so peak RSS figures
+do not mix) and reads the JSON each writes. Run by hand only for debugging:
+
+    python benchmarks/_checkpoint_worker.py --role save --method dcp_save --rank 0 --world 2 ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.tensor import DTensor, Shard
+
+COLUMNS = 1024
+"""Every tensor of the synthetic state is [rows, COLUMNS] float32, sharded by rows over the ranks."""
+LAYERS = 4
+ENTRIES = ("weight", "exp_avg", "exp_avg_sq")
+"""Per layer: a parameter and its two AdamW moments, as an optimizer-carrying state dict has."""
+VALUE_MODULUS = 65521
+"""Base values are (global element index mod this prime) + tensor index: exact in float32, and a
+resharding bug (wrong offset) shows as a mismatch."""
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One tensor of the synthetic state."""
+
+    name: str
+    """State-dict key."""
+    index: int
+    """Position in the state; added to the base values so tensors differ."""
+    global_rows: int
+    """Rows of the full (unsharded) tensor."""
+
+
+def state_layout(state_bytes_per_rank: int, world: int) -> list[TensorSpec]:
+    """The tensors of a state holding about `state_bytes_per_rank` bytes on each of `world` ranks (pure)."""
+    count = LAYERS * len(ENTRIES)
+    rows_per_rank = max(1, state_bytes_per_rank // (count * COLUMNS * 4))
+    names = [f"layers.{layer}.{entry}" for layer in range(LAYERS) for entry in ENTRIES]
+    return [TensorSpec(name=n, index=i, global_rows=rows_per_rank * world) for i, n in enumerate(names)]
+
+
+def base_values(spec: TensorSpec, row_start: int, rows: int) -> torch.Tensor:
+    """The base values of rows [row_start, row_start + rows) of `spec`."""
+    first = row_start * COLUMNS
+    flat = torch.arange(first, first + rows * COLUMNS, dtype=torch.int64).remainder_(VALUE_MODULUS)
+    return flat.to(torch.float32).add_(spec.index).view(rows, COLUMNS)
+
+
+def build_state(
+    layout: list[TensorSpec], mesh: DeviceMesh, rank: int, world: int, *, empty: bool
+) -> dict[str, DTensor]:
+    """This rank's shard of every tensor, a DTensor sharded by rows; zeros when `empty` (restore target)."""
+    state: dict[str, DTensor] = {}
+    for spec in layout:
+        rows = spec.global_rows // world
+        local = torch.zeros(rows, COLUMNS) if empty else base_values(spec, rank * rows, rows)
+        state[spec.name] = DTensor.from_local(
+            local,
+            mesh,
+            [Shard(0)],
+            run_check=False,
+            shape=torch.Size([spec.global_rows, COLUMNS]),
+            stride=(COLUMNS, 1),
+        )
+    return state
+
+
+def rss_bytes() -> int:
+    return int(psutil.Process().memory_info().rss)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set (Linux reports ru_maxrss in KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def evict_from_page_cache(root: pathlib.Path) -> int:
+    """fsync then posix_fadvise(DONTNEED) every file under `root`, so the next read comes from disk.
+
+    DONTNEED drops only clean pages, hence the fsync first. Returns the bytes of the files evicted.
+    """
+    total = 0
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            total += os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+    return total
+
+
+def fsync_path(path: pathlib.Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------ save
+
+
+def make_saver(method: str, root: pathlib.Path, rank: int) -> Callable[[int, dict[str, DTensor]], Any]:
+    """A function that starts one save of `method` and returns a waiter for its durability.
+
+    save(step, state) blocks the "training loop" for exactly as long as the method does; the waiter
+    it returns blocks until the checkpoint is durable (fsynced).
+    """
+    if method == "torch_save":
+
+        def save_torch(step: int, state: dict[str, DTensor]) -> Callable[[], None]:
+            path = root / f"step-{step}" / f"rank-{rank}.pt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({k: v.to_local() for k, v in state.items()}, path)
+            # torch.save does not fsync; the durable time adds the fsync a careful caller would do.
+            return lambda: fsync_path(path)
+
+        return save_torch
+    if method == "dcp_save":
+
+        def save_dcp(step: int, state: dict[str, DTensor]) -> Callable[[], None]:
+            # FileSystemWriter's default sync_files=True fsyncs every file before save() returns.
+            dcp.save(state, checkpoint_id=str(root / f"step-{step}"))
+            return lambda: None
+
+        return save_dcp
+    if method == "dcp_async_save":
+
+        def save_dcp_async(step: int, state: dict[str, DTensor]) -> Callable[[], None]:
+            response = dcp.async_save(state, checkpoint_id=str(root / f"step-{step}"))
+            future = getattr(response, "upload_completion", response)
+            return future.result
+
+        return save_dcp_async
+    if method == "elastra":
+        from elastra.checkpoint import Checkpointer
+
+        checkpointer = Checkpointer(str(root), local_dir=None, keep=3, process_group=None)
+
+        def save_elastra(step: int, state: dict[str, DTensor]) -> Callable[[], None]:
+            handle = checkpointer.save(step, state)
+            return handle.wait
+
+        save_elastra.checkpointer = checkpointer  # type: ignore[attr-defined]
+        return save_elastra
+    raise ValueError(f"unknown method {method!r}")
+
+
+def run_saves(args: argparse.Namespace, mesh: DeviceMesh) -> dict[str, Any]:
+    """`args.saves` rounds of: a training step (every value += 1), save, wait until durable."""
+    layout = state_layout(args.state_bytes, args.world)
+    state = build_state(layout, mesh, args.rank, args.world, empty=False)
+    root = pathlib.Path(args.dir)
+    saver = make_saver(args.method, root, args.rank)
+    rss_before = rss_bytes()
+    stalls, durables, rss_after = [], [], []
+    for step in range(1, args.saves + 1):
+        for tensor in state.values():
+            tensor.to_local().add_(1.0)
+        dist.barrier()
+        start = time.perf_counter()
+        wait_durable = saver(step, state)
+        staged = time.perf_counter()
+        wait_durable()
+        durable = time.perf_counter()
+        stalls.append(staged - start)
+        durables.append(durable - start)
+        rss_after.append(rss_bytes())
+        dist.barrier()
+        # Peers keep every step; drop the one before (outside the timed region) to bound the disk.
+        previous = root / f"step-{step - 1}"
+        if args.method != "elastra" and args.rank == 0 and previous.exists():
+            shutil.rmtree(previous)
+    checkpointer = getattr(saver, "checkpointer", None)
+    if checkpointer is not None:
+        checkpointer.wait()
+    dist.barrier()
+    return {
+        "stall_s": stalls,
+        "durable_s": durables,
+        "rss_after_each_save_bytes": rss_after,
+        "rss_before_saves_bytes": rss_before,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "last_step": args.saves,
+    }
+
+
+# --------------------------------------------------------------------------------------- restore
+
+
+def run_restore(args: argparse.Namespace, mesh: DeviceMesh) -> dict[str, Any]:
+    """Restore the newest checkpoint of `args.method` (saved by `args.saved_world` ranks) on this one rank."""
+    saved_layout = state_layout(args.state_bytes, args.saved_world)
+    # torch.load allocates what it reads; the resharding loaders fill a preallocated target in place.
+    state = {} if args.method == "torch_save" else build_state(saved_layout, mesh, 0, 1, empty=True)
+    root = pathlib.Path(args.dir)
+    evicted = evict_from_page_cache(root)
+    step = args.last_step
+    start = time.perf_counter()
+    if args.method == "torch_save":
+        shards = [
+            torch.load(root / f"step-{step}" / f"rank-{r}.pt", weights_only=True)
+            for r in range(args.saved_world)
+        ]
+        restored_step = step
+    elif args.method in ("dcp_save", "dcp_async_save"):
+        dcp.load(state, checkpoint_id=str(root / f"step-{step}"))
+        restored_step = step
+    else:
+        from elastra.checkpoint import Checkpointer
+
+        restored_step = Checkpointer(str(root), local_dir=None, keep=3, process_group=None).load(state)
+    elapsed = time.perf_counter() - start
+    if restored_step != step:
+        raise RuntimeError(f"{args.method}: restored step {restored_step}, expected the newest {step}")
+    for spec in saved_layout:
+        if args.method == "torch_save":
+            rows = spec.global_rows // args.saved_world
+            pieces = [(shard[spec.name], r * rows, rows) for r, shard in enumerate(shards)]
+        else:
+            pieces = [(state[spec.name].to_local(), 0, spec.global_rows)]
+        for got, row_start, rows in pieces:
+            if not torch.equal(got, base_values(spec, row_start, rows).add_(step)):
+                raise RuntimeError(f"{args.method}: restored {spec.name} differs from what was saved")
+    return {"restore_s": elapsed, "peak_rss_bytes": peak_rss_bytes(), "bytes_read": evicted}
+
+
+# ---------------------------------------------------------------------------------------- floors
+
+
+def run_floors(args: argparse.Namespace, mesh: DeviceMesh) -> dict[str, Any]:
+    """memcpy into preallocated buffers; raw sequential write + fsync; raw read (rank 0 reads all files)."""
+    layout = state_layout(args.state_bytes, args.world)
+    locals_ = [t.to_local() for t in build_state(layout, mesh, args.rank, args.world, empty=False).values()]
+    buffers = [torch.empty_like(t) for t in locals_]
+    for buffer, tensor in zip(buffers, locals_, strict=True):
+        buffer.copy_(tensor)  # fault the pages in: "preallocated" means ready to copy into
+    memcpy = []
+    for _ in range(args.saves):
+        dist.barrier()
+        start = time.perf_counter()
+        for buffer, tensor in zip(buffers, locals_, strict=True):
+            buffer.copy_(tensor)
+        memcpy.append(time.perf_counter() - start)
+    del buffers
+    root = pathlib.Path(args.dir)
+    root.mkdir(parents=True, exist_ok=True)
+    mine = root / f"rank-{args.rank}.bin"
+    writes = []
+    for _ in range(args.io_rounds):
+        dist.barrier()
+        start = time.perf_counter()
+        with open(mine, "wb", buffering=0) as out:
+            for tensor in locals_:
+                view = memoryview(tensor.numpy()).cast("B")
+                while view:
+                    view = view[out.write(view) :]
+            os.fsync(out.fileno())
+        writes.append(time.perf_counter() - start)
+    dist.barrier()
+    reads: list[float] = []
+    if args.rank == 0:
+        files = [root / f"rank-{r}.bin" for r in range(args.world)]
+        into = bytearray(max(f.stat().st_size for f in files))
+        into[:] = bytes(len(into))  # fault the pages in
+        for _ in range(args.io_rounds):
+            evict_from_page_cache(root)
+            start = time.perf_counter()
+            for path in files:
+                with open(path, "rb", buffering=0) as source:
+                    view = memoryview(into)
+                    while count := source.readinto(view):
+                        view = view[count:]
+            reads.append(time.perf_counter() - start)
+    dist.barrier()
+    return {"memcpy_s": memcpy, "disk_write_s": writes, "disk_read_s": reads}
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--role", choices=("save", "restore", "floors"), required=True)
+    parser.add_argument("--method", default="floors")
+    parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--world", type=int, required=True)
+    parser.add_argument("--saved-world", type=int, default=2, help="restore: ranks that saved")
+    parser.add_argument("--state-bytes", type=int, required=True, help="state per rank of the saving job")
+    parser.add_argument("--saves", type=int, default=5)
+    parser.add_argument("--io-rounds", type=int, default=3)
+    parser.add_argument("--last-step", type=int, default=0)
+    parser.add_argument("--dir", required=True, help="checkpoint root of this method")
+    parser.add_argument("--result", required=True, help="where this rank writes its JSON")
+    parser.add_argument("--threads", type=int, default=1)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    torch.set_num_threads(args.threads)
+    dist.init_process_group("gloo", rank=args.rank, world_size=args.world)
+    try:
+        mesh = init_device_mesh("cpu", (args.world,))
+        role = {"save": run_saves, "restore": run_restore, "floors": run_floors}[args.role]
+        result = role(args, mesh)
+    finally:
+        dist.destroy_process_group()
+    pathlib.Path(args.result).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""Checkpoint benchmark: Elastra side by side with torch.save, DCP save and DCP async_save, plus floors.
+
+    .venv/bin/python benchmarks/checkpoint.py                 # the recorded run (256 MiB per rank)
+    .venv/bin/python benchmarks/checkpoint.py --state-mb 32   # a quick run; records nothing
+
+One run measures, on the same synthetic state (4 layers x weight + 2 AdamW moments, as DTensors
+sharded by rows over 2 gloo ranks) and the same disk:
+
+- per method, in a fresh 2-rank process group: the stall of each save (median), the time until it is
+  durable (fsynced; median), and the peak RSS of the ranks; for Elastra over 20 saves, with the RSS
+  after each;
+- per method, in a fresh 1-rank process: the restore of the newest checkpoint onto 1 rank (2→1),
+  with the page cache of the checkpoint files evicted first, checked value for value;
+- the floors: memcpy into preallocated buffers, raw sequential write + fsync, raw read.
+
+A full-size run writes benchmarks/results/checkpoint.json and its section of docs/benchmarks.md.
+Exits non-zero when a method failed or Elastra's engine is missing; unmet targets are reported, not
+hidden, and do not fail the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import _report
+
+HERE = pathlib.Path(__file__).resolve().parent
+WORKER = HERE / "_checkpoint_worker.py"
+RESULTS = HERE / "results" / "checkpoint.json"
+DOCS = HERE.parent / "docs" / "benchmarks.md"
+FULL_STATE_MB = 256
+"""The issue asks for at least 256 MB per rank; smaller runs are for development and record nothing."""
+RANKS = 2
+ELASTRA_SAVES = 20
+WORKER_TIMEOUT_S = 600
+
+
+class BenchError(RuntimeError):
+    """A measurement could not be taken; the message says which and why."""
+
+
+def log(message: str) -> None:
+    print(f"[checkpoint] {message}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def launch(role: str, method: str, world: int, work: pathlib.Path, extra: list[str]) -> list[dict[str, Any]]:
+    """Run `world` fresh worker processes of `role` as one gloo group; their JSON results, by rank."""
+    port = free_port()
+    procs, result_paths = [], []
+    for rank in range(world):
+        result = work / f"result-{role}-{method}-{rank}.json"
+        result.unlink(missing_ok=True)
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+        argv = [
+            sys.executable,
+            str(WORKER),
+            f"--role={role}",
+            f"--method={method}",
+            f"--rank={rank}",
+            f"--world={world}",
+            f"--result={result}",
+            f"--threads={max(1, (os.cpu_count() or 1) // RANKS)}",
+            *extra,
+        ]
+        procs.append(subprocess.Popen(argv, env=env, start_new_session=True))
+        result_paths.append(result)
+    deadline = time.monotonic() + WORKER_TIMEOUT_S
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(timeout=max(1.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            for other in procs:
+                other.kill()
+            raise BenchError(f"{role} {method}: ranks did not finish in {WORKER_TIMEOUT_S} s") from None
+    if any(codes):
+        for other in procs:
+            if other.poll() is None:
+                other.kill()
+        raise BenchError(f"{role} {method}: ranks exited with {codes} (their stderr is above)")
+    return [json.loads(path.read_text()) for path in result_paths]
+
+
+def measure_floors(work: pathlib.Path, state_bytes: int, saves: int) -> dict[str, Any]:
+    ranks = launch(
+        "floors",
+        "floors",
+        RANKS,
+        work,
+        [f"--state-bytes={state_bytes}", f"--saves={saves}", f"--dir={work / 'floors'}"],
+    )
+    shutil.rmtree(work / "floors", ignore_errors=True)
+    memcpy = _report.slowest_rank_per_round([r["memcpy_s"] for r in ranks])
+    write = _report.slowest_rank_per_round([r["disk_write_s"] for r in ranks])
+    return {
+        "memcpy_s": _report.median(memcpy),
+        "disk_write_s": _report.median(write),
+        "disk_read_s": _report.median(ranks[0]["disk_read_s"]),
+        "memcpy_samples_s": memcpy,
+        "disk_write_samples_s": write,
+        "disk_read_samples_s": ranks[0]["disk_read_s"],
+        "how": (
+            "memcpy: Tensor.copy_ of each rank's state into prefaulted buffers, both ranks at once; "
+            "write: each rank writes its state bytes to one file and fsyncs, both at once; "
+            "read: one process reads both ranks' files into a prefaulted buffer after fsync + "
+            "posix_fadvise(DONTNEED) evicted them from the page cache"
+        ),
+    }
+
+
+def measure_method(method: str, work: pathlib.Path, state_bytes: int, saves: int) -> dict[str, Any]:
+    root = work / method
+    root.mkdir(parents=True, exist_ok=True)
+    common = [f"--state-bytes={state_bytes}", f"--dir={root}"]
+    ranks = launch("save", method, RANKS, work, [*common, f"--saves={saves}"])
+    stalls = _report.slowest_rank_per_round([r["stall_s"] for r in ranks])
+    durables = _report.slowest_rank_per_round([r["durable_s"] for r in ranks])
+    log(
+        f"  {method}: {saves} saves, stall median {_report.median(stalls):.3f} s, "
+        f"durable median {_report.median(durables):.3f} s; restoring 2→1"
+    )
+    restore = launch(
+        "restore",
+        method,
+        1,
+        work,
+        [*common, f"--saved-world={RANKS}", f"--last-step={ranks[0]['last_step']}"],
+    )[0]
+    shutil.rmtree(root, ignore_errors=True)
+    rss_series = [
+        max(values) for values in zip(*(r["rss_after_each_save_bytes"] for r in ranks), strict=True)
+    ]
+    entry: dict[str, Any] = {
+        "stall_s": _report.median(stalls),
+        "durable_s": _report.median(durables),
+        "restore_s": restore["restore_s"],
+        "peak_rss_bytes": max(r["peak_rss_bytes"] for r in ranks),
+        "restore_peak_rss_bytes": restore["peak_rss_bytes"],
+        "restore_bytes_read": restore["bytes_read"],
+        "rss_before_saves_bytes": max(r["rss_before_saves_bytes"] for r in ranks),
+        "saves": saves,
+        "stall_samples_s": stalls,
+        "durable_samples_s": durables,
+    }
+    if method == "elastra":
+        entry["rss_after_each_save_bytes"] = rss_series
+        entry["rss_growth_bytes"] = _report.rss_growth(rss_series)
+    return entry
+
+
+def elastra_problem() -> str | None:
+    """Why Elastra's engine cannot be benchmarked, or None when its public API is importable."""
+    try:
+        from elastra.checkpoint import Checkpointer  # noqa: F401
+    except ImportError as exc:
+        return f"elastra.checkpoint.Checkpointer is not importable: {exc}"
+    return None
+
+
+def machine() -> dict[str, Any]:
+    import psutil
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = pathlib.Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        models = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        cpu = models[0] if models else cpu
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_bytes": psutil.virtual_memory().total,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "os": platform.platform(),
+        "load_average_at_start": list(os.getloadavg()),
+        "accelerator": "none (CPU only; the CUDA staging path was not measured)",
+    }
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--state-mb",
+        type=int,
+        default=int(os.environ.get("ELASTRA_BENCH_STATE_MB", FULL_STATE_MB)),
+        help=f"MiB of state per rank (default {FULL_STATE_MB}; env ELASTRA_BENCH_STATE_MB)",
+    )
+    parser.add_argument("--saves", type=int, default=5, help="saves per peer method (median over these)")
+    parser.add_argument("--methods", default=",".join(_report.METHODS), help="comma-separated subset")
+    parser.add_argument("--work-dir", default=None, help="scratch directory (default: a temp dir in /tmp)")
+    args = parser.parse_args(argv)
+    if args.saves < 5:
+        parser.error("--saves must be at least 5 (the stall is a median of at least 5 saves)")
+    unknown = set(args.methods.split(",")) - set(_report.METHODS)
+    if unknown:
+        parser.error(f"unknown methods {sorted(unknown)}; choose from {_report.METHODS}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    state_bytes = args.state_mb * _report.MIB
+    full = args.state_mb >= FULL_STATE_MB and args.methods == ",".join(_report.METHODS)
+    work = pathlib.Path(tempfile.mkdtemp(prefix="elastra-bench-", dir=args.work_dir))
+    started = time.monotonic()
+    log(
+        f"{RANKS} ranks x {args.state_mb} MiB of state, scratch {work} "
+        f"({'recorded run' if full else 'development run: records nothing'})"
+    )
+    results: dict[str, Any] = {
+        "methods": {},
+        "floors": {},
+        "state_bytes_per_rank": state_bytes,
+        "ranks": RANKS,
+        "restore": f"{RANKS} ranks -> 1 rank, page cache of the checkpoint evicted first",
+        "machine": machine(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    failures: list[str] = []
+    try:
+        log("floors: memcpy, raw write + fsync, raw read")
+        results["floors"] = measure_floors(work, state_bytes, args.saves)
+        floors = results["floors"]
+        log(
+            f"  memcpy {floors['memcpy_s']:.3f} s, write {floors['disk_write_s']:.3f} s, "
+            f"read {floors['disk_read_s']:.3f} s"
+        )
+        for method in args.methods.split(","):
+            if method == "elastra" and (problem := elastra_problem()) is not None:
+                log(f"elastra: MISSING — {problem}")
+                results["methods"]["elastra"] = {"missing": problem}
+                failures.append(f"elastra: {problem}")
+                continue
+            saves = ELASTRA_SAVES if method == "elastra" else args.saves
+            log(f"{method}: saving ({saves} saves)")
+            try:
+                results["methods"][method] = measure_method(method, work, state_bytes, saves)
+            except (BenchError, KeyError, ValueError) as exc:
+                log(f"{method}: FAILED — {exc}")
+                results["methods"][method] = {"failed": str(exc)}
+                failures.append(f"{method}: {exc}")
+                continue
+            entry = results["methods"][method]
+            log(
+                f"  {method}: restore {entry['restore_s']:.3f} s, peak RSS "
+                f"{entry['peak_rss_bytes'] / _report.MIB:.0f} MiB"
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results["elapsed_s"] = round(time.monotonic() - started, 1)
+    table = _report.render_markdown(results)
+    print(table, flush=True)
+    if full:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        document = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+        DOCS.write_text(_report.replace_section(document, "checkpoint", table))
+        log(f"wrote {RESULTS.relative_to(HERE.parent)} and the checkpoint section of docs/benchmarks.md")
+    for failure in failures:
+        log(f"FAILED {failure}")
+    log(f"done in {results['elapsed_s']} s")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

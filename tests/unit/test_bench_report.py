@@ -1,0 +1,244 @@
+"""The checkpoint benchmark's pure helpers: medians, per-round maxima, targets, table, doc sections."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"_bench_test_{name}", BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+report = _load("_report")
+run_all = _load("run_all")
+
+MIB = 1024 * 1024
+
+
+def results(**elastra: Any) -> dict[str, Any]:
+    """A results dict like checkpoint.json: peers and floors fixed, Elastra's figures as given."""
+    return {
+        "methods": {
+            "torch_save": {"stall_s": 2.0, "durable_s": 2.5, "restore_s": 1.5, "peak_rss_bytes": 900 * MIB},
+            "dcp_save": {"stall_s": 2.2, "durable_s": 2.2, "restore_s": 1.2, "peak_rss_bytes": 800 * MIB},
+            "dcp_async_save": {
+                "stall_s": 0.8,
+                "durable_s": 2.4,
+                "restore_s": 1.2,
+                "peak_rss_bytes": 1000 * MIB,
+            },
+            "elastra": elastra,
+        },
+        "floors": {"memcpy_s": 0.1, "disk_write_s": 1.0, "disk_read_s": 1.0},
+        "state_bytes_per_rank": 256 * MIB,
+        "ranks": 2,
+        "machine": {
+            "cpu": "cpu",
+            "cores": 2,
+            "memory_bytes": 24 * 1024 * MIB,
+            "python": "3.11",
+            "torch": "2",
+        },
+        "date": "2026-01-01T00:00:00+00:00",
+    }
+
+
+GOOD_ELASTRA = {
+    "stall_s": 0.15,
+    "durable_s": 1.4,
+    "restore_s": 1.1,
+    "peak_rss_bytes": 700 * MIB,
+    "rss_growth_bytes": 1 * MIB,
+}
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        pytest.param([3.0, 1.0, 2.0], 2.0, id="odd-count-middle-value"),
+        pytest.param([4.0, 1.0, 2.0, 3.0], 2.5, id="even-count-mean-of-middle-two"),
+        pytest.param([0.5], 0.5, id="single-sample"),
+    ],
+)
+def test_median(values: list[float], expected: float) -> None:
+    assert report.median(values) == expected
+
+
+def test_median_of_nothing_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="no measurements"):
+        report.median([])
+
+
+@pytest.mark.parametrize(
+    ("per_rank", "expected"),
+    [
+        pytest.param([[1.0, 5.0], [2.0, 3.0]], [2.0, 5.0], id="slowest-rank-each-round"),
+        pytest.param([[1.0, 2.0, 3.0]], [1.0, 2.0, 3.0], id="one-rank-is-itself"),
+    ],
+)
+def test_slowest_rank_per_round(per_rank: list[list[float]], expected: list[float]) -> None:
+    assert report.slowest_rank_per_round(per_rank) == expected
+
+
+def test_ranks_with_different_round_counts_are_rejected() -> None:
+    with pytest.raises(ValueError, match="different numbers of rounds"):
+        report.slowest_rank_per_round([[1.0, 2.0], [1.0]])
+
+
+@pytest.mark.parametrize(
+    ("series", "expected"),
+    [
+        pytest.param([100, 150, 130], 30, id="last-minus-first"),
+        pytest.param([200, 100], -100, id="shrink-is-negative"),
+    ],
+)
+def test_rss_growth(series: list[int], expected: int) -> None:
+    assert report.rss_growth(series) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "reference", "expected"),
+    [
+        pytest.param(1.0, 4.0, 0.25, id="plain-ratio"),
+        pytest.param(None, 4.0, None, id="missing-value"),
+        pytest.param(1.0, None, None, id="missing-reference"),
+        pytest.param(1.0, 0.0, None, id="zero-reference-is-undecidable"),
+    ],
+)
+def test_ratio(value: float | None, reference: float | None, expected: float | None) -> None:
+    assert report.ratio(value, reference) == expected
+
+
+def verdicts(elastra: dict[str, Any]) -> dict[str, bool | None]:
+    return {t.name: t.met for t in report.evaluate_targets(results(**elastra))}
+
+
+def test_all_targets_met_when_elastra_is_inside_every_limit() -> None:
+    assert set(verdicts(GOOD_ELASTRA).values()) == {True}
+
+
+@pytest.mark.parametrize(
+    ("change", "failing"),
+    [
+        pytest.param(
+            {"stall_s": 0.21},
+            {
+                "stall ≤ 1/4 of DCP async_save's",
+                "stall ≤ 1/10 of torch.save's",
+                "stall ≤ 2x the memcpy floor",
+            },
+            id="stall-over-all-three-limits",
+        ),
+        pytest.param({"stall_s": 0.2}, set(), id="stall-exactly-at-limits-is-met"),
+        pytest.param(
+            {"durable_s": 1.51}, {"durable ≤ 1.5x the raw write of the same bytes"}, id="durable-too-slow"
+        ),
+        pytest.param(
+            {"restore_s": 1.2}, {"N→M restore faster than DCP's load"}, id="restore-tie-is-not-faster"
+        ),
+        pytest.param(
+            {"restore_s": 1.31},
+            {"N→M restore faster than DCP's load", "N→M restore ≤ 1.3x the raw read of the bytes needed"},
+            id="restore-over-read-floor",
+        ),
+        pytest.param(
+            {"rss_growth_bytes": 13 * MIB},
+            {"RSS does not grow across 20 saves (≤ 5% of the state)"},
+            id="rss-growth-over-5-percent",
+        ),
+        pytest.param({"rss_growth_bytes": -50 * MIB}, set(), id="rss-shrink-is-met"),
+    ],
+)
+def test_each_target_fails_on_its_own_figure(change: dict[str, float], failing: set[str]) -> None:
+    got = verdicts({**GOOD_ELASTRA, **change})
+    assert {name for name, met in got.items() if met is False} == failing
+    assert None not in got.values()
+
+
+def test_missing_elastra_is_not_measured_never_met() -> None:
+    assert set(verdicts({"missing": "engine not importable"}).values()) == {None}
+
+
+def test_markdown_shows_ratios_and_verdicts() -> None:
+    table = report.render_markdown(results(**{**GOOD_ELASTRA, "durable_s": 2.0}))
+    elastra_row = next(line for line in table.splitlines() if line.startswith("| elastra |"))
+    assert elastra_row == "| elastra | 0.150 | 2.000 | 1.100 | 700 | 1.50x | 2.00x | 1.10x |"
+    assert (
+        "| durable ≤ 1.5x the raw write of the same bytes | 2.000 s | 1.000 s | 2.00x "
+        "| ≤ 1.5x | **not met** |" in table
+    )
+    assert "256 MiB of state per rank" in table
+
+
+def test_markdown_marks_missing_elastra() -> None:
+    table = report.render_markdown(results(missing="not importable"))
+    assert "| elastra | missing | missing | missing | missing | - | - | - |" in table
+    assert "**not measured**" in table and "| met |" not in table
+
+
+DOC = "# Benchmarks\n\n## localcluster\n<!-- BEGIN localcluster -->\nL\n<!-- END localcluster -->\n"
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        pytest.param(
+            "# B\n<!-- BEGIN checkpoint -->\nold\n<!-- END checkpoint -->\ntail\n",
+            "# B\n<!-- BEGIN checkpoint -->\nnew\n<!-- END checkpoint -->\ntail\n",
+            id="replaces-only-between-markers",
+        ),
+        pytest.param(
+            DOC,
+            DOC + "\n## checkpoint\n\n<!-- BEGIN checkpoint -->\nnew\n<!-- END checkpoint -->\n",
+            id="appends-a-section-when-markers-missing",
+        ),
+        pytest.param(
+            "<!-- BEGIN checkpoint -->\nold\n<!-- END checkpoint -->\n" + DOC,
+            "<!-- BEGIN checkpoint -->\nnew\n<!-- END checkpoint -->\n" + DOC,
+            id="leaves-other-sections-alone",
+        ),
+    ],
+)
+def test_replace_section(document: str, expected: str) -> None:
+    assert report.replace_section(document, "checkpoint", "new\n") == expected
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        pytest.param("<!-- BEGIN checkpoint -->\nonly the start\n", id="lone-begin"),
+        pytest.param("<!-- END checkpoint -->\n<!-- BEGIN checkpoint -->\n", id="markers-reversed"),
+        pytest.param("<!-- BEGIN checkpoint -->\n<!-- END checkpoint -->\n" * 2, id="duplicate-markers"),
+    ],
+)
+def test_replace_section_refuses_damaged_markers(document: str) -> None:
+    with pytest.raises(ValueError, match="checkpoint"):
+        report.replace_section(document, "checkpoint", "new\n")
+
+
+def test_run_all_discovers_known_benchmarks_first_and_skips_helpers(tmp_path: pathlib.Path) -> None:
+    for name in (
+        "_report.py",
+        "_checkpoint_worker.py",
+        "zeta.py",
+        "localcluster.py",
+        "checkpoint.py",
+        "run_all.py",
+        "alpha.py",
+        "notes.md",
+    ):
+        (tmp_path / name).write_text("")
+    assert run_all.discover(tmp_path) == ["checkpoint", "localcluster", "alpha", "zeta"]

@@ -1,1 +1,35 @@
-"""The checkpoint engine: universal sharded format, asynchronous multi-tier save, reshard-on-restore."""
+"""The checkpoint engine: universal sharded format, asynchronous multi-tier save, reshard-on-restore.
+
+```python
+from elastra.checkpoint import Checkpointer
+ckpt = Checkpointer("s3://bucket/prefix", local_dir="/nvme/ckpt", keep=3)
+handle = ckpt.save(step, state)   # returns once staged; handle.wait() blocks until committed
+step = ckpt.load(state)           # newest valid checkpoint, resharded in place to how `state` is sharded now
+```
+The format is described in docs/format.md.
+"""
+
+from __future__ import annotations
+
+from elastra.checkpoint.checkpointer import (
+    CheckpointError,
+    Checkpointer,
+    CheckpointStats,
+    CommitInfo,
+    SaveHandle,
+    latest,
+)
+from elastra.checkpoint.format import FORMAT_VERSION, FormatError
+from elastra.checkpoint.state import Flat
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "CheckpointStats",
+    "Checkpointer",
+    "CommitInfo",
+    "Flat",
+    "FormatError",
+    "SaveHandle",
+    "latest",
+]

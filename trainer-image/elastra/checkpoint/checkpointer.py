@@ -1,0 +1,385 @@
+"""The `Checkpointer`: asynchronous sharded save, commit, retention, and reshard-on-restore.
+
+Save, per rank: agree on a save plan (one small collective on the training thread), **stage** the
+pieces this rank writes into a reusable host buffer (the only blocking part), then on a background
+thread **persist** the shard file to the local tier (tmp, fsync, rename), **upload** it to the durable
+tier, and **commit**: rank 0 gathers every rank's shard index and writes `manifest.json` only when
+every shard is durable. Checkpoint collectives run on two private gloo groups, one used only by the
+training thread and one only by the background thread, so they never interleave with training
+collectives or with each other.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import logging
+import time
+import zlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from elastra.checkpoint import faults
+from elastra.checkpoint.format import (
+    CHUNK_BYTES, FORMAT_VERSION, MANIFEST, FormatError, Fragment, Manifest, TensorEntry, manifest_to_json,
+    shard_header, step_dir,
+)  # fmt: skip
+from elastra.checkpoint.geometry import Box
+from elastra.checkpoint.plan import Piece, RankWrites, SavePlan, checksum_chunks, plan_save
+from elastra.checkpoint.reader import Sources, read_box, read_manifest
+from elastra.checkpoint.retention import apply_retention, committed_steps
+from elastra.checkpoint.staging import StagingBuffer
+from elastra.checkpoint.state import TensorLeaf, split_state, tensor_leaf, walk
+from elastra.storage import S3Options, Storage, StorageError, join_key, open_storage
+
+log = logging.getLogger(__name__)
+
+BUSY_POLICIES = ("wait", "skip")
+
+
+class CheckpointError(RuntimeError):
+    """A save did not commit, or no usable checkpoint could be loaded."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommitInfo:
+    """What a committed save produced (the facts of the pod agent's commit report)."""
+
+    step: int
+    uri: str
+    """The committed step's durable location, `<root>/step-<N>`."""
+    tiers: tuple[str, ...]
+    bytes: int
+    manifest_digest: str
+    world_size: int
+    format_version: int
+    stall_seconds: float
+    """Time `save()` blocked the training loop on this rank."""
+    commit_seconds: float
+    """`save()` called → manifest committed."""
+
+
+class SaveHandle:
+    """One `save()`: staging is done when you hold it; `wait()` blocks until it is committed."""
+
+    def __init__(
+        self, step: int, stall_seconds: float, future: concurrent.futures.Future[CommitInfo] | None
+    ) -> None:
+        self.step = step
+        self.stall_seconds = stall_seconds
+        self.skipped = future is None
+        """True when the save was skipped because the previous one was still in flight (policy `skip`)."""
+        self._future = future
+
+    def done(self) -> bool:
+        return self._future is None or self._future.done()
+
+    def wait(self, timeout: float | None = None) -> CommitInfo | None:
+        """The commit, or None for a skipped save; raises CheckpointError if the save failed."""
+        if self._future is None:
+            return None
+        try:
+            return self._future.result(timeout)
+        except CheckpointError:
+            raise
+        except concurrent.futures.TimeoutError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(f"save of step {self.step} failed: {exc}") from exc
+
+
+@dataclass(kw_only=True, slots=True)
+class CheckpointStats:
+    """Counters for the trainer metrics (see docs/metrics.md)."""
+
+    saves: int = 0
+    """Saves started."""
+    skipped: int = 0
+    """Saves skipped because the previous one was in flight (policy `skip`)."""
+    waited: int = 0
+    """Saves that first waited for the previous one (policy `wait`)."""
+    bytes_by_tier: dict[str, int] = field(default_factory=lambda: {"local": 0, "durable": 0})
+    """Bytes this rank wrote, per tier."""
+    restore_bytes_by_tier: dict[str, int] = field(default_factory=lambda: {"local": 0, "durable": 0})
+    """Bytes the last load read, per tier."""
+    restore_seconds: float = 0.0
+    """Duration of the last load."""
+
+
+def _signature(pieces: list[Piece]) -> str:
+    return hashlib.sha256(json.dumps([p.to_json() for p in pieces]).encode()).hexdigest()
+
+
+class Checkpointer:
+    """Save and load sharded training state under `uri` (`s3://bucket/prefix` or a directory).
+
+    `local_dir`, when given, is a faster node-local tier written first and preferred on restore.
+    `keep` committed checkpoints are kept per tier. `process_group` defaults to the default group when
+    torch.distributed is initialized, else a world of one. Must be constructed on every rank."""
+
+    def __init__(
+        self,
+        uri: str,
+        local_dir: str | None = None,
+        keep: int = 3,
+        process_group: dist.ProcessGroup | None = None,
+        *,
+        busy_policy: str = "wait",
+        s3: S3Options | None = None,
+        timeout_s: float = 600.0,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, got {keep}")
+        if busy_policy not in BUSY_POLICIES:
+            raise ValueError(f"busy_policy must be one of {BUSY_POLICIES}, got {busy_policy!r}")
+        if chunk_bytes < 1 << 10 or chunk_bytes % 16:
+            raise ValueError(f"chunk_bytes must be a multiple of 16 and at least 1 KiB, got {chunk_bytes}")
+        self.uri = uri.rstrip("/") if uri.startswith("s3://") else uri
+        self.keep = keep
+        self.busy_policy = busy_policy
+        self.chunk_bytes = chunk_bytes
+        self.stats = CheckpointStats()
+        self._durable = open_storage(self.uri, s3)
+        self._local: Storage | None = open_storage(local_dir) if local_dir else None
+        self._staging = StagingBuffer()
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="elastra-ckpt")
+        self._inflight: SaveHandle | None = None
+        self._plan_cache: tuple[str, SavePlan] | None = None
+        self._pg = process_group
+        if self._pg is None and dist.is_available() and dist.is_initialized():
+            self._pg = dist.group.WORLD
+        self.rank = dist.get_rank(self._pg) if self._pg is not None else 0
+        self.world_size = dist.get_world_size(self._pg) if self._pg is not None else 1
+        self._retention(drop_newer_uncommitted=True)
+        self._control: Any = None
+        self._commit: Any = None
+        if self._pg is not None and self.world_size > 1:
+            ranks = dist.get_process_group_ranks(self._pg)
+            timeout = timedelta(seconds=timeout_s)
+            self._control = dist.new_group(ranks=ranks, backend="gloo", timeout=timeout)
+            self._commit = dist.new_group(ranks=ranks, backend="gloo", timeout=timeout)
+
+    # ------------------------------------------------------------------ collectives
+    def _all_gather(self, obj: Any, group: Any) -> list[Any]:
+        """Every rank's JSON-able `obj`, exchanged as JSON text (never unpickled from storage)."""
+        text = json.dumps(obj)
+        if group is None:
+            return [json.loads(text)]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, text, group=group)
+        return [json.loads(t) for t in out]
+
+    # ------------------------------------------------------------------ save
+    def save(self, step: int, state: object) -> SaveHandle:
+        """Stage `state` and return; persisting, uploading and committing continue in the background."""
+        started = time.perf_counter()
+        previous = self._inflight
+        busy = previous is not None and not previous.done()
+        if busy and self.busy_policy == "wait":
+            assert previous is not None and previous._future is not None
+            concurrent.futures.wait([previous._future])
+            self.stats.waited += 1
+            busy = False
+        leaves, values = split_state(state)
+        pieces = [Piece(x.path, x.dtype, x.shape, x.layout, x.sharding, x.box) for x in leaves]
+        signature = _signature(pieces)
+        gathered = self._all_gather({"busy": busy, "sig": signature}, self._control)
+        if any(g["busy"] for g in gathered):
+            self.stats.skipped += 1
+            log.info("checkpoint of step %d skipped: the previous save is still in flight", step)
+            return SaveHandle(step, time.perf_counter() - started, None)
+        if self._plan_cache is not None and all(g["sig"] == self._plan_cache[0] for g in gathered):
+            plan = self._plan_cache[1]
+        else:
+            everyone = self._all_gather([p.to_json() for p in pieces], self._control)
+            plan = plan_save([[Piece.from_json(raw) for raw in rank_pieces] for rank_pieces in everyone])
+            self._plan_cache = (signature, plan) if len({g["sig"] for g in gathered}) == 1 else None
+        self.stats.saves += 1
+        faults.crash_point("stage", self.rank)
+        mine = plan.writes[self.rank]
+        by_key = {(x.path, x.box.offsets, x.box.shape): x for x in leaves}
+        staged = self._staging.stage(mine, by_key)
+        stall = time.perf_counter() - started
+        future = self._executor.submit(
+            self._persist_and_commit, step, plan, mine, staged, values, stall, started
+        )
+        handle = SaveHandle(step, stall, future)
+        self._inflight = handle
+        return handle
+
+    def wait(self) -> None:
+        """Block until the in-flight save is committed; raises CheckpointError if it failed."""
+        if self._inflight is not None:
+            self._inflight.wait()
+
+    def _persist_and_commit(
+        self, step: int, plan: SavePlan, mine: RankWrites, staged: memoryview, values: dict[str, Any],
+        stall: float, started: float,
+    ) -> CommitInfo:  # fmt: skip
+        report: dict[str, Any] = {"ok": True, "error": None}
+        key = join_key(step_dir(step), mine.file)
+        try:
+            header = shard_header(
+                [(p.name, p.piece.dtype, p.piece.box.shape, p.piece.nbytes) for p in mine.pieces],
+                {"format": "elastra-checkpoint", "version": str(FORMAT_VERSION), "step": str(step)},
+            )
+            fragments = []
+            for placed in mine.pieces:
+                data = staged[placed.data_offset : placed.data_offset + placed.piece.nbytes]
+                crcs = [zlib.crc32(data[s:e]) for s, e in checksum_chunks(len(data), self.chunk_bytes)]
+                fragments.append([placed.piece.path, len(header) + placed.data_offset, placed.piece.nbytes,
+                                  list(placed.piece.box.offsets), list(placed.piece.box.shape), crcs])  # fmt: skip
+            parts = [memoryview(header), staged]
+            size = len(header) + staged.nbytes
+            faults.crash_point("persist", self.rank)
+            if self._local is not None:
+                self._local.put_parts(key, parts)
+                self.stats.bytes_by_tier["local"] += size
+            faults.crash_point("upload", self.rank)
+            if self._local is not None and hasattr(self._local, "_path"):
+                self._durable.put_file(key, str(self._local._path(key)))
+            else:
+                self._durable.put_parts(key, parts)
+            self.stats.bytes_by_tier["durable"] += size
+            report.update(file=mine.file, size=size, fragments=fragments)
+        except Exception as exc:  # noqa: BLE001 - reported to every rank, then raised
+            log.exception("checkpoint step %d: writing %s failed", step, key)
+            report.update(ok=False, error=f"rank {self.rank}: {exc}")
+        faults.crash_point("commit", self.rank)
+        reports = self._all_gather(report, self._commit)
+        failures = [r["error"] for r in reports if not r["ok"]]
+        if failures:
+            raise CheckpointError(f"step {step} not committed: {'; '.join(failures)}")
+        outcome: dict[str, Any] = {"ok": False, "error": "rank 0 did not commit"}
+        if self.rank == 0:
+            try:
+                manifest = self._manifest(step, plan, reports, values, stall)
+                body = manifest_to_json(manifest)
+                self._durable.put_bytes(join_key(step_dir(step), MANIFEST), body)
+                outcome = {"ok": True, "manifest": body.decode(), "bytes": manifest.nbytes}
+            except Exception as exc:  # noqa: BLE001 - every rank must learn the outcome
+                log.exception("checkpoint step %d: writing the manifest failed", step)
+                outcome = {"ok": False, "error": str(exc)}
+        outcome = self._all_gather(outcome, self._commit)[0]
+        if not outcome["ok"]:
+            raise CheckpointError(f"step {step} not committed: {outcome['error']}")
+        tiers = ["durable"]
+        if self._local is not None:
+            try:
+                self._local.put_bytes(join_key(step_dir(step), MANIFEST), outcome["manifest"].encode())
+                tiers.insert(0, "local")
+            except StorageError as exc:
+                log.warning("checkpoint step %d: local tier manifest not written: %s", step, exc)
+        self._retention(drop_newer_uncommitted=False)
+        return CommitInfo(
+            step=step,
+            uri=f"{self.uri}/{step_dir(step)}",
+            tiers=tuple(tiers),
+            bytes=int(outcome["bytes"]),
+            manifest_digest="sha256:" + hashlib.sha256(outcome["manifest"].encode()).hexdigest(),
+            world_size=self.world_size,
+            format_version=FORMAT_VERSION,
+            stall_seconds=stall,
+            commit_seconds=time.perf_counter() - started,
+        )
+
+    def _manifest(
+        self, step: int, plan: SavePlan, reports: list[dict[str, Any]], values: dict[str, Any], stall: float
+    ) -> Manifest:
+        fragments: dict[str, list[Fragment]] = {path: [] for path in plan.tensors}
+        files = {}
+        for report in reports:
+            files[report["file"]] = report["size"]
+            for path, offset, length, offsets, shape, crcs in report["fragments"]:
+                box = Box(tuple(offsets), tuple(shape))
+                fragments[path].append(Fragment(report["file"], offset, length, box, tuple(crcs)))
+        tensors = {
+            path: TensorEntry(dtype, shape, layout, sharding, tuple(fragments[path]))
+            for path, (dtype, shape, layout, sharding) in plan.tensors.items()
+        }
+        meta = {"writer": "elastra", "created": datetime.now(UTC).isoformat(), "stall_seconds_rank0": stall}
+        return Manifest(step=step, world_size=self.world_size, tensors=tensors, values=values, files=files,
+                        chunk_bytes=self.chunk_bytes, meta=meta)  # fmt: skip
+
+    def _retention(self, drop_newer_uncommitted: bool) -> None:
+        if self._local is not None:
+            apply_retention(self._local, self.keep, drop_newer_uncommitted)
+        if self.rank == 0:
+            try:
+                apply_retention(self._durable, self.keep, drop_newer_uncommitted)
+            except StorageError as exc:
+                log.warning("retention of %s failed: %s", self.uri, exc)
+
+    # ------------------------------------------------------------------ load
+    def load(self, state: object, step: int | None = None) -> int | None:
+        """Restore `state` in place from the newest valid committed checkpoint (or `step`).
+
+        Returns the step restored, or None when there is no committed checkpoint at all. A newest
+        checkpoint that is incomplete or corrupt on any rank is skipped, by all ranks, for the next
+        older one. An explicit `step` that cannot be loaded raises CheckpointError."""
+        started = time.perf_counter()
+        self.wait_quietly()
+        candidates = (
+            [step]
+            if step is not None
+            else sorted((s for s, ok in committed_steps(self._durable).items() if ok), reverse=True)
+        )
+        leaves, _values = split_state(state)
+        for candidate in candidates:
+            error = None
+            try:
+                manifest = read_manifest(self._durable, candidate)
+                sources = Sources(manifest, self._durable, self._local)
+                with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                    restored = [read_box(sources, x.path, x.box, x.layout, pool) for x in leaves]
+            except (FormatError, StorageError, ValueError) as exc:
+                error = f"rank {self.rank}: {exc}"
+            errors = [e for e in self._all_gather(error, self._control) if e]
+            if errors:
+                if step is not None:
+                    raise CheckpointError(f"cannot load {step_dir(candidate)}: {'; '.join(errors)}")
+                log.warning("checkpoint %s is unusable, falling back to an older one: %s",
+                            step_dir(candidate), "; ".join(errors))  # fmt: skip
+                continue
+            self._apply(state, leaves, restored, manifest)
+            self.stats.restore_bytes_by_tier = dict(sources.bytes_by_tier)
+            self.stats.restore_seconds = time.perf_counter() - started
+            return candidate
+        if candidates:
+            raise CheckpointError(f"no usable committed checkpoint under {self.uri} (tried {candidates})")
+        return None
+
+    @staticmethod
+    def _apply(
+        state: object, leaves: list[TensorLeaf], restored: list[torch.Tensor], manifest: Manifest
+    ) -> None:
+        with torch.no_grad():
+            for leaf, data in zip(leaves, restored, strict=True):
+                leaf.local.copy_(data.view(leaf.local.shape))
+        for path, container, key, value in list(walk(state)):
+            if tensor_leaf(path, value) is None and path in manifest.values:
+                container[key] = manifest.values[path]  # type: ignore[index]
+
+    def wait_quietly(self) -> None:
+        """Wait for an in-flight save, logging rather than raising its failure."""
+        try:
+            self.wait()
+        except CheckpointError as exc:
+            log.warning("%s", exc)
+
+    def close(self) -> None:
+        """Wait for the in-flight save and stop the background thread."""
+        self.wait_quietly()
+        self._executor.shutdown(wait=True)
+
+
+def latest(uri: str, s3: S3Options | None = None) -> int | None:
+    """The newest committed step under `uri`, or None."""
+    steps = [s for s, ok in committed_steps(open_storage(uri, s3)).items() if ok]
+    return max(steps) if steps else None

@@ -1,0 +1,128 @@
+"""The file tier: a directory on a local or network file system.
+
+Writes go to a temporary file in the same directory, are fsynced, renamed into place, and the directory
+is fsynced, so a crash leaves either the old state or the complete file (plus a `.tmp-*` leftover that
+retention removes together with its step directory). Reads use `os.pread` of only the bytes asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from elastra.storage.base import NotFoundError, StorageError, check_key
+
+_COPY_CHUNK = 8 << 20
+
+
+class LocalStorage:
+    """A `Storage` rooted at a directory (created on first write)."""
+
+    def __init__(self, root: str) -> None:
+        self.uri = root
+        self._root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        return self._root / check_key(key)
+
+    def _atomic_write(self, key: str, write: object) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as f:
+                write(f)  # type: ignore[operator]
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"writing {path}: {exc}") from exc
+
+    def put_bytes(self, key: str, data: bytes | memoryview) -> None:
+        self._atomic_write(key, lambda f: f.write(data))
+
+    def put_parts(self, key: str, parts: list[memoryview]) -> None:
+        def write(f: object) -> None:
+            for part in parts:
+                f.write(part)  # type: ignore[attr-defined]
+
+        self._atomic_write(key, write)
+
+    def put_file(self, key: str, path: str) -> None:
+        def write(f: object) -> None:
+            with open(path, "rb") as src:
+                shutil.copyfileobj(src, f, _COPY_CHUNK)  # type: ignore[misc]
+
+        self._atomic_write(key, write)
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        if start < 0 or end < start:
+            raise StorageError(f"invalid byte range [{start}, {end}) for {key}")
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"{self._path(key)} does not exist") from exc
+        except OSError as exc:
+            raise StorageError(f"opening {self._path(key)}: {exc}") from exc
+        try:
+            chunks: list[bytes] = []
+            offset = start
+            while offset < end:
+                chunk = os.pread(fd, end - offset, offset)
+                if not chunk:
+                    raise StorageError(f"{self._path(key)}: short read at byte {offset}, wanted up to {end}")
+                chunks.append(chunk)
+                offset += len(chunk)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"{self._path(key)} does not exist") from exc
+        except OSError as exc:
+            raise StorageError(f"reading {self._path(key)}: {exc}") from exc
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list_dirs(self) -> list[str]:
+        if not self._root.is_dir():
+            return []
+        return sorted(p.name for p in self._root.iterdir() if p.is_dir())
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(str(p.relative_to(self._root)) for p in base.rglob("*") if p.is_file())
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"deleting {self._path(key)}: {exc}") from exc
+
+    def delete_prefix(self, prefix: str) -> None:
+        try:
+            shutil.rmtree(self._path(prefix))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageError(f"deleting {self._path(prefix)}: {exc}") from exc

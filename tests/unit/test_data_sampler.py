@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from elastra.data import ReshardableSampler, epoch_permutation, rank_share
+from elastra.data import ReshardableSampler, accumulation_steps, epoch_permutation, rank_share
 
 
 @pytest.mark.parametrize(
@@ -163,3 +163,23 @@ def test_loss_scale_makes_averaged_sum_equal_the_global_mean(world: int) -> None
     batches = [s.next_batch() for s in samplers]
     averaged = sum(b.loss_scale * sum(values[i] for i in b.indices) for b in batches) / world
     assert averaged == pytest.approx(sum(values) / 12)
+
+
+@pytest.mark.parametrize(
+    ("global_batch", "world", "micro", "steps"),
+    [
+        pytest.param(16, 4, 4, 1, id="share-fits"),
+        pytest.param(16, 3, 4, 2, id="largest-share-6-needs-2"),
+        pytest.param(16, 1, 3, 6, id="single-rank-16-in-3s"),
+        pytest.param(4, 4, 8, 1, id="micro-larger-than-share"),
+    ],
+)
+def test_accumulation_steps_agree_across_ranks(global_batch: int, world: int, micro: int, steps: int) -> None:
+    assert accumulation_steps(global_batch, world, micro) == steps
+    samplers = _world(None, world, num_samples=64, global_batch_size=global_batch, seed=2)
+    for sampler in samplers:
+        batch = sampler.next_batch()
+        parts = batch.split(steps)
+        assert len(parts) == steps
+        assert all(len(p) <= micro for p in parts)
+        assert tuple(i for p in parts for i in p) == batch.indices

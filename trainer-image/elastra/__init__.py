@@ -6,6 +6,20 @@ engine (`elastra.checkpoint`) and the session load torch only when used.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "init"]
+
+if TYPE_CHECKING:
+    from elastra.session import init
+
+
+def __getattr__(name: str) -> Any:
+    """`elastra.init` loads the session (and torch) on first use only."""
+    if name == "init":
+        from elastra.session import init
+
+        return init
+    raise AttributeError(f"module 'elastra' has no attribute {name!r}")

@@ -57,6 +57,30 @@ class GlobalBatchSlice:
             raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
         return [self.indices[i : i + micro_batch_size] for i in range(0, len(self.indices), micro_batch_size)]
 
+    def split(self, parts: int) -> list[tuple[int, ...]]:
+        """This rank's indices in exactly `parts` near-equal micro-batches (some may be empty).
+
+        With FSDP every rank must run the same number of forward/backward passes; use
+        `accumulation_steps()` for `parts` so that all ranks agree.
+        """
+        if parts < 1:
+            raise ValueError(f"parts must be >= 1, got {parts}")
+        base, extra = divmod(len(self.indices), parts)
+        out, start = [], 0
+        for part in range(parts):
+            size = base + (1 if part < extra else 0)
+            out.append(self.indices[start : start + size])
+            start += size
+        return out
+
+
+def accumulation_steps(global_batch_size: int, world_size: int, micro_batch_size: int) -> int:
+    """Micro-batches per step, the same on every rank: the largest share cut into `micro_batch_size`. Pure."""
+    if micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+    largest = -(-global_batch_size // world_size)
+    return -(-largest // micro_batch_size)
+
 
 def rank_share(global_batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
     """`(offset, count)` of `rank`'s contiguous share of a global batch. Pure.

@@ -1,0 +1,21 @@
+"""The session API for training scripts: `elastra.init()`, `restore`, `step`, `finish`.
+
+Importing this package imports torch; `import elastra` does not (it exposes `elastra.init` lazily).
+"""
+
+from __future__ import annotations
+
+from elastra.session.config import ConfigError, SessionConfig, from_env, save_due
+from elastra.session.session import EXIT_PEER_LOST, RngState, Session, Stateful, init
+
+__all__ = [
+    "EXIT_PEER_LOST",
+    "ConfigError",
+    "RngState",
+    "Session",
+    "SessionConfig",
+    "Stateful",
+    "from_env",
+    "init",
+    "save_due",
+]

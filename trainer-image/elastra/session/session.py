@@ -1,0 +1,409 @@
+"""The training-loop side of Elastra: process group, restore, interval and requested checkpoints.
+
+Side effects live here (process group, signals, the checkpointer, status files); the decisions they
+follow are the pure functions in `config` and `elastra.data`.
+
+Step numbers: `session.step(step, state)` is called after step `step` ran, so the checkpoint it may
+take holds `step + 1` completed steps and carries that number; `restore()` returns it, which is the
+next step to run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import pathlib
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+import torch.distributed as dist
+
+from elastra.control import (
+    CONTROL_FILE,
+    ControlMessage,
+    FileReader,
+    SaveRecord,
+    WorkerStatus,
+    status_file,
+    write_atomic,
+)
+from elastra.session.config import SessionConfig, from_env, save_due
+
+log = logging.getLogger("elastra.session")
+
+EXIT_PEER_LOST = 75
+"""Exit code of a worker whose collective failed (a peer died or the rendezvous broke)."""
+EXIT_CRASHED = 1
+"""Exit code of a worker whose training code raised."""
+STATUS_INTERVAL_S = 0.5
+"""Least time between two routine status writes; events (saves, commits) write at once."""
+KEPT_SAVES = 16
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """Anything with `state_dict()` / `load_state_dict()`; saved through its state dict."""
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> Any: ...
+
+
+class RngState:
+    """The torch CPU generator as state (replicated: every rank continues from rank 0's state)."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"torch_cpu": torch.get_rng_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        torch.set_rng_state(state["torch_cpu"].to(torch.uint8))
+
+
+def _materialize(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The state with every `Stateful` value replaced by its state dict (top level only)."""
+    return {k: (v.state_dict() if isinstance(v, Stateful) else v) for k, v in state.items()}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True, slots=True)
+class CommitFacts:
+    """What a committed step's manifest says, for the commit report and the byte counters."""
+
+    uri: str
+    tiers: tuple[str, ...]
+    total_bytes: int
+    bytes_by_tier: dict[str, int]
+    """Bytes of this rank's shard file, per tier holding it."""
+    digest: str
+    format_version: int
+
+
+class Session:
+    """One worker's view of an elastic job. Build it with `elastra.init()`."""
+
+    def __init__(self, config: SessionConfig, *, backend: str | None = None) -> None:
+        self.config = config
+        self.rank = config.rank
+        self.world_size = config.world_size
+        self.local_rank = config.local_rank
+        self.generation = config.generation or 0
+        use_cuda = torch.cuda.is_available() and backend != "gloo"
+        self.backend = backend or ("nccl" if use_cuda else "gloo")
+        self.device = torch.device(f"cuda:{config.local_rank}" if self.backend == "nccl" else "cpu")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self._init_process_group()
+        self.checkpointer: Any = None
+        if config.checkpoint_uri:
+            from elastra.checkpoint import Checkpointer
+
+            self.checkpointer = Checkpointer(
+                config.checkpoint_uri, local_dir=config.local_dir, keep=config.keep
+            )
+        self._control = (
+            FileReader(pathlib.Path(config.control_dir) / CONTROL_FILE, ControlMessage)
+            if (config.control_dir)
+            else None
+        )
+        self._lock = threading.Lock()
+        self._terminate = threading.Event()
+        self._agreed_request_time = 0.0
+        self._last_save_time = time.monotonic()
+        self._last_saved_step: int | None = None
+        self._last_step_time: float | None = None
+        self._status = WorkerStatus(rank=self.rank, generation=self.generation)
+        self._saves: deque[SaveRecord] = deque(maxlen=KEPT_SAVES)
+        self._steps_since_status = 0
+        self._seconds_since_status = 0.0
+        self._tokens_since_status = 0
+        self._last_status_write = 0.0
+        self._waiters: list[threading.Thread] = []
+        if config.under_agent:
+            self._install_worker_hooks()
+
+    # ------------------------------------------------------------------ setup
+    def _init_process_group(self) -> None:
+        if dist.is_initialized():
+            return
+        addr, port = self.config.master_addr, self.config.master_port
+        if not addr or not port:
+            addr, port = "127.0.0.1", _free_port()
+        dist.init_process_group(
+            backend=self.backend,
+            init_method=f"tcp://{addr}:{port}",
+            rank=self.rank,
+            world_size=self.world_size,
+            timeout=dt.timedelta(seconds=self.config.collective_timeout_s),
+        )
+
+    def _install_worker_hooks(self) -> None:
+        """Under an agent: SIGTERM asks for an emergency checkpoint; an uncaught error exits now."""
+        signal.signal(signal.SIGTERM, lambda *_: self._terminate.set())
+
+        def excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+            traceback.print_exception(kind, exc, tb)
+            self._publish(failure=f"{kind.__name__}: {exc}", force=True)
+            sys.stderr.flush()
+            os._exit(EXIT_PEER_LOST if isinstance(exc, dist.DistError) else EXIT_CRASHED)
+
+        sys.excepthook = excepthook
+
+    # ------------------------------------------------------------------ restore
+    def restore(self, state: Mapping[str, Any]) -> int:
+        """Load the checkpoint this generation restores into `state`; the next step to run.
+
+        Under an agent, the step is the one the operator chose (`ELASTRA_RESTORE_STEP`), 0 when it
+        chose none. Run by hand, the newest committed checkpoint under the URI, if any. The world size
+        may differ from the one that saved: every rank loads its own slice.
+        """
+        step = self.config.restore_step
+        if step is None and not self.config.under_agent and self.checkpointer is not None:
+            from elastra.checkpoint import latest
+
+            step = latest(self.config.checkpoint_uri)
+        if step is None:
+            return 0
+        started = time.monotonic()
+        flat = _materialize(state)
+        loaded = self.checkpointer.load(flat, step=step)
+        for key, value in state.items():
+            if isinstance(value, Stateful):
+                value.load_state_dict(flat[key])
+        seconds = time.monotonic() - started
+        tier = getattr(self.checkpointer, "last_restore_tier", None) or "durable"
+        self._last_saved_step = int(loaded) if loaded is not None else step
+        self._publish(step=self._last_saved_step, restore_seconds=seconds, restore_tier=str(tier), force=True)
+        log.info("rank %d restored step %s in %.2fs", self.rank, self._last_saved_step, seconds)
+        return self._last_saved_step
+
+    # ------------------------------------------------------------------ per step
+    def step(
+        self, step: int, state: Mapping[str, Any], *, loss: float | None = None, tokens: int = 0
+    ) -> bool:
+        """Step `step` ran: save on the interval, on a request, or on SIGTERM. True when it saved.
+
+        Cheap otherwise: a stat of the control file and, every `agree_every` steps, one all-reduce of
+        two numbers so that every rank takes a requested checkpoint at the same step.
+        """
+        now = time.monotonic()
+        if self._last_step_time is not None:
+            self._seconds_since_status += now - self._last_step_time
+            self._steps_since_status += 1
+            self._tokens_since_status += tokens
+        self._last_step_time = now
+        completed = step + 1
+        request_time, stop = self._agree(completed)
+        requested = request_time > self._agreed_request_time
+        due = self.checkpointer is not None and save_due(
+            completed=completed,
+            every_steps=self.config.every_steps,
+            every_seconds=self.config.every_seconds,
+            seconds_since_save=now - self._last_save_time,
+        )
+        saved = False
+        if self.checkpointer is not None and (due or requested or stop):
+            ack = self._current_request_id() if requested else None
+            self._save(completed, state, ack_request=ack, wait=stop)
+            saved = True
+        if requested:
+            self._agreed_request_time = request_time
+        self._publish(step=completed, loss=loss, force=saved)
+        self._last_step_time = time.monotonic()  # do not count the save in the next step time
+        if stop:
+            log.warning(
+                "rank %d: stop requested; emergency checkpoint at step %d taken", self.rank, completed
+            )
+            self.finish()
+            sys.exit(0)
+        return saved
+
+    def _current_request_id(self) -> str | None:
+        message = self._control.poll() if self._control else None
+        return message.request_id if message else None
+
+    def _agree(self, completed: int) -> tuple[float, bool]:
+        """The newest checkpoint request any rank saw, and whether any rank must stop."""
+        message = self._control.poll() if self._control else None
+        request_time = message.request_time if message else 0.0
+        stop = self._terminate.is_set() or bool(message and message.stop)
+        if self.world_size == 1:
+            return request_time, stop
+        if completed % self.config.agree_every != 0 and not stop:
+            return 0.0, False
+        flags = torch.tensor([request_time * 1000.0, 1.0 if stop else 0.0], dtype=torch.float64)
+        if self.backend == "nccl":
+            flags = flags.to(self.device)
+        try:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        except Exception as exc:  # gloo/nccl raise several types when a peer is gone
+            self._peer_lost(exc)
+        flags = flags.cpu()
+        return float(flags[0]) / 1000.0, bool(flags[1] > 0)
+
+    def _peer_lost(self, exc: BaseException) -> None:
+        message = f"collective failed (a peer is gone?): {type(exc).__name__}: {exc}"
+        log.error("rank %d: %s", self.rank, message)
+        self._publish(failure=message, force=True)
+        sys.stderr.flush()
+        os._exit(EXIT_PEER_LOST)
+
+    # ------------------------------------------------------------------ saving
+    def _save(self, completed: int, state: Mapping[str, Any], *, ack_request: str | None, wait: bool) -> None:
+        started = time.monotonic()
+        handle = self.checkpointer.save(completed, _materialize(state))
+        stall = time.monotonic() - started
+        self._last_save_time = time.monotonic()
+        self._last_saved_step = completed
+        record = SaveRecord(step=completed, stall_seconds=stall)
+        with self._lock:
+            self._saves.append(record)
+            if ack_request is not None:
+                self._status = self._status.model_copy(update={"ack_request": ack_request})
+        if wait:
+            self._await_commit(handle, completed, stall, started, ack_request)
+            self._publish(emergency_step=completed, force=True)
+            return
+        waiter = threading.Thread(
+            target=self._await_commit,
+            args=(handle, completed, stall, started, ack_request),
+            name=f"elastra-commit-{completed}",
+            daemon=True,
+        )
+        waiter.start()
+        self._waiters = [t for t in self._waiters if t.is_alive()] + [waiter]
+
+    def _await_commit(
+        self, handle: Any, completed: int, stall: float, started: float, ack_request: str | None
+    ) -> None:
+        try:
+            handle.wait()
+            facts = self._commit_facts(completed)
+        except Exception as exc:
+            log.error("rank %d: checkpoint %d did not commit: %s", self.rank, completed, exc)
+            return
+        commit_seconds = time.monotonic() - started
+        with self._lock:
+            self._saves = deque(
+                (s.model_copy(update={"bytes_by_tier": facts.bytes_by_tier}) if s.step == completed else s)
+                for s in self._saves
+            )
+            self._saves = deque(self._saves, maxlen=KEPT_SAVES)
+        if self.rank != 0:
+            self._publish(force=True)
+            return
+        from elastra.api.membership import CommitReport
+
+        report = CommitReport(
+            step=completed,
+            uri=facts.uri,
+            tiers=facts.tiers,
+            bytes=facts.total_bytes,
+            manifest_digest=facts.digest,
+            world_size=self.world_size,
+            format_version=facts.format_version,
+            generation=self.generation,
+            stall_seconds=stall,
+            commit_seconds=commit_seconds,
+            request_id=ack_request,
+            time=dt.datetime.now(dt.UTC),
+        )
+        self._publish(last_commit=report.model_dump(mode="json", by_alias=True), force=True)
+
+    def _commit_facts(self, completed: int) -> CommitFacts:
+        """URI, tiers, bytes and digest of a committed step, read back from its manifest."""
+        from elastra.checkpoint.format import FORMAT_VERSION, MANIFEST, parse_manifest, shard_file, step_dir
+        from elastra.storage import open_storage
+
+        root = str(self.config.checkpoint_uri).rstrip("/")
+        raw = open_storage(root).get(f"{step_dir(completed)}/{MANIFEST}")
+        manifest = parse_manifest(raw)
+        durable = "s3" if root.startswith("s3://") else "durable"
+        tiers = ("local", durable) if self.config.local_dir else (durable,)
+        mine = manifest.files.get(shard_file(self.rank), 0)
+        return CommitFacts(
+            uri=f"{root}/{step_dir(completed)}",
+            tiers=tiers,
+            total_bytes=manifest.nbytes,
+            bytes_by_tier=dict.fromkeys(tiers, mine),
+            digest="sha256:" + hashlib.sha256(raw).hexdigest(),
+            format_version=FORMAT_VERSION,
+        )
+
+    # ------------------------------------------------------------------ status
+    def _publish(self, *, force: bool = False, **update: Any) -> None:
+        """Fold `update` into this worker's status; write it when due (or `force`)."""
+        if self.config.control_dir is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if self._steps_since_status:
+                update["step_seconds"] = self._seconds_since_status / self._steps_since_status
+                if self._seconds_since_status > 0 and self._tokens_since_status:
+                    update["tokens_per_second"] = self._tokens_since_status / self._seconds_since_status
+            if "step" in update and update["step"] is not None:
+                update["steps_total"] = self._status.steps_total + self._steps_since_status
+                self._steps_since_status = 0
+                self._seconds_since_status = 0.0
+                self._tokens_since_status = 0
+            update = {k: v for k, v in update.items() if v is not None}
+            self._status = self._status.model_copy(update={**update, "saves": tuple(self._saves)})
+            if not force and now - self._last_status_write < STATUS_INTERVAL_S:
+                return
+            self._last_status_write = now
+            status = self._status
+        write_atomic(pathlib.Path(self.config.control_dir) / status_file(self.rank), status)
+
+    # ------------------------------------------------------------------ end
+    def finish(self, state: Mapping[str, Any] | None = None, *, step: int | None = None) -> None:
+        """Optionally save a final checkpoint, wait for every save to commit, leave the group."""
+        final = state is not None and step is not None and self._last_saved_step != step + 1
+        if final and self.checkpointer is not None and state is not None and step is not None:
+            self._save(step + 1, state, ack_request=None, wait=True)
+        if self.checkpointer is not None:
+            self.checkpointer.wait()
+        for waiter in self._waiters:
+            waiter.join()
+        self._publish(force=True)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init(
+    *,
+    checkpoint_uri: str | None = None,
+    local_dir: str | None = None,
+    every_steps: int | None = None,
+    every_seconds: float | None = None,
+    keep: int | None = None,
+    backend: str | None = None,
+) -> Session:
+    """The session of this worker: process group from the agent's env, checkpointer from the job's.
+
+    Keyword arguments override the environment (for running a script by hand).
+    """
+    config = from_env(
+        os.environ,
+        checkpoint_uri=checkpoint_uri,
+        local_dir=local_dir,
+        every_steps=every_steps,
+        every_seconds=every_seconds,
+        keep=keep,
+    )
+    return Session(config, backend=backend)

@@ -194,6 +194,7 @@ def run_saves(args: argparse.Namespace, mesh: DeviceMesh) -> dict[str, Any]:
     checkpointer = getattr(saver, "checkpointer", None)
     if checkpointer is not None:
         checkpointer.wait()
+        getattr(checkpointer, "close", lambda: None)()  # stop its background thread, if it has one
     dist.barrier()
     return {
         "stall_s": stalls,
@@ -209,40 +210,53 @@ def run_saves(args: argparse.Namespace, mesh: DeviceMesh) -> dict[str, Any]:
 
 
 def run_restore(args: argparse.Namespace, mesh: DeviceMesh) -> dict[str, Any]:
-    """Restore the newest checkpoint of `args.method` (saved by `args.saved_world` ranks) on this one rank."""
+    """Restore the newest checkpoint of `args.method` (saved by `args.saved_world` ranks) on this one rank.
+
+    `args.rounds` times: zero the target, evict the checkpoint from the page cache, time the load,
+    check every value against the step it claims.
+    """
     saved_layout = state_layout(args.state_bytes, args.saved_world)
     # torch.load allocates what it reads; the resharding loaders fill a preallocated target in place.
     state = {} if args.method == "torch_save" else build_state(saved_layout, mesh, 0, 1, empty=True)
     root = pathlib.Path(args.dir)
-    evicted = evict_from_page_cache(root)
     step = args.last_step
-    start = time.perf_counter()
-    if args.method == "torch_save":
-        shards = [
-            torch.load(root / f"step-{step}" / f"rank-{r}.pt", weights_only=True)
-            for r in range(args.saved_world)
-        ]
-        restored_step = step
-    elif args.method in ("dcp_save", "dcp_async_save"):
-        dcp.load(state, checkpoint_id=str(root / f"step-{step}"))
-        restored_step = step
-    else:
-        from elastra.checkpoint import Checkpointer
+    times, evicted = [], 0
+    for _ in range(args.rounds):
+        for tensor in state.values():
+            tensor.to_local().zero_()
+        evicted = evict_from_page_cache(root)
+        start = time.perf_counter()
+        restored, shards = load_newest(args.method, root, step, args.saved_world, state)
+        times.append(time.perf_counter() - start)
+        if restored != step:
+            raise RuntimeError(f"{args.method}: restored step {restored}, expected the newest {step}")
+        for spec in saved_layout:
+            if shards:
+                rows = spec.global_rows // args.saved_world
+                pieces = [(shard[spec.name], r * rows, rows) for r, shard in enumerate(shards)]
+            else:
+                pieces = [(state[spec.name].to_local(), 0, spec.global_rows)]
+            for got, row_start, rows in pieces:
+                if not torch.equal(got, base_values(spec, row_start, rows).add_(step)):
+                    raise RuntimeError(f"{args.method}: restored {spec.name} differs from what was saved")
+        del shards
+    return {"restore_s": times, "peak_rss_bytes": peak_rss_bytes(), "checkpoint_dir_bytes": evicted}
 
-        restored_step = Checkpointer(str(root), local_dir=None, keep=3, process_group=None).load(state)
-    elapsed = time.perf_counter() - start
-    if restored_step != step:
-        raise RuntimeError(f"{args.method}: restored step {restored_step}, expected the newest {step}")
-    for spec in saved_layout:
-        if args.method == "torch_save":
-            rows = spec.global_rows // args.saved_world
-            pieces = [(shard[spec.name], r * rows, rows) for r, shard in enumerate(shards)]
-        else:
-            pieces = [(state[spec.name].to_local(), 0, spec.global_rows)]
-        for got, row_start, rows in pieces:
-            if not torch.equal(got, base_values(spec, row_start, rows).add_(step)):
-                raise RuntimeError(f"{args.method}: restored {spec.name} differs from what was saved")
-    return {"restore_s": elapsed, "peak_rss_bytes": peak_rss_bytes(), "bytes_read": evicted}
+
+def load_newest(
+    method: str, root: pathlib.Path, step: int, saved_world: int, state: dict[str, DTensor]
+) -> tuple[int, list[dict[str, torch.Tensor]]]:
+    """Load `method`'s checkpoint of `step` (Elastra: its newest); the step loaded and, for torch.save,
+    the rank files' contents (the others load into `state` in place)."""
+    if method == "torch_save":
+        files = [root / f"step-{step}" / f"rank-{r}.pt" for r in range(saved_world)]
+        return step, [torch.load(path, weights_only=True) for path in files]
+    if method in ("dcp_save", "dcp_async_save"):
+        dcp.load(state, checkpoint_id=str(root / f"step-{step}"))
+        return step, []
+    from elastra.checkpoint import Checkpointer
+
+    return Checkpointer(str(root), local_dir=None, keep=3, process_group=None).load(state), []
 
 
 # ---------------------------------------------------------------------------------------- floors
@@ -305,7 +319,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--saved-world", type=int, default=2, help="restore: ranks that saved")
     parser.add_argument("--state-bytes", type=int, required=True, help="state per rank of the saving job")
     parser.add_argument("--saves", type=int, default=5)
-    parser.add_argument("--io-rounds", type=int, default=3)
+    parser.add_argument("--io-rounds", type=int, default=3, help="floors: rounds of raw write and read")
+    parser.add_argument("--rounds", type=int, default=3, help="restore: rounds (median)")
     parser.add_argument("--last-step", type=int, default=0)
     parser.add_argument("--dir", required=True, help="checkpoint root of this method")
     parser.add_argument("--result", required=True, help="where this rank writes its JSON")

@@ -235,10 +235,16 @@ def _mib(value: object) -> str:
 def _machine_line(machine: object) -> str:
     if not isinstance(machine, Mapping):
         return "an unrecorded machine"
+    load = machine.get("load_average_at_start")
+    shared = (
+        f" (shared: 1-minute load average {float(load[0]):.1f} when the run started)"
+        if isinstance(load, list) and load
+        else ""
+    )
     return (
         f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
         f"{_gib(machine.get('memory_bytes'))} GiB, Python {machine.get('python', '?')}, "
-        f"torch {machine.get('torch', '?')}"
+        f"torch {machine.get('torch', '?')}{shared}"
     )
 
 

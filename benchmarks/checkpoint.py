@@ -152,10 +152,11 @@ def measure_method(method: str, work: pathlib.Path, state_bytes: int, saves: int
     entry: dict[str, Any] = {
         "stall_s": _report.median(stalls),
         "durable_s": _report.median(durables),
-        "restore_s": restore["restore_s"],
+        "restore_s": _report.median(restore["restore_s"]),
+        "restore_samples_s": restore["restore_s"],
         "peak_rss_bytes": max(r["peak_rss_bytes"] for r in ranks),
         "restore_peak_rss_bytes": restore["peak_rss_bytes"],
-        "restore_bytes_read": restore["bytes_read"],
+        "checkpoint_dir_bytes": restore["checkpoint_dir_bytes"],
         "rss_before_saves_bytes": max(r["rss_before_saves_bytes"] for r in ranks),
         "saves": saves,
         "stall_samples_s": stalls,
@@ -214,6 +215,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--saves", type=int, default=5, help="saves per peer method (median over these)")
     parser.add_argument("--methods", default=",".join(_report.METHODS), help="comma-separated subset")
     parser.add_argument("--work-dir", default=None, help="scratch directory (default: a temp dir in /tmp)")
+    parser.add_argument("--out", default=None, help="also write the results JSON here (any run)")
     args = parser.parse_args(argv)
     if args.saves < 5:
         parser.error("--saves must be at least 5 (the stall is a median of at least 5 saves)")
@@ -282,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         document = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
         DOCS.write_text(_report.replace_section(document, "checkpoint", table))
         log(f"wrote {RESULTS.relative_to(HERE.parent)} and the checkpoint section of docs/benchmarks.md")
+    if args.out:
+        pathlib.Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     for failure in failures:
         log(f"FAILED {failure}")
     log(f"done in {results['elapsed_s']} s")

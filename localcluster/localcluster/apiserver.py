@@ -1,0 +1,453 @@
+"""The API server emulator: Kubernetes REST over aiohttp, backed by `Store`.
+
+Serves discovery, CRUD, PATCH (merge, JSON, strategic merge, server-side apply), list/watch with
+selectors, bookmarks, 410 Gone and timeouts, Tables for kubectl, pod logs, evictions and bindings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import pathlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from localcluster import discovery, tables
+from localcluster.errors import ApiError
+from localcluster.patch import (
+    APPLY_PATCH,
+    JSON_PATCH,
+    MERGE_PATCH,
+    STRATEGIC_MERGE_PATCH,
+    PatchError,
+    json_patch,
+    merge_patch,
+    strategic_merge_patch,
+)
+from localcluster.resources import ResourceType
+from localcluster.selectors import (
+    Requirement,
+    SelectorError,
+    fields_match,
+    labels_match,
+    parse_field_selector,
+    parse_label_selector,
+)
+from localcluster.store import Store, WatchEvent
+
+log = logging.getLogger("localcluster.apiserver")
+
+LogPathFn = Callable[[str, str, str, bool], pathlib.Path | None]
+"""(namespace, pod, container, previous) -> the log file of that container run, if any."""
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_dumps(obj), status=status, content_type="application/json")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a resource URL names."""
+
+    rt: ResourceType
+    """The resource type."""
+    namespace: str | None
+    """Namespace from the URL; None for cluster-wide."""
+    name: str | None
+    """Object name; None for the collection."""
+    subresource: str | None
+    """e.g. `status`, `log`."""
+
+
+class ApiServer:
+    """The HTTP face of the store."""
+
+    def __init__(
+        self, store: Store, *, bookmark_interval_s: float = 30.0, log_path: LogPathFn | None = None
+    ) -> None:
+        self.store = store
+        self.bookmark_interval_s = bookmark_interval_s
+        self.log_path = log_path
+        self.address = "127.0.0.1:0"
+        self.app = web.Application(middlewares=[self._errors], client_max_size=64 * 1024**2)
+        self.app.router.add_get("/version", lambda _r: _json(discovery.VERSION_INFO))
+        for probe in ("/healthz", "/readyz", "/livez"):
+            self.app.router.add_get(probe, lambda _r: web.Response(text="ok"))
+        self.app.router.add_get("/api", lambda _r: _json(discovery.core_versions(self.address)))
+        self.app.router.add_get("/apis", lambda _r: _json(discovery.group_list(self.store.served())))
+        self.app.router.add_get(
+            "/openapi/v3", lambda _r: _json(discovery.openapi_v3_root(self.store.served()))
+        )
+        self.app.router.add_get("/openapi/v3/{path:.*}", self._openapi_v3)
+        self.app.router.add_route("*", "/api/{path:.*}", self._dispatch)
+        self.app.router.add_route("*", "/apis/{path:.*}", self._dispatch)
+
+    @web.middleware
+    async def _errors(
+        self, request: web.Request, handler: Callable[[web.Request], Any]
+    ) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        except ApiError as exc:
+            return _json(exc.status(), exc.code)
+        except (SelectorError, json.JSONDecodeError, yaml.YAMLError, ValueError, TypeError, KeyError) as exc:
+            return _json(ApiError(400, f"bad request: {exc}").status(), 400)
+
+    async def _openapi_v3(self, request: web.Request) -> web.Response:
+        parts = request.match_info["path"].split("/")
+        if parts[0] == "api" and len(parts) == 2:
+            return _json(discovery.openapi_v3_group_version(self.store.served(), "", parts[1]))
+        if parts[0] == "apis" and len(parts) == 3:
+            return _json(discovery.openapi_v3_group_version(self.store.served(), parts[1], parts[2]))
+        raise ApiError(404, "not found")
+
+    # ------------------------------------------------------------------ routing
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        parts = [p for p in request.path.split("/") if p]
+        if parts[0] == "api":
+            group, rest = "", parts[1:]
+        else:
+            group, rest = (parts[1], parts[2:]) if len(parts) > 1 else ("", [])
+        if not rest:
+            if parts[0] == "api":
+                return _json(discovery.core_versions(self.address))
+            info = discovery.group_info(self.store.served(), group)
+            if info is None:
+                raise ApiError(404, "the server could not find the requested resource")
+            return _json(info)
+        version, rest = rest[0], rest[1:]
+        if not rest:
+            listing = discovery.resource_list(self.store.served(), group, version)
+            if listing is None:
+                raise ApiError(404, "the server could not find the requested resource")
+            return _json(listing)
+        target = self._target(group, version, rest)
+        return await self._handle(request, target)
+
+    def _target(self, group: str, version: str, rest: list[str]) -> Target:
+        namespace = None
+        if rest[0] == "namespaces" and len(rest) >= 3 and rest[2] not in {"status", "finalize"}:
+            namespace, rest = rest[1], rest[2:]
+        rt = self.store.type_of(group, version, rest[0])
+        if namespace is not None and not rt.namespaced:
+            raise ApiError(404, f"{rt.plural} is not namespaced")
+        name = rest[1] if len(rest) > 1 else None
+        sub = rest[2] if len(rest) > 2 else None
+        if sub == "finalize":
+            sub = None
+        if sub is not None and sub not in rt.subresources:
+            raise ApiError(404, f"the server could not find the requested resource ({rt.plural}/{sub})")
+        return Target(rt, namespace, name, sub)
+
+    async def _handle(self, request: web.Request, t: Target) -> web.StreamResponse:
+        method, q = request.method, request.query
+        ns = t.namespace or ""
+        if method == "GET" and t.name is None:
+            labels, fields = (
+                parse_label_selector(q.get("labelSelector")),
+                parse_field_selector(q.get("fieldSelector")),
+            )
+            if q.get("watch") in {"true", "1"}:
+                return await self._watch(request, t, labels, fields)
+            items, rv = self.store.list(t.rt, t.namespace, labels, fields)
+            return self._render_list(request, t.rt, items, str(rv))
+        if method == "GET" and t.subresource == "log":
+            return await self._logs(request, t)
+        if method == "GET":
+            assert t.name is not None
+            if q.get("watch") in {"true", "1"}:
+                return await self._watch(request, t, (), (Requirement("metadata.name", "=", (t.name,)),))
+            obj = self._versioned(t.rt, self.store.get(t.rt, ns, t.name))
+            if "as=Table" in request.headers.get("Accept", ""):
+                return _json(
+                    tables.table(
+                        t.rt,
+                        [obj],
+                        obj["metadata"]["resourceVersion"],
+                        include_object=q.get("includeObject", "Metadata"),
+                    )
+                )
+            return _json(obj)
+        if method == "POST" and t.name is None:
+            body = await self._body(request)
+            if q.get("dryRun"):
+                return _json(body, 201)
+            return _json(self._versioned(t.rt, self.store.create(t.rt, ns, body)), 201)
+        if method == "POST" and t.subresource in {"eviction", "binding"}:
+            return _json(await self._pod_action(request, t), 201)
+        if method == "PUT" and t.name is not None:
+            body = await self._body(request)
+            return _json(
+                self._versioned(t.rt, self.store.update(t.rt, ns, t.name, body, subresource=t.subresource))
+            )
+        if method == "PATCH" and t.name is not None:
+            return await self._patch(request, t)
+        if method == "DELETE" and t.name is not None:
+            opts = await self._delete_options(request)
+            return _json(self._versioned(t.rt, self.store.delete(t.rt, ns, t.name, **opts)))
+        if method == "DELETE":
+            opts = await self._delete_options(request)
+            labels, fields = (
+                parse_label_selector(q.get("labelSelector")),
+                parse_field_selector(q.get("fieldSelector")),
+            )
+            items, _ = self.store.list(t.rt, t.namespace, labels, fields)
+            deleted = [
+                self.store.delete(t.rt, o["metadata"].get("namespace", ""), o["metadata"]["name"], **opts)
+                for o in items
+            ]
+            return self._render_list(request, t.rt, deleted, str(self.store.rv))
+        raise ApiError(405, f"method {method} is not allowed on this resource")
+
+    # ------------------------------------------------------------------ helpers
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        raw = await request.read()
+        ctype = request.headers.get("Content-Type", "application/json").split(";")[0].strip()
+        if "protobuf" in ctype:
+            raise ApiError(415, f"unsupported media type {ctype}: send JSON")
+        body = (
+            yaml.safe_load(raw)
+            if ctype == APPLY_PATCH or ctype.endswith("yaml")
+            else json.loads(raw or b"null")
+        )
+        return body  # type: ignore[no-any-return]
+
+    def _versioned(self, rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
+        if obj.get("apiVersion") == rt.api_version:
+            return obj
+        return {**obj, "apiVersion": rt.api_version}
+
+    def _render_list(
+        self, request: web.Request, rt: ResourceType, items: list[dict[str, Any]], rv: str
+    ) -> web.Response:
+        items = [self._versioned(rt, o) for o in items]
+        if "as=Table" in request.headers.get("Accept", ""):
+            return _json(
+                tables.table(rt, items, rv, include_object=request.query.get("includeObject", "Metadata"))
+            )
+        return _json(
+            {
+                "kind": f"{rt.kind}List",
+                "apiVersion": rt.api_version,
+                "metadata": {"resourceVersion": rv},
+                "items": items,
+            }
+        )
+
+    async def _patch(self, request: web.Request, t: Target) -> web.Response:
+        assert t.name is not None
+        ns = t.namespace or ""
+        ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
+        body = await self._body(request)
+        try:
+            current = self.store.get(t.rt, ns, t.name)
+        except ApiError as exc:
+            if exc.code != 404 or ctype != APPLY_PATCH:
+                raise
+            if not isinstance(body, dict):
+                raise ApiError(400, "an apply patch must be an object") from exc
+            return _json(self._versioned(t.rt, self.store.create(t.rt, ns, body)), 201)
+        try:
+            if ctype == MERGE_PATCH:
+                patched = merge_patch(current, body)
+            elif ctype == JSON_PATCH:
+                patched = json_patch(current, body)
+            elif ctype in {STRATEGIC_MERGE_PATCH, APPLY_PATCH}:
+                if ctype == STRATEGIC_MERGE_PATCH and t.rt.schema is not None:
+                    raise ApiError(415, "strategic merge patch is not supported for custom resources")
+                patched = strategic_merge_patch(current, body)
+            else:
+                raise ApiError(415, f"unsupported patch type {ctype!r}")
+        except PatchError as exc:
+            raise ApiError(409 if exc.conflict else 422, str(exc)) from exc
+        if not isinstance(patched, dict):
+            raise ApiError(422, "the patch did not produce an object")
+        return _json(
+            self._versioned(t.rt, self.store.update(t.rt, ns, t.name, patched, subresource=t.subresource))
+        )
+
+    async def _delete_options(self, request: web.Request) -> dict[str, Any]:
+        q = request.query
+        raw = await request.read()
+        body = json.loads(raw) if raw.strip() else {}
+        grace = body.get("gracePeriodSeconds", q.get("gracePeriodSeconds"))
+        pre = body.get("preconditions") or {}
+        return {
+            "grace_seconds": int(grace) if grace is not None else None,
+            "propagation": body.get("propagationPolicy") or q.get("propagationPolicy"),
+            "precondition_uid": pre.get("uid"),
+            "precondition_rv": pre.get("resourceVersion"),
+        }
+
+    async def _pod_action(self, request: web.Request, t: Target) -> dict[str, Any]:
+        assert t.name is not None
+        body = await self._body(request)
+        ns = t.namespace or ""
+        if t.subresource == "eviction":
+            grace = (body.get("deleteOptions") or {}).get("gracePeriodSeconds")
+            self.store.delete(t.rt, ns, t.name, grace_seconds=grace)
+            return {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}
+        pod = self.store.get(t.rt, ns, t.name)
+        if (pod.get("spec") or {}).get("nodeName"):
+            raise ApiError(409, f'pod {t.name} is already assigned to node "{pod["spec"]["nodeName"]}"')
+        updated = {**pod, "spec": {**pod["spec"], "nodeName": (body.get("target") or {}).get("name")}}
+        self.store.update(t.rt, ns, t.name, updated)
+        return {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}
+
+    # ------------------------------------------------------------------ watch
+    async def _watch(
+        self,
+        request: web.Request,
+        t: Target,
+        labels: tuple[Requirement, ...],
+        fields: tuple[Requirement, ...],
+    ) -> web.StreamResponse:
+        q = request.query
+        raw_rv = q.get("resourceVersion")
+        since = int(raw_rv) if raw_rv not in (None, "", "0") else None
+        timeout = float(q.get("timeoutSeconds", 1800))
+        bookmarks = q.get("allowWatchBookmarks") in {"true", "1"}
+        as_table = "as=Table" in request.headers.get("Accept", "")
+        initial = self.store.list(t.rt, t.namespace, labels, fields)[0] if since is None else []
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        try:
+            watcher, backlog = self.store.watch(t.rt, since, initial)
+        except ApiError as exc:
+            await response.prepare(request)
+            await response.write(_dumps({"type": "ERROR", "object": exc.status()}) + b"\n")
+            return response
+        await response.prepare(request)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            pending = backlog
+            while True:
+                chunk = b"".join(self._encode(t, e, labels, fields, as_table) for e in pending)
+                if chunk:
+                    await response.write(chunk)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                wait = min(remaining, self.bookmark_interval_s) if bookmarks else remaining
+                try:
+                    first = await asyncio.wait_for(watcher.queue.get(), wait)
+                except TimeoutError:
+                    if bookmarks and loop.time() < deadline:
+                        mark = {
+                            "kind": t.rt.kind,
+                            "apiVersion": t.rt.api_version,
+                            "metadata": {"resourceVersion": str(self.store.rv)},
+                        }
+                        await response.write(_dumps({"type": "BOOKMARK", "object": mark}) + b"\n")
+                    pending = []
+                    continue
+                pending = [first]
+                while not watcher.queue.empty():
+                    pending.append(watcher.queue.get_nowait())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.store.unwatch(t.rt, watcher)
+        with contextlib.suppress(ConnectionResetError):
+            await response.write_eof()
+        return response
+
+    def _encode(
+        self,
+        t: Target,
+        event: WatchEvent,
+        labels: tuple[Requirement, ...],
+        fields: tuple[Requirement, ...],
+        as_table: bool,
+    ) -> bytes:
+        obj = event.obj
+        ns = obj["metadata"].get("namespace", "")
+        if t.namespace is not None and ns != t.namespace:
+            return b""
+        kind = event.type
+        if labels or fields:
+
+            def ok(o: dict[str, Any] | None) -> bool:
+                return (
+                    o is not None
+                    and labels_match(labels, o["metadata"].get("labels"))
+                    and fields_match(fields, o)
+                )
+
+            now_ok, was_ok = ok(obj), ok(event.old)
+            if kind == "MODIFIED":
+                kind = "MODIFIED" if now_ok and was_ok else "ADDED" if now_ok else "DELETED" if was_ok else ""
+            elif not now_ok:
+                kind = ""
+        if not kind:
+            return b""
+        out: Any = self._versioned(t.rt, obj)
+        if as_table:
+            out = tables.table(
+                t.rt, [out], obj["metadata"]["resourceVersion"], include_object=t and "Metadata"
+            )
+        return _dumps({"type": kind, "object": out}) + b"\n"
+
+    # ------------------------------------------------------------------ logs
+    async def _logs(self, request: web.Request, t: Target) -> web.StreamResponse:
+        assert t.name is not None
+        ns = t.namespace or ""
+        pod = self.store.get(t.rt, ns, t.name)
+        containers = [c["name"] for c in (pod.get("spec") or {}).get("containers") or []]
+        container = request.query.get("container") or (containers[0] if containers else "")
+        if container not in containers:
+            raise ApiError(400, f"container {container} is not valid for pod {t.name}")
+        previous = request.query.get("previous") in {"true", "1"}
+        path = self.log_path(ns, t.name, container, previous) if self.log_path else None
+        if path is None or not path.exists():
+            raise ApiError(
+                400,
+                f'container "{container}" in pod "{t.name}" is waiting to start: ContainerCreating',
+                reason="BadRequest",
+            )
+        data = path.read_bytes()
+        tail = request.query.get("tailLines")
+        if tail is not None:
+            lines = data.splitlines(keepends=True)
+            data = b"".join(lines[-int(tail) :]) if int(tail) > 0 else b""
+        if request.query.get("follow") not in {"true", "1"}:
+            return web.Response(body=data, content_type="text/plain")
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(data)
+        offset = path.stat().st_size
+        while True:
+            await asyncio.sleep(0.2)
+            size = path.stat().st_size if path.exists() else offset
+            if size > offset:
+                with path.open("rb") as f:
+                    f.seek(offset)
+                    await response.write(f.read(size - offset))
+                offset = size
+            elif not self._container_running(ns, t.name, container):
+                break
+        await response.write_eof()
+        return response
+
+    def _container_running(self, ns: str, pod_name: str, container: str) -> bool:
+        try:
+            pod = self.store.get(self.store.type_of("", "v1", "pods"), ns, pod_name)
+        except ApiError:
+            return False
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            if cs.get("name") == container:
+                return "running" in (cs.get("state") or {})
+        return False

@@ -1,0 +1,499 @@
+"""A whole local cluster: API server, scheduler, node lifecycle controller and one process kubelet
+per node, all on one asyncio event loop, plus an optional moto S3 endpoint.
+
+`ClusterCore` is the async core. `LocalCluster` runs it on a background thread for tests and the demo;
+`localcluster.server` runs it as a detached process for `elastra local up`. Both serve the control
+endpoints under `/localcluster/v1/` (node kill/add/cordon/uncordon/drain, status, shutdown) that the
+CLI uses from other shells.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import pathlib
+import socket
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from localcluster.apiserver import ApiServer
+from localcluster.controllers import NodeLifecycle, Scheduler, record_event
+from localcluster.errors import ApiError
+from localcluster.kubelet import IpPool, Kubelet
+from localcluster.store import Store, StorageKey, WatchEvent, now_iso
+
+S3_ACCESS_KEY = "localcluster"
+S3_SECRET_KEY = "localcluster-secret"
+S3_REGION = "us-east-1"
+
+
+@dataclass(kw_only=True, slots=True)
+class ClusterConfig:
+    """How to start a local cluster."""
+
+    workdir: str
+    """State folder: kubeconfig, node folders (hostPath volumes, pod logs)."""
+    nodes: int = 4
+    """Nodes created at start (`node-1` ... `node-N`)."""
+    gpus_per_node: int = 1
+    """Allocatable `nvidia.com/gpu` per node (a counted extended resource; no real GPU)."""
+    cpu_per_node: str = "8"
+    """Allocatable cpu per node."""
+    memory_per_node: str = "32Gi"
+    """Allocatable memory per node."""
+    host: str = "127.0.0.1"
+    """API server bind address."""
+    port: int = 0
+    """API server port; 0 picks a free one."""
+    heartbeat_interval_s: float = 2.0
+    """How often each kubelet renews its node Lease."""
+    node_grace_s: float = 10.0
+    """A node whose Lease is older than this turns NotReady (real clusters: 40 s)."""
+    bookmark_interval_s: float = 30.0
+    """How often idle watches that asked for bookmarks get one."""
+    s3: bool = False
+    """Also start a moto S3 endpoint."""
+    container_cwd: str | None = None
+    """Working dir of containers without workingDir; None: the current directory."""
+
+    def __post_init__(self) -> None:
+        if self.nodes < 0 or self.gpus_per_node < 0:
+            raise ValueError("nodes and gpus_per_node must be >= 0")
+        if self.heartbeat_interval_s <= 0 or self.node_grace_s <= self.heartbeat_interval_s:
+            raise ValueError(
+                f"node_grace_s ({self.node_grace_s}) must exceed heartbeat_interval_s ({self.heartbeat_interval_s}) > 0"
+            )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class ClusterCore:
+    """The cluster on the current event loop."""
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+        self.workdir = pathlib.Path(config.workdir).resolve()
+        self.store = Store()
+        self.kubelets: dict[str, Kubelet] = {}
+        self.ips = IpPool()
+        self.api = ApiServer(
+            self.store, bookmark_interval_s=config.bookmark_interval_s, log_path=self._log_path
+        )
+        self.url = ""
+        self.kubeconfig = str(self.workdir / "kubeconfig")
+        self.s3_url: str | None = None
+        self.shutdown_requested = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._moto: Any = None
+        self.store.listeners.append(self._route_pod_events)
+        self._add_control_routes(self.api.app)
+
+    async def start(self) -> None:
+        """Serve the API, start the controllers and the initial nodes."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        port = self.config.port or free_port(self.config.host)
+        self._runner = web.AppRunner(self.api.app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.config.host, port, shutdown_timeout=0.5).start()
+        self.url = f"http://{self.config.host}:{port}"
+        self.api.address = f"{self.config.host}:{port}"
+        self._write_kubeconfig()
+        self._tasks = [
+            asyncio.create_task(Scheduler(self.store).run()),
+            asyncio.create_task(NodeLifecycle(self.store, grace_s=self.config.node_grace_s).run()),
+        ]
+        if self.config.s3:
+            from moto.server import ThreadedMotoServer
+
+            s3_port = free_port(self.config.host)
+            self._moto = ThreadedMotoServer(ip_address=self.config.host, port=s3_port, verbose=False)
+            self._moto.start()
+            self.s3_url = f"http://{self.config.host}:{s3_port}"
+        for index in range(1, self.config.nodes + 1):
+            self.add_node(f"node-{index}")
+
+    async def stop(self) -> None:
+        """Kill every pod process, stop the controllers and the server."""
+        for kubelet in list(self.kubelets.values()):
+            await kubelet.stop()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._moto is not None:
+            self._moto.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def _write_kubeconfig(self) -> None:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "localcluster", "cluster": {"server": self.url}}],
+            "users": [{"name": "localcluster", "user": {"token": "localcluster"}}],
+            "contexts": [
+                {
+                    "name": "localcluster",
+                    "context": {"cluster": "localcluster", "user": "localcluster", "namespace": "default"},
+                }
+            ],
+            "current-context": "localcluster",
+        }
+        path = pathlib.Path(self.kubeconfig)
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+
+    # ------------------------------------------------------------------ nodes
+    def add_node(self, name: str | None = None) -> str:
+        """Create (or bring back) a node and start its kubelet."""
+        if name is None:
+            index = 1
+            while f"node-{index}" in self.kubelets or self._node_exists(f"node-{index}"):
+                index += 1
+            name = f"node-{index}"
+        if name in self.kubelets and self.kubelets[name].alive:
+            raise ApiError(409, f"node {name} is already running")
+        nodes_rt = self.store.type_of("", "v1", "nodes")
+        if not self._node_exists(name):
+            self.store.create(nodes_rt, "", self._node_object(name))
+        env = {**os.environ, "KUBECONFIG": self.kubeconfig, "LOCALCLUSTER_NODE": name}
+        kubelet = Kubelet(
+            store=self.store,
+            node=name,
+            node_dir=self.workdir / "nodes" / name,
+            ips=self.ips,
+            heartbeat_interval_s=self.config.heartbeat_interval_s,
+            lease_duration_s=self.config.node_grace_s,
+            base_env=env,
+            default_cwd=self.config.container_cwd or os.getcwd(),
+            on_event=lambda obj, reason, message, kind: record_event(
+                self.store, obj, reason, message, kind, "kubelet"
+            ),
+        )
+        self.kubelets[name] = kubelet
+        kubelet.start()
+        kubelet.poke()
+        return name
+
+    def _node_exists(self, name: str) -> bool:
+        try:
+            self.store.get(self.store.type_of("", "v1", "nodes"), "", name)
+        except ApiError:
+            return False
+        return True
+
+    def _node_object(self, name: str) -> dict[str, Any]:
+        resources = {
+            "cpu": self.config.cpu_per_node,
+            "memory": self.config.memory_per_node,
+            "pods": "110",
+            "ephemeral-storage": "100Gi",
+        }
+        if self.config.gpus_per_node:
+            resources["nvidia.com/gpu"] = str(self.config.gpus_per_node)
+        labels = {
+            "kubernetes.io/hostname": name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            "node.kubernetes.io/instance-type": "localcluster",
+        }
+        return {
+            "metadata": {"name": name, "labels": labels},
+            "spec": {},
+            "status": {
+                "capacity": resources,
+                "allocatable": resources,
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "False",
+                        "reason": "KubeletNotReady",
+                        "message": "kubelet is starting",
+                        "lastHeartbeatTime": now_iso(),
+                        "lastTransitionTime": now_iso(),
+                    }
+                ],
+                "addresses": [
+                    {"type": "InternalIP", "address": "127.0.0.1"},
+                    {"type": "Hostname", "address": name},
+                ],
+                "nodeInfo": {
+                    "kubeletVersion": "v1.32.0-localcluster",
+                    "kubeProxyVersion": "v1.32.0-localcluster",
+                    "operatingSystem": "linux",
+                    "architecture": "amd64",
+                    "containerRuntimeVersion": "localcluster://process",
+                    "kernelVersion": platform.release(),
+                    "osImage": "localcluster",
+                    "bootID": name,
+                    "machineID": name,
+                    "systemUUID": name,
+                },
+            },
+        }
+
+    def _kubelet(self, name: str) -> Kubelet:
+        kubelet = self.kubelets.get(name)
+        if kubelet is None:
+            raise ApiError(404, f'nodes "{name}" not found')
+        return kubelet
+
+    def kill_node(self, name: str) -> None:
+        """SIGKILL the node's pod processes and stop its heartbeats: it turns NotReady after the grace period."""
+        self._kubelet(name).kill()
+
+    def cordon(self, name: str, *, unschedulable: bool = True) -> None:
+        """Mark a node (un)schedulable."""
+        nodes_rt = self.store.type_of("", "v1", "nodes")
+        node = self.store.get(nodes_rt, "", name)
+        spec = {k: v for k, v in (node.get("spec") or {}).items() if k != "unschedulable"}
+        if unschedulable:
+            spec["unschedulable"] = True
+        self.store.update(nodes_rt, "", name, {**node, "spec": spec})
+
+    def drain(self, name: str) -> list[str]:
+        """Cordon, then evict (gracefully delete) every pod on the node; returns `ns/name` of each."""
+        self.cordon(name)
+        pods_rt = self.store.type_of("", "v1", "pods")
+        evicted = []
+        for pod in self.store.list(pods_rt, None)[0]:
+            if (pod.get("spec") or {}).get("nodeName") == name and not pod["metadata"].get(
+                "deletionTimestamp"
+            ):
+                self.store.delete(pods_rt, pod["metadata"]["namespace"], pod["metadata"]["name"])
+                evicted.append(f"{pod['metadata']['namespace']}/{pod['metadata']['name']}")
+        return evicted
+
+    def status(self) -> dict[str, Any]:
+        """Nodes (ready, schedulable, kubelet alive, pod count) and endpoints."""
+        nodes = []
+        pods = self.store.list(self.store.type_of("", "v1", "pods"), None)[0]
+        for node in self.store.list(self.store.type_of("", "v1", "nodes"), None)[0]:
+            name = node["metadata"]["name"]
+            ready = next(
+                (
+                    c.get("status")
+                    for c in (node.get("status") or {}).get("conditions") or []
+                    if c.get("type") == "Ready"
+                ),
+                "Unknown",
+            )
+            nodes.append({
+                "name": name,
+                "ready": ready,
+                "schedulable": not (node.get("spec") or {}).get("unschedulable"),
+                "kubelet": "running" if name in self.kubelets and self.kubelets[name].alive else "killed",
+                "pods": sum(1 for p in pods if (p.get("spec") or {}).get("nodeName") == name),
+            })  # fmt: skip
+        return {
+            "url": self.url,
+            "kubeconfig": self.kubeconfig,
+            "s3": self.s3_url,
+            "nodes": nodes,
+            "pid": os.getpid(),
+        }
+
+    # ------------------------------------------------------------------ plumbing
+    def _route_pod_events(self, key: StorageKey, event: WatchEvent) -> None:
+        if key != ("", "pods"):
+            return
+        for obj in (event.obj, event.old):
+            node = ((obj or {}).get("spec") or {}).get("nodeName")
+            kubelet = self.kubelets.get(node) if node else None
+            if kubelet is not None and kubelet.alive:
+                kubelet.poke()
+
+    def _log_path(self, namespace: str, pod: str, container: str, previous: bool) -> pathlib.Path | None:
+        try:
+            obj = self.store.get(self.store.type_of("", "v1", "pods"), namespace, pod)
+        except ApiError:
+            return None
+        node = (obj.get("spec") or {}).get("nodeName")
+        kubelet = self.kubelets.get(node) if node else None
+        return kubelet.log_path(namespace, pod, container, previous) if kubelet else None
+
+    def _add_control_routes(self, app: web.Application) -> None:
+        async def status(_request: web.Request) -> web.Response:
+            return web.json_response(self.status())
+
+        async def add(request: web.Request) -> web.Response:
+            body = await request.json() if request.can_read_body else {}
+            return web.json_response({"name": self.add_node(body.get("name"))})
+
+        async def node_action(request: web.Request) -> web.Response:
+            name, action = request.match_info["name"], request.match_info["action"]
+            result: Any = None
+            if action == "kill":
+                self.kill_node(name)
+            elif action in {"cordon", "uncordon"}:
+                self.cordon(name, unschedulable=action == "cordon")
+            elif action == "drain":
+                result = self.drain(name)
+            elif action == "add":
+                result = self.add_node(name)
+            else:
+                raise ApiError(404, f"unknown node action {action!r}")
+            return web.json_response({"node": name, "action": action, "result": result})
+
+        async def shutdown(_request: web.Request) -> web.Response:
+            self.shutdown_requested.set()
+            return web.json_response({"shutdown": True})
+
+        app.router.add_get("/localcluster/v1/status", status)
+        app.router.add_post("/localcluster/v1/nodes", add)
+        app.router.add_post("/localcluster/v1/nodes/{name}/{action}", node_action)
+        app.router.add_post("/localcluster/v1/shutdown", shutdown)
+
+
+class LocalCluster:
+    """A local cluster on a background thread: `with LocalCluster(workdir=tmp) as lc: lc.kubeconfig`."""
+
+    def __init__(
+        self,
+        *,
+        workdir: str | os.PathLike[str],
+        nodes: int = 4,
+        gpus_per_node: int = 1,
+        s3: bool = False,
+        **options: Any,
+    ) -> None:
+        self.config = ClusterConfig(
+            workdir=str(workdir), nodes=nodes, gpus_per_node=gpus_per_node, s3=s3, **options
+        )
+        self._core: ClusterCore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> LocalCluster:
+        """Start serving; returns once the API answers and the nodes exist."""
+        self._thread = threading.Thread(target=self._main, name="localcluster", daemon=True)
+        self._thread.start()
+        self._ready.wait(60)
+        if self._error is not None:
+            raise RuntimeError(f"localcluster failed to start: {self._error}") from self._error
+        if not self._ready.is_set():
+            raise RuntimeError("localcluster did not start within 60 s")
+        return self
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        core = ClusterCore(self.config)
+        try:
+            await core.start()
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            await core.stop()
+            return
+        self._core = core
+        self._ready.set()
+        await self._stop.wait()
+        await core.stop()
+
+    def stop(self) -> None:
+        """Kill every pod process and stop the server."""
+        if (
+            self._loop is not None
+            and self._stop is not None
+            and self._thread is not None
+            and self._thread.is_alive()
+        ):
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(30)
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ access
+    @property
+    def core(self) -> ClusterCore:
+        """The running core (for calls made on its loop)."""
+        if self._core is None:
+            raise RuntimeError("localcluster is not running")
+        return self._core
+
+    @property
+    def url(self) -> str:
+        """The API server URL."""
+        return self.core.url
+
+    @property
+    def kubeconfig(self) -> str:
+        """Path of a kubeconfig for kubectl, the kubernetes client, kopf and Helm."""
+        return self.core.kubeconfig
+
+    @property
+    def s3_url(self) -> str | None:
+        """The moto S3 endpoint, when started with `s3=True`."""
+        return self.core.s3_url
+
+    @property
+    def s3_credentials(self) -> dict[str, str]:
+        """Environment variables for boto3 against the local S3 endpoint."""
+        return {
+            "AWS_ENDPOINT_URL_S3": self.core.s3_url or "",
+            "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+            "AWS_REGION": S3_REGION,
+        }
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        core = self.core
+        assert self._loop is not None
+
+        async def run() -> Any:
+            return fn(core, *args, **kwargs)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(30)
+
+    def kill_node(self, name: str) -> None:
+        """SIGKILL the node's pods and stop its heartbeats (it turns NotReady after `node_grace_s`)."""
+        self._call(ClusterCore.kill_node, name)
+
+    def add_node(self, name: str | None = None) -> str:
+        """Add a node (or restart a killed one by name); returns its name."""
+        return str(self._call(ClusterCore.add_node, name))
+
+    def cordon(self, name: str) -> None:
+        """Mark a node unschedulable."""
+        self._call(ClusterCore.cordon, name)
+
+    def uncordon(self, name: str) -> None:
+        """Mark a node schedulable again."""
+        self._call(ClusterCore.cordon, name, unschedulable=False)
+
+    def drain(self, name: str) -> list[str]:
+        """Cordon the node and evict its pods."""
+        return list(self._call(ClusterCore.drain, name))
+
+    def status(self) -> dict[str, Any]:
+        """Nodes and endpoints."""
+        return dict(self._call(ClusterCore.status))
+
+    def config_json(self) -> str:
+        """The configuration, as JSON (for logs and the state file)."""
+        return json.dumps(asdict(self.config))

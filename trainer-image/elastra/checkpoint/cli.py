@@ -1,0 +1,126 @@
+"""`elastra ckpt`: list, inspect, verify and consolidate checkpoints.
+
+URIs are a checkpoint root (`s3://bucket/prefix` or a directory) or one step under it (`…/step-N`).
+Exit codes: 0 fine, 1 damage found (verify) or nothing to act on, 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from elastra.checkpoint.format import FormatError, parse_step_dir
+from elastra.checkpoint.geometry import Box
+from elastra.checkpoint.reader import Sources, read_box, read_manifest, verify_all
+from elastra.checkpoint.retention import committed_steps
+from elastra.storage import Storage, StorageError, open_storage
+
+
+def split_uri(uri: str) -> tuple[str, int | None]:
+    """`root/step-N` → (`root`, N); a bare root → (`root`, None)."""
+    stripped = uri.rstrip("/")
+    head, _, tail = stripped.rpartition("/")
+    step = parse_step_dir(tail)
+    return (head, step) if step is not None and head else (stripped, None)
+
+
+def _resolve(uri: str) -> tuple[Storage, list[int]]:
+    root, step = split_uri(uri)
+    storage = open_storage(root)
+    if step is not None:
+        return storage, [step]
+    return storage, sorted((s for s, ok in committed_steps(storage).items() if ok), reverse=True)
+
+
+def cmd_ls(uri: str) -> int:
+    storage = open_storage(split_uri(uri)[0])
+    steps = committed_steps(storage)
+    if not steps:
+        print(f"no checkpoints under {storage.uri}")
+        return 1
+    print(f"{'step':>10}  {'state':<11} {'world':>5} {'bytes':>14}")
+    for step in sorted(steps):
+        if not steps[step]:
+            print(f"{step:>10}  {'uncommitted':<11} {'-':>5} {'-':>14}")
+            continue
+        try:
+            m = read_manifest(storage, step)
+            print(f"{step:>10}  {'committed':<11} {m.world_size:>5} {m.nbytes:>14}")
+        except (FormatError, StorageError) as exc:
+            print(f"{step:>10}  {'unreadable':<11} {'-':>5} {'-':>14}  {exc}")
+    return 0
+
+
+def cmd_inspect(uri: str) -> int:
+    storage, steps = _resolve(uri)
+    if not steps:
+        print(f"no committed checkpoint under {uri}", file=sys.stderr)
+        return 1
+    m = read_manifest(storage, steps[0])
+    print(f"step {m.step}  world size {m.world_size}  files {len(m.files)}  bytes {m.nbytes}")
+    for path, t in sorted(m.tensors.items()):
+        print(f"  {path}  {t.dtype} {list(t.shape)}  {t.sharding}  {len(t.fragments)} fragment(s)  {t.nbytes} bytes")
+    for path, value in sorted(m.values.items()):
+        print(f"  {path} = {value!r}")
+    return 0
+
+
+def cmd_verify(uri: str) -> int:
+    storage, steps = _resolve(uri)
+    if not steps:
+        print(f"no committed checkpoint under {uri}", file=sys.stderr)
+        return 1
+    damaged = 0
+    for step in steps:
+        try:
+            problems = verify_all(Sources(read_manifest(storage, step), storage))
+        except (FormatError, StorageError) as exc:
+            problems = [str(exc)]
+        print(f"step-{step}: {'OK' if not problems else 'DAMAGED'}")
+        for problem in problems:
+            print(f"  {problem}")
+        damaged += bool(problems)
+    return 1 if damaged else 0
+
+
+def cmd_consolidate(uri: str, out: str) -> int:
+    from safetensors.torch import save_file
+
+    storage, steps = _resolve(uri)
+    if not steps:
+        print(f"no committed checkpoint under {uri}", file=sys.stderr)
+        return 1
+    m = read_manifest(storage, steps[0])
+    sources = Sources(m, storage)
+    tensors = {}
+    for path, t in m.tensors.items():
+        whole = read_box(sources, path, Box((0,) * len(t.shape), t.shape), "boxes") if t.layout == "boxes" else (
+            read_box(sources, path, Box((0,), t.space), "flat").reshape(t.shape)
+        )
+        tensors[path] = whole.contiguous()
+    save_file(tensors, out, metadata={"step": str(m.step), "source": storage.uri})
+    print(f"wrote {len(tensors)} tensors of step {m.step} to {out}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="elastra ckpt", description="Inspect and verify checkpoints.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("ls", help="list the steps under a root").add_argument("uri")
+    sub.add_parser("inspect", help="tensors, shapes, sharding and bytes of a step").add_argument("uri")
+    sub.add_parser("verify", help="check every checksum; non-zero exit on damage").add_argument("uri")
+    consolidate = sub.add_parser("consolidate", help="write the full unsharded state as one safetensors file")
+    consolidate.add_argument("uri")
+    consolidate.add_argument("--out", required=True)
+    ns = parser.parse_args(argv)
+    try:
+        if ns.command == "ls":
+            return cmd_ls(ns.uri)
+        if ns.command == "inspect":
+            return cmd_inspect(ns.uri)
+        if ns.command == "verify":
+            return cmd_verify(ns.uri)
+        return cmd_consolidate(ns.uri, ns.out)
+    except (FormatError, StorageError, ValueError) as exc:
+        print(f"elastra ckpt {ns.command}: {exc}", file=sys.stderr)
+        return 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pathlib
 
 import helm_python as helm
+import kubernetes_validate
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -54,3 +55,13 @@ def test_kopf_peering_crds_can_be_left_out() -> None:
     assert dependency["condition"] == "peering.installCRDs"
     statuses = {d["name"]: d["status"] for d in helm.dependency_list(CHART)}
     assert statuses == {"kopf-peering": "unpacked"}
+
+
+def test_every_shipped_crd_validates_against_the_kubernetes_schema() -> None:
+    with helm.Chart.load(CHART) as chart:
+        crd_files = chart.crds
+    for crd_file in crd_files:
+        for doc in yaml.safe_load_all(crd_file["data"]):
+            if doc:
+                for version in ("1.27.0", kubernetes_validate.latest_version()):
+                    kubernetes_validate.validate(doc, version, strict=True)

@@ -163,6 +163,10 @@ class AgentReport(_Wire):
     """Human-readable cause of a failure."""
     ack_request: str | None = None
     """Id of the newest checkpoint request the workers have seen."""
+    restore_seconds: Annotated[float, Field(ge=0)] | None = None
+    """How long this generation's restore took on this pod (set from `Running` on, when it restored)."""
+    restore_tier: str | None = None
+    """Tier the restore read from (`local`, `s3`, `directory`)."""
     time: dt.datetime
     """When the agent wrote this."""
 

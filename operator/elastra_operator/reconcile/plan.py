@@ -1,0 +1,627 @@
+"""`plan(job, pods, nodes, checkpoints, now) -> actions`: every decision the operator takes. Pure.
+
+One pass reads the membership record (generation, members, checkpoint request) and the operator record
+stored beside it, looks at pods, nodes and Checkpoints, and returns the writes that move the job one step
+on. Nothing is remembered between passes, so a restarted operator picks up exactly where the last left.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from elastra.api.membership import (
+    AgentState,
+    CheckpointRequest,
+    Member,
+    Membership,
+    MembershipPhase,
+    RestorePoint,
+)
+from elastra.api.trainingjob import CleanPodPolicy, LastCheckpoint, MemberStatus, Phase, TrainingJobStatus
+
+from . import commits, manifests
+from .actions import (
+    Action,
+    CreateObject,
+    DeleteJob,
+    DeletePod,
+    Event,
+    Observe,
+    PatchStatus,
+    WriteMembership,
+)
+from .checks import spec_problems
+from .status import changed, set_condition, status_body
+from .views import CheckpointView, JobView, NodeView, OperatorRecord, PodView
+
+
+def plan(
+    job: JobView,
+    pods: Sequence[PodView],
+    nodes: Sequence[NodeView],
+    checkpoints: Sequence[CheckpointView],
+    now: dt.datetime,
+) -> tuple[Action, ...]:
+    """Pure: the actions that move `job` on from what the API shows at `now`."""
+    if job.deleting:
+        return ()
+    problems = spec_problems(job)
+    if problems:
+        return _invalid(job, problems, now)
+    if job.status.phase.finished:
+        return _after_finish(job, pods, now)
+    return _Pass(job, pods, nodes, checkpoints, now).run()
+
+
+def _invalid(job: JobView, problems: list[str], now: dt.datetime) -> tuple[Action, ...]:
+    message = "; ".join(problems)
+    old = job.status.condition("Valid")
+    conditions = set_condition(
+        job.status.conditions, type_="Valid", status=False, reason="InvalidSpec", message=message, now=now
+    )
+    phase = job.status.phase if job.membership is not None else Phase.PENDING
+    status = job.status.model_copy(update={"conditions": conditions, "phase": phase})
+    if not changed(job.status, status):
+        return ()
+    actions: list[Action] = [PatchStatus(status=status_body(status))]
+    if old is None or old.status != "False" or old.message != message:
+        actions.append(Event(reason="InvalidSpec", message=f"the job cannot start: {message}", warning=True))
+    return tuple(actions)
+
+
+def _after_finish(job: JobView, pods: Sequence[PodView], now: dt.datetime) -> tuple[Action, ...]:
+    assert job.spec is not None
+    policy = job.spec.run_policy
+    actions: list[Action] = []
+    for pod in pods:
+        if pod.deleting:
+            continue
+        if policy.clean_pod_policy is CleanPodPolicy.ALL or (
+            policy.clean_pod_policy is CleanPodPolicy.RUNNING and pod.phase in ("Pending", "Running")
+        ):
+            actions.append(DeletePod(name=pod.name, reason=f"cleanPodPolicy {policy.clean_pod_policy}"))
+    done = job.status.completion_time
+    ttl = policy.ttl_seconds_after_finished
+    if done is not None and ttl is not None and (now - done).total_seconds() >= ttl:
+        actions.append(DeleteJob(reason=f"ttlSecondsAfterFinished ({ttl}s) passed"))
+    return tuple(actions)
+
+
+_READY = NodeView(name="", ready=True)
+PEER_LOST = "PeerLost"
+"""Agent failure reason prefix for a worker that died because a peer did: never permanent."""
+
+
+def _permanent(code: int | None, retryable: tuple[int, ...]) -> bool:
+    """Exit codes 1-127 come from user code and are permanent unless listed; 128+ are signals: retryable."""
+    return code is not None and 1 <= code <= 127 and code not in retryable
+
+
+class _Pass:
+    """One planning pass over one job. Collects writes; `run()` returns them in a safe order."""
+
+    def __init__(
+        self,
+        job: JobView,
+        pods: Sequence[PodView],
+        nodes: Sequence[NodeView],
+        checkpoints: Sequence[CheckpointView],
+        now: dt.datetime,
+    ) -> None:
+        assert job.spec is not None
+        self.job, self.spec, self.now = job, job.spec, now
+        self.pods = {p.name: p for p in pods}
+        self.nodes = {n.name: n for n in nodes}
+        self.m = job.membership or Membership(
+            generation=0, phase=MembershipPhase.HOLD, world_size=0, nproc_per_pod=self.spec.nproc_per_pod
+        )
+        self.r = job.record
+        self.new_m, self.new_r = self.m, self.r
+        self.ckpts = sorted((c for c in checkpoints if c.job == job.name), key=lambda c: c.step)
+        self.creates: list[Action] = []
+        self.deletes: list[Action] = []
+        self.events: list[Action] = []
+        self.observations: list[Action] = []
+        self.phase = job.status.phase
+        self.conditions = set_condition(
+            job.status.conditions, type_="Valid", status=True, reason="SpecValid", message="", now=now
+        )
+        self.completion: dt.datetime | None = job.status.completion_time
+        self.creating = 0
+        self.keep: list[PodView] = []
+        self.leaving: list[PodView] = []
+
+    # ------------------------------------------------------------------ facts about pods and nodes
+    def node_lost(self, pod: PodView) -> bool:
+        if pod.node is None:
+            return False
+        node = self.nodes.get(pod.node)
+        if node is None:
+            return True
+        if node.ready or node.not_ready_since is None:
+            return False
+        return (
+            self.now - node.not_ready_since
+        ).total_seconds() >= self.spec.elastic.node_loss_timeout_seconds
+
+    def cordoned(self, pod: PodView) -> bool:
+        node = self.nodes.get(pod.node or "")
+        return node is not None and node.unschedulable
+
+    def loss(self, pod: PodView) -> str | None:
+        """Why the pod is gone for good (None while it can still train)."""
+        if pod.deleting:
+            return "Drained" if self.cordoned(pod) else "PodDeleted"
+        if pod.reason == "Evicted":
+            return "Evicted"
+        if self.node_lost(pod):
+            return "NodeLost"
+        if pod.phase == "Failed":
+            return f"ExitCode{pod.exit_code}" if pod.exit_code is not None else "PodFailed"
+        if pod.phase == "Unknown":
+            return "PodUnknown"
+        return None
+
+    def usable(self, pod: PodView) -> bool:
+        return self.loss(pod) is None and pod.phase in ("Pending", "Running")
+
+    def running(self, pod: PodView) -> bool:
+        return pod.phase == "Running" and bool(pod.ip) and bool(pod.node)
+
+    def in_generation(self, pod: PodView, state: AgentState) -> bool:
+        return (
+            pod.agent is not None and pod.agent.generation == self.m.generation and pod.agent.state is state
+        )
+
+    # ------------------------------------------------------------------ the pass
+    def run(self) -> tuple[Action, ...]:
+        self.record_commits()
+        members = [self.pods.get(m.pod) for m in self.m.members]
+        usable = sorted((p for p in self.pods.values() if self.usable(p)), key=self._order)
+        suspend = self.spec.run_policy.suspend
+        leaving = [p for p in usable if suspend or self.cordoned(p)]
+        keep = [p for p in usable if p not in leaving]
+        leaving += keep[self.spec.replicas.max :]
+        keep = keep[: self.spec.replicas.max]
+        self.keep, self.leaving = keep, leaving
+        if not suspend:
+            self.create_pods(usable)
+        for pod in self.pods.values():
+            gone = not self.usable(pod) and pod.phase != "Succeeded"
+            if gone and (not pod.deleting or self.node_lost(pod)):
+                why = self.loss(pod) or pod.phase
+                self.deletes.append(DeletePod(name=pod.name, reason=why, force=self.node_lost(pod)))
+        if not self.check_deadline():
+            if self.m.phase is MembershipPhase.RUN and self.m.members:
+                self.run_generation(members)
+            elif self.m.phase is MembershipPhase.HOLD:
+                self.hold_generation()
+            elif self.m.phase is MembershipPhase.DONE:
+                self.finish(
+                    self.r.outcome or "Failed", self.r.outcome_reason or "Done", self.r.outcome_message or ""
+                )
+        return self.collect()
+
+    def _order(self, pod: PodView) -> tuple[int, int, str]:
+        member = self.m.member(pod.name)
+        if member is not None:
+            return (0, member.rank_start, pod.name)
+        return (1, manifests.pod_index(self.job.name, pod.name) or 0, pod.name)
+
+    def create_pods(self, usable: list[PodView]) -> None:
+        if self.job.membership is None:
+            self.creates.append(CreateObject(manifest=manifests.headless_service(self.job)))
+        gpus = manifests.gpu_request(self.spec.template)
+        selector = (self.spec.template.get("spec") or {}).get("nodeSelector") or {}
+        occupied = {p.node for p in usable if p.node}
+        free = [
+            n
+            for n in self.nodes.values()
+            if n.ready
+            and not n.unschedulable
+            and n.name not in occupied
+            and all(n.labels.get(k) == v for k, v in selector.items())
+            and n.gpus >= gpus
+        ]
+        unscheduled = sum(1 for p in self.keep if p.node is None)
+        want = min(self.spec.replicas.max - len(self.keep), len(free) - unscheduled)
+        taken = {manifests.pod_index(self.job.name, name) for name in self.pods}
+        index = 0
+        self.creating = max(want, 0)
+        for _ in range(self.creating):
+            while index in taken:
+                index += 1
+            self.creates.append(CreateObject(manifest=manifests.worker_pod(self.job, index)))
+            taken.add(index)
+        if len(self.keep) + self.creating < self.spec.replicas.min:
+            self.conditions = set_condition(
+                self.conditions,
+                type_="Capacity",
+                status=False,
+                reason="InsufficientCapacity",
+                message=f"{len(self.keep) + self.creating} schedulable worker(s), replicas.min is "
+                f"{self.spec.replicas.min}: waiting for capacity",
+                now=self.now,
+            )
+        else:
+            self.conditions = set_condition(
+                self.conditions, type_="Capacity", status=True, reason="Sufficient", message="", now=self.now
+            )
+
+    def check_deadline(self) -> bool:
+        deadline = self.spec.run_policy.active_deadline_seconds
+        started = self.r.started_at
+        if deadline is None or started is None or (self.now - started).total_seconds() < deadline:
+            return False
+        self.finish(
+            "Failed", "DeadlineExceeded", f"the job ran longer than activeDeadlineSeconds ({deadline}s)"
+        )
+        return True
+
+    # ------------------------------------------------------------------ a running generation
+    def run_generation(self, members: list[PodView | None]) -> None:
+        if all(
+            p is not None and (p.phase == "Succeeded" or self.in_generation(p, AgentState.SUCCEEDED))
+            for p in members
+        ):
+            self.finish("Succeeded", "AllRanksSucceeded", f"all {self.m.world_size} ranks exited 0")
+            return
+        failed = self.failed_members(members)
+        if failed and self.any_node_unsure(members):
+            self.phase = Phase.RESCALING  # wait: the NotReady node is either back or lost within the timeout
+        elif failed and all(permanent for _, _, permanent in failed):
+            detail = ", ".join(f"{pod} ({why})" for pod, why, _ in failed)
+            self.finish("Failed", "WorkerFailed", f"permanent failure in user code: {detail}")
+        elif unplanned := [(pod, why) for pod, why, _ in failed if why != "Drained"]:
+            if not self.count_failure(unplanned):
+                self.transition("Failure")
+        elif failed:
+            self.transition("Drain")
+        else:
+            self.planned_changes(members)
+
+    def failed_members(self, members: list[PodView | None]) -> list[tuple[str, str, bool]]:
+        """(pod, reason, permanent) for every member of the generation that is gone or failed."""
+        retryable = self.spec.run_policy.retryable_exit_codes
+        failed: list[tuple[str, str, bool]] = []
+        for member, pod in zip(self.m.members, members, strict=True):
+            if pod is None:
+                failed.append((member.pod, "PodDeleted", False))
+            elif (loss := self.loss(pod)) is not None:
+                failed.append(
+                    (pod.name, loss, pod.phase == "Failed" and _permanent(pod.exit_code, retryable))
+                )
+            elif self.in_generation(pod, AgentState.FAILED):
+                assert pod.agent is not None
+                why = pod.agent.reason or f"exit code {pod.agent.exit_code}"
+                peer = (pod.agent.reason or "").startswith(PEER_LOST)
+                permanent = not peer and _permanent(pod.agent.exit_code, retryable)
+                failed.append((pod.name, f"WorkerFailed: {why}", permanent))
+        return failed
+
+    def planned_changes(self, members: list[PodView | None]) -> None:
+        """No failure: suspend, shrink or grow when asked to, else keep running."""
+        names = {m.pod for m in self.m.members}
+        joining = [p for p in self.keep if p.name not in names and self.running(p)]
+        if self.spec.run_policy.suspend:
+            self.planned("Suspend")
+        elif any(p.name in names for p in self.leaving):
+            self.planned("ScaleDown")
+        elif joining and self.gang_ready() and self.cooled_down():
+            self.planned("ScaleUp")
+        else:
+            self.steady(members)
+
+    def any_node_unsure(self, members: list[PodView | None]) -> bool:
+        """A member sits on a NotReady node not yet declared lost: a peer's error may be its symptom."""
+        return any(
+            p is not None and not self.node_lost(p) and not self.nodes.get(p.node or "", _READY).ready
+            for p in members
+        )
+
+    def count_failure(self, unplanned: list[tuple[str, str]]) -> bool:
+        """Count this generation's failure once; True when the backoff limit is now exceeded."""
+        if self.r.failure_generation == self.m.generation:
+            return self.new_r.failures > self.spec.run_policy.backoff_limit
+        steps = [p.agent.step for p in self.pods.values() if p.agent is not None and p.agent.step is not None]
+        failures = self.r.failures + 1
+        self.new_r = self.new_r.model_copy(
+            update={
+                "failures": failures,
+                "failure_generation": self.m.generation,
+                "failure_detected_at": self.r.failure_detected_at or self.now,
+                "failure_step": max(steps, default=None),
+            }
+        )
+        detail = ", ".join(f"{pod} ({why})" for pod, why in unplanned)
+        limit = self.spec.run_policy.backoff_limit
+        self.events.append(
+            Event(
+                reason="Failure",
+                message=f"generation {self.m.generation}: lost {detail}; "
+                f"failure {failures}, backoffLimit {limit}",
+                warning=True,
+            )
+        )
+        for _, why in unplanned:
+            self.observations.append(Observe(metric="failures", labels={"reason": why.split(":")[0]}))
+        if failures > limit:
+            self.finish("Failed", "BackoffLimitExceeded", f"{failures} failures, backoffLimit is {limit}")
+            return True
+        return False
+
+    def gang_ready(self) -> bool:
+        """Every kept pod runs, or the ones that do not have had startTimeoutSeconds to do so."""
+        if self.creating:
+            return False
+        timeout = self.spec.elastic.start_timeout_seconds
+        return all(self.running(p) or (self.now - p.created_at).total_seconds() >= timeout for p in self.keep)
+
+    def cooled_down(self) -> bool:
+        last = self.r.last_rescale_at
+        cooldown = self.spec.elastic.scale_up_cooldown_seconds
+        return last is None or (self.now - last).total_seconds() >= cooldown
+
+    def planned(self, reason: str) -> None:
+        """A rescale nobody forced: checkpoint first (up to the deadline), then the new generation."""
+        self.phase = Phase.RESCALING
+        request = self.m.checkpoint_request
+        if request is None:
+            request = CheckpointRequest(
+                id=f"g{self.m.generation}-{reason.lower()}-{int(self.now.timestamp())}",
+                reason=reason,
+                requested_at=self.now,
+            )
+            self.new_m = self.m.model_copy(update={"checkpoint_request": request})
+            self.events.append(
+                Event(
+                    reason="CheckpointRequested",
+                    message=f"checkpoint requested before {reason} (request {request.id})",
+                )
+            )
+            return
+        if self.answered(request):
+            self.transition(reason)
+            return
+        waited = (self.now - request.requested_at).total_seconds()
+        if waited >= self.spec.elastic.checkpoint_deadline_seconds:
+            self.events.append(
+                Event(
+                    reason="CheckpointLate",
+                    message=f"no commit for request {request.id} after {int(waited)}s: "
+                    f"{reason} from the newest committed checkpoint",
+                    warning=True,
+                )
+            )
+            self.transition(reason)
+
+    def answered(self, request: CheckpointRequest) -> bool:
+        return any(c.committed_at >= request.requested_at for c in self.ckpts) or any(
+            p.commit is not None and p.commit.request_id == request.id for p in self.pods.values()
+        )
+
+    def steady(self, members: list[PodView | None]) -> None:
+        request = self.m.checkpoint_request
+        if request is not None and (
+            self.answered(request)
+            or (self.now - request.requested_at).total_seconds()
+            >= self.spec.elastic.checkpoint_deadline_seconds
+        ):
+            self.new_m = self.new_m.model_copy(update={"checkpoint_request": None})
+        if all(p is not None and self.in_generation(p, AgentState.RUNNING) for p in members):
+            self.phase = Phase.RUNNING
+            self.resumed(members)
+        elif self.m.restore is not None:
+            self.phase = Phase.RESTORING
+        else:
+            self.phase = Phase.STARTING
+
+    def resumed(self, members: list[PodView | None]) -> None:
+        """Training runs in this generation: close the books on the failure that led here."""
+        if self.job.status.phase is Phase.RUNNING and self.job.status.generation == self.m.generation:
+            return
+        for pod in members:
+            if pod is not None and pod.agent is not None and pod.agent.restore_seconds is not None:
+                tier = pod.agent.restore_tier or "unknown"
+                self.observations.append(
+                    Observe(metric="restore_seconds", value=pod.agent.restore_seconds, labels={"tier": tier})
+                )
+        detected = self.r.failure_detected_at
+        if detected is None:
+            return
+        self.observations.append(
+            Observe(metric="recovery_seconds", value=(self.now - detected).total_seconds())
+        )
+        restored = self.m.restore.step if self.m.restore is not None else 0
+        if self.r.failure_step is not None:
+            self.observations.append(
+                Observe(metric="steps_lost", value=max(self.r.failure_step - restored, 0))
+            )
+        self.new_r = self.new_r.model_copy(update={"failure_detected_at": None, "failure_step": None})
+        self.events.append(
+            Event(
+                reason="Recovered",
+                message=f"training resumed in generation {self.m.generation} "
+                f"after {(self.now - detected).total_seconds():.1f}s",
+            )
+        )
+
+    # ------------------------------------------------------------------ generation changes
+    def hold_generation(self) -> None:
+        running = [p for p in self.keep if self.running(p)]
+        if self.spec.run_policy.suspend:
+            self.phase = Phase.SUSPENDED
+            self.deletes.extend(DeletePod(name=p.name, reason="suspended") for p in self.leaving)
+            return
+        if len(running) >= self.spec.replicas.min and self.gang_ready():
+            if self.r.started_at is None:
+                reason = "Start"
+            else:
+                reason = "Resume" if self.r.rescale_reason == "Suspend" else "CapacityRestored"
+            self.transition(reason)
+            return
+        enough = len(self.keep) + self.creating >= self.spec.replicas.min
+        self.phase = Phase.STARTING if enough else Phase.PENDING
+
+    def transition(self, reason: str) -> None:
+        """Write the next generation from the pods that run now, or Hold when they are too few."""
+        running = [p for p in self.keep if self.running(p)]
+        pending = [p for p in self.keep if not self.running(p)]
+        minimum = self.spec.replicas.min
+        if self.spec.run_policy.suspend:
+            self.write_generation(MembershipPhase.HOLD, [], reason="Suspend")
+            self.phase = Phase.SUSPENDED
+            self.deletes.extend(DeletePod(name=p.name, reason="suspended") for p in self.leaving)
+            return
+        if len(running) >= minimum and self.gang_ready():
+            self.write_generation(MembershipPhase.RUN, running, reason=reason)
+            self.deletes.extend(
+                DeletePod(name=p.name, reason=f"leaves the job ({reason})") for p in self.leaving
+            )
+            self.phase = Phase.RESTORING if self.new_m.restore is not None else Phase.STARTING
+            return
+        if len(running) + len(pending) + self.creating < minimum:
+            if self.m.phase is not MembershipPhase.HOLD or self.m.members:
+                self.write_generation(MembershipPhase.HOLD, [], reason=reason)
+                self.events.append(
+                    Event(
+                        reason="InsufficientCapacity",
+                        message=f"{len(running)} worker(s) left, replicas.min is {minimum}: "
+                        "holding until capacity returns",
+                        warning=True,
+                    )
+                )
+            self.phase = Phase.PENDING
+            return
+        self.phase = Phase.RESCALING
+
+    def write_generation(self, phase: MembershipPhase, pods: list[PodView], *, reason: str) -> None:
+        nproc = self.spec.nproc_per_pod
+        members = tuple(
+            Member(pod=p.name, node=p.node or "", pod_ip=p.ip or "", rank_start=i * nproc, nprocs=nproc)
+            for i, p in enumerate(pods)
+        )
+        generation = self.m.generation + 1
+        self.new_m = Membership(
+            generation=generation,
+            phase=phase,
+            world_size=len(members) * nproc,
+            nproc_per_pod=nproc,
+            master_addr=members[0].pod_ip if members else "",
+            master_port=manifests.MASTER_PORT,
+            members=members,
+            restore=self.restore_point(),
+            checkpoint_request=None,
+        )
+        first = self.r.started_at is None
+        self.new_r = self.new_r.model_copy(
+            update={
+                "restarts": self.new_r.restarts + (0 if first else 1),
+                "rescale_reason": reason,
+                "last_rescale_at": self.now,
+                "started_at": self.r.started_at or (self.now if phase is MembershipPhase.RUN else None),
+            }
+        )
+        self.observations.append(Observe(metric="rescales", labels={"reason": reason}))
+        restore = self.new_m.restore
+        source = f", restoring {restore.checkpoint}" if restore is not None else ""
+        self.events.append(
+            Event(
+                reason="Rescaled" if phase is MembershipPhase.RUN else "Held",
+                message=f"generation {generation} ({phase}): world size {self.m.world_size} -> "
+                f"{self.new_m.world_size} ({reason}){source}",
+            )
+        )
+
+    def restore_point(self) -> RestorePoint | None:
+        if self.ckpts:
+            newest = self.ckpts[-1]
+            return RestorePoint(checkpoint=newest.name, step=newest.step, uri=newest.uri)
+        source = self.job.restore_from
+        if source is not None:
+            return RestorePoint(checkpoint=source.name, step=source.step, uri=source.uri)
+        return None
+
+    def finish(self, outcome: str, reason: str, message: str) -> None:
+        self.new_m = self.m.model_copy(update={"phase": MembershipPhase.DONE, "checkpoint_request": None})
+        self.new_r = self.new_r.model_copy(
+            update={"outcome": outcome, "outcome_reason": reason, "outcome_message": message}
+        )
+        self.phase = Phase(outcome)
+        self.completion = self.now
+        self.conditions = set_condition(
+            self.conditions, type_=outcome, status=True, reason=reason, message=message, now=self.now
+        )
+        self.events.append(
+            Event(reason=reason, message=f"job {outcome.lower()}: {message}", warning=outcome != "Succeeded")
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    def record_commits(self) -> None:
+        found = commits.record(self.job, list(self.pods.values()), self.ckpts)
+        self.ckpts = list(found.checkpoints)
+        self.creates.extend(found.creates)
+        self.deletes.extend(found.deletes)
+        self.events.extend(found.events)
+        self.observations.extend(found.observations)
+
+    # ------------------------------------------------------------------ output
+    def collect(self) -> tuple[Action, ...]:
+        actions: list[Action] = list(self.creates)
+        if self.new_m != self.m or self.new_r != self.r or self.job.membership is None:
+            actions.append(
+                WriteMembership(
+                    membership=self.new_m, record=self.new_r, expected_version=self.job.membership_version
+                )
+            )
+        actions.extend(self.deletes)
+        status = self.status()
+        if changed(self.job.status, status):
+            actions.append(PatchStatus(status=status_body(status)))
+        return (*actions, *self.events, *self.observations)
+
+    def status(self) -> TrainingJobStatus:
+        m = self.new_m
+        steps = [
+            p.agent.step
+            for p in self.pods.values()
+            if p.agent is not None and p.agent.step is not None and m.member(p.name) is not None
+        ]
+        newest = self.ckpts[-1] if self.ckpts else None
+        last = (
+            LastCheckpoint(
+                name=newest.name,
+                step=newest.step,
+                tiers=newest.tiers,
+                bytes=newest.bytes,
+                time=newest.committed_at,
+            )
+            if newest is not None
+            else None
+        )
+        ready = self.phase is Phase.RUNNING
+        conditions = set_condition(
+            self.conditions, type_="Ready", status=ready, reason=self.phase.value, message="", now=self.now
+        )
+        return TrainingJobStatus(
+            phase=self.phase,
+            conditions=conditions,
+            world_size=m.world_size if m.phase is MembershipPhase.RUN else 0,
+            generation=m.generation,
+            members=tuple(
+                MemberStatus(
+                    pod=x.pod, node=x.node, ranks=tuple(range(x.rank_start, x.rank_start + x.nprocs))
+                )
+                for x in m.members
+            ),
+            step=max(steps, default=self.job.status.step),
+            last_checkpoint=last,
+            restarts=self.new_r.restarts,
+            failures=self.new_r.failures,
+            start_time=self.new_r.started_at,
+            completion_time=self.completion,
+        )
+
+
+__all__ = ["OperatorRecord", "plan"]

@@ -72,15 +72,27 @@ def build_state(
     for spec in layout:
         rows = spec.global_rows // world
         local = torch.zeros(rows, COLUMNS) if empty else base_values(spec, rank * rows, rows)
-        state[spec.name] = DTensor.from_local(
-            local,
-            mesh,
-            [Shard(0)],
-            run_check=False,
-            shape=torch.Size([spec.global_rows, COLUMNS]),
-            stride=(COLUMNS, 1),
-        )
+        state[spec.name] = as_dtensor(local, mesh, spec, 0)
     return state
+
+
+def build_column_target(layout: list[TensorSpec], mesh: DeviceMesh, world: int) -> dict[str, DTensor]:
+    """Zeroed restore target sharded by columns over `world` ranks: a different sharding than saved."""
+    return {
+        spec.name: as_dtensor(torch.zeros(spec.global_rows, COLUMNS // world), mesh, spec, 1)
+        for spec in layout
+    }
+
+
+def as_dtensor(local: torch.Tensor, mesh: DeviceMesh, spec: TensorSpec, dim: int) -> DTensor:
+    return DTensor.from_local(
+        local,
+        mesh,
+        [Shard(dim)],
+        run_check=False,
+        shape=torch.Size([spec.global_rows, COLUMNS]),
+        stride=(COLUMNS, 1),
+    )
 
 
 def rss_bytes() -> int:
@@ -210,37 +222,55 @@ def run_saves(args: argparse.Namespace, mesh: DeviceMesh) -> dict[str, Any]:
 
 
 def run_restore(args: argparse.Namespace, mesh: DeviceMesh) -> dict[str, Any]:
-    """Restore the newest checkpoint of `args.method` (saved by `args.saved_world` ranks) on this one rank.
+    """Restore the newest checkpoint of `args.method` (saved by `args.saved_world` ranks sharded by rows).
 
-    `args.rounds` times: zero the target, evict the checkpoint from the page cache, time the load,
-    check every value against the step it claims.
+    On 1 rank the target is the full tensors (2->1); on 2 ranks it is sharded by columns (2->2
+    resharded). `args.rounds` times: zero the target, evict the checkpoint from the page cache, time
+    the load, check every value against the step it claims.
     """
     saved_layout = state_layout(args.state_bytes, args.saved_world)
-    # torch.load allocates what it reads; the resharding loaders fill a preallocated target in place.
-    state = {} if args.method == "torch_save" else build_state(saved_layout, mesh, 0, 1, empty=True)
+    state: dict[str, DTensor] = {}
+    if args.method != "torch_save":  # torch.load allocates what it reads; the others fill a target
+        state = build_column_target(saved_layout, mesh, args.world)
     root = pathlib.Path(args.dir)
     step = args.last_step
     times, evicted = [], 0
     for _ in range(args.rounds):
         for tensor in state.values():
             tensor.to_local().zero_()
-        evicted = evict_from_page_cache(root)
+        if args.rank == 0:
+            evicted = evict_from_page_cache(root)
+        dist.barrier()
         start = time.perf_counter()
         restored, shards = load_newest(args.method, root, step, args.saved_world, state)
         times.append(time.perf_counter() - start)
         if restored != step:
             raise RuntimeError(f"{args.method}: restored step {restored}, expected the newest {step}")
-        for spec in saved_layout:
-            if shards:
-                rows = spec.global_rows // args.saved_world
-                pieces = [(shard[spec.name], r * rows, rows) for r, shard in enumerate(shards)]
-            else:
-                pieces = [(state[spec.name].to_local(), 0, spec.global_rows)]
-            for got, row_start, rows in pieces:
-                if not torch.equal(got, base_values(spec, row_start, rows).add_(step)):
-                    raise RuntimeError(f"{args.method}: restored {spec.name} differs from what was saved")
+        check_restored(args, saved_layout, state, shards, step)
         del shards
     return {"restore_s": times, "peak_rss_bytes": peak_rss_bytes(), "checkpoint_dir_bytes": evicted}
+
+
+def check_restored(
+    args: argparse.Namespace,
+    layout: list[TensorSpec],
+    state: dict[str, DTensor],
+    shards: list[dict[str, torch.Tensor]],
+    step: int,
+) -> None:
+    """Raise unless every restored value equals what step `step` saved."""
+    columns = COLUMNS // args.world
+    for spec in layout:
+        if shards:
+            rows = spec.global_rows // args.saved_world
+            pieces = [(shard[spec.name], base_values(spec, r * rows, rows)) for r, shard in enumerate(shards)]
+        else:
+            full = base_values(spec, 0, spec.global_rows)
+            mine = full[:, args.rank * columns : (args.rank + 1) * columns]
+            pieces = [(state[spec.name].to_local(), mine)]
+        for got, base in pieces:
+            if not torch.equal(got, base + step):
+                raise RuntimeError(f"{args.method}: restored {spec.name} differs from what was saved")
 
 
 def load_newest(

@@ -10,7 +10,8 @@ sharded by rows over 2 gloo ranks) and the same disk:
   durable (fsynced; median), and the peak RSS of the ranks; for Elastra over 20 saves, with the RSS
   after each;
 - per method, in a fresh 1-rank process: the restore of the newest checkpoint onto 1 rank (2→1),
-  with the page cache of the checkpoint files evicted first, checked value for value;
+  with the page cache of the checkpoint files evicted first, checked value for value; and for the
+  methods that can reshard, in a fresh 2-rank group sharded by columns instead of rows (2→2);
 - the floors: memcpy into preallocated buffers, raw sequential write + fsync, raw read.
 
 A full-size run writes benchmarks/results/checkpoint.json and its section of docs/benchmarks.md.
@@ -138,13 +139,13 @@ def measure_method(method: str, work: pathlib.Path, state_bytes: int, saves: int
         f"  {method}: {saves} saves, stall median {_report.median(stalls):.3f} s, "
         f"durable median {_report.median(durables):.3f} s; restoring 2→1"
     )
-    restore = launch(
-        "restore",
-        method,
-        1,
-        work,
-        [*common, f"--saved-world={RANKS}", f"--last-step={ranks[0]['last_step']}"],
-    )[0]
+    restore_args = [*common, f"--saved-world={RANKS}", f"--last-step={ranks[0]['last_step']}"]
+    restore = launch("restore", method, 1, work, restore_args)[0]
+    resharded: list[float] | None = None
+    if method != "torch_save":  # torch.save files cannot be resharded
+        log(f"  {method}: restoring 2→2 sharded by columns instead of rows")
+        by_rank = launch("restore", method, RANKS, work, restore_args)
+        resharded = _report.slowest_rank_per_round([r["restore_s"] for r in by_rank])
     shutil.rmtree(root, ignore_errors=True)
     rss_series = [
         max(values) for values in zip(*(r["rss_after_each_save_bytes"] for r in ranks), strict=True)
@@ -154,6 +155,8 @@ def measure_method(method: str, work: pathlib.Path, state_bytes: int, saves: int
         "durable_s": _report.median(durables),
         "restore_s": _report.median(restore["restore_s"]),
         "restore_samples_s": restore["restore_s"],
+        "restore_resharded_s": None if resharded is None else _report.median(resharded),
+        "restore_resharded_samples_s": resharded,
         "peak_rss_bytes": max(r["peak_rss_bytes"] for r in ranks),
         "restore_peak_rss_bytes": restore["peak_rss_bytes"],
         "checkpoint_dir_bytes": restore["checkpoint_dir_bytes"],
@@ -240,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         "floors": {},
         "state_bytes_per_rank": state_bytes,
         "ranks": RANKS,
-        "restore": f"{RANKS} ranks -> 1 rank, page cache of the checkpoint evicted first",
+        "restore": (
+            f"restore_s: {RANKS} ranks (rows) -> 1 rank; restore_resharded_s: {RANKS} ranks (rows) -> "
+            f"{RANKS} ranks (columns); page cache of the checkpoint evicted before each"
+        ),
         "machine": machine(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }

@@ -33,7 +33,13 @@ def results(**elastra: Any) -> dict[str, Any]:
     return {
         "methods": {
             "torch_save": {"stall_s": 2.0, "durable_s": 2.5, "restore_s": 1.5, "peak_rss_bytes": 900 * MIB},
-            "dcp_save": {"stall_s": 2.2, "durable_s": 2.2, "restore_s": 1.2, "peak_rss_bytes": 800 * MIB},
+            "dcp_save": {
+                "stall_s": 2.2,
+                "durable_s": 2.2,
+                "restore_s": 1.2,
+                "restore_resharded_s": 0.9,
+                "peak_rss_bytes": 800 * MIB,
+            },
             "dcp_async_save": {
                 "stall_s": 0.8,
                 "durable_s": 2.4,
@@ -57,6 +63,7 @@ def results(**elastra: Any) -> dict[str, Any]:
 
 
 GOOD_ELASTRA = {
+    "restore_resharded_s": 0.6,
     "stall_s": 0.15,
     "durable_s": 1.4,
     "restore_s": 1.1,
@@ -147,11 +154,19 @@ def test_all_targets_met_when_elastra_is_inside_every_limit() -> None:
             {"durable_s": 1.51}, {"durable ≤ 1.5x the raw write of the same bytes"}, id="durable-too-slow"
         ),
         pytest.param(
-            {"restore_s": 1.2}, {"N→M restore faster than DCP's load"}, id="restore-tie-is-not-faster"
+            {"restore_s": 1.2}, {"N→M restore (2→1) faster than DCP's load"}, id="restore-tie-is-not-faster"
+        ),
+        pytest.param(
+            {"restore_resharded_s": 0.95},
+            {"N→M restore (2→2 resharded) faster than DCP's load"},
+            id="resharded-restore-slower-than-dcp",
         ),
         pytest.param(
             {"restore_s": 1.31},
-            {"N→M restore faster than DCP's load", "N→M restore ≤ 1.3x the raw read of the bytes needed"},
+            {
+                "N→M restore (2→1) faster than DCP's load",
+                "N→M restore (2→1) ≤ 1.3x the raw read of the bytes needed",
+            },
             id="restore-over-read-floor",
         ),
         pytest.param(
@@ -175,7 +190,7 @@ def test_missing_elastra_is_not_measured_never_met() -> None:
 def test_markdown_shows_ratios_and_verdicts() -> None:
     table = report.render_markdown(results(**{**GOOD_ELASTRA, "durable_s": 2.0}))
     elastra_row = next(line for line in table.splitlines() if line.startswith("| elastra |"))
-    assert elastra_row == "| elastra | 0.150 | 2.000 | 1.100 | 700 | 1.50x | 2.00x | 1.10x |"
+    assert elastra_row == "| elastra | 0.150 | 2.000 | 1.100 | 0.600 | 700 | 1.50x | 2.00x | 1.10x |"
     assert (
         "| durable ≤ 1.5x the raw write of the same bytes | 2.000 s | 1.000 s | 2.00x "
         "| ≤ 1.5x | **not met** |" in table
@@ -185,7 +200,7 @@ def test_markdown_shows_ratios_and_verdicts() -> None:
 
 def test_markdown_marks_missing_elastra() -> None:
     table = report.render_markdown(results(missing="not importable"))
-    assert "| elastra | missing | missing | missing | missing | - | - | - |" in table
+    assert "| elastra | missing | missing | missing | missing | missing | - | - | - |" in table
     assert "**not measured**" in table and "| met |" not in table
 
 
@@ -242,3 +257,9 @@ def test_run_all_discovers_known_benchmarks_first_and_skips_helpers(tmp_path: pa
     ):
         (tmp_path / name).write_text("")
     assert run_all.discover(tmp_path) == ["checkpoint", "localcluster", "alpha", "zeta"]
+
+
+def test_torch_save_row_says_it_cannot_reshard() -> None:
+    table = report.render_markdown(results(**GOOD_ELASTRA))
+    torch_row = next(line for line in table.splitlines() if line.startswith("| torch_save |"))
+    assert torch_row.startswith("| torch_save | 2.000 | 2.500 | 1.500 | cannot reshard | 900 |")

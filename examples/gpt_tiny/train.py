@@ -31,6 +31,9 @@ class ModelAndOptimizer:
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.model, self.optimizer = model, optimizer
+        # Creates the optimizer state now (torch does a zero-lr step for that), so that every run,
+        # restored or not, checkpointed or not, follows the same trajectory.
+        get_state_dict(model, optimizer)
 
     def state_dict(self) -> dict[str, Any]:
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
@@ -107,7 +110,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.sample_log:
             with open(args.sample_log, "a") as fh:
                 fh.write(
-                    json.dumps({"step": step, "rank": rank, "epoch": batch.epoch, "idx": batch.indices})
+                    json.dumps(
+                        {
+                            "step": step,
+                            "rank": rank,
+                            "world": world,
+                            "epoch": batch.epoch,
+                            "idx": batch.indices,
+                        }
+                    )
                     + "\n"
                 )
         if rank == 0 and args.loss_log:

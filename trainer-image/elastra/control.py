@@ -56,8 +56,6 @@ class SaveRecord(_File):
     """Checkpoint step (steps completed)."""
     stall_seconds: float
     """Time `save()` blocked the training loop."""
-    bytes_by_tier: dict[str, int] = {}
-    """Bytes this rank wrote, by tier, once known."""
     skipped: str | None = None
     """Policy that skipped or waited instead of saving (e.g. `previous-in-flight`), if any."""
 
@@ -79,6 +77,10 @@ class WorkerStatus(_File):
     restore_tier: str | None = None
     saves: tuple[SaveRecord, ...] = ()
     """The newest saves (bounded), oldest first."""
+    bytes_by_tier: dict[str, int] = {}
+    """Checkpoint bytes this rank wrote, per tier (cumulative)."""
+    skipped_by_policy: dict[str, int] = {}
+    """Saves skipped (`skip`) or that waited for the previous one (`wait`), cumulative."""
     ack_request: str | None = None
     """Id of the newest checkpoint request the ranks agreed on and saved for."""
     last_commit: dict[str, Any] | None = None

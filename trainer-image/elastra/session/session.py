@@ -11,7 +11,6 @@ next step to run.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import os
 import pathlib
@@ -23,7 +22,6 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
@@ -80,19 +78,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@dataclass(frozen=True, slots=True)
-class CommitFacts:
-    """What a committed step's manifest says, for the commit report and the byte counters."""
-
-    uri: str
-    tiers: tuple[str, ...]
-    total_bytes: int
-    bytes_by_tier: dict[str, int]
-    """Bytes of this rank's shard file, per tier holding it."""
-    digest: str
-    format_version: int
 
 
 class Session:
@@ -174,21 +159,20 @@ class Session:
         may differ from the one that saved: every rank loads its own slice.
         """
         step = self.config.restore_step
-        if step is None and not self.config.under_agent and self.checkpointer is not None:
-            from elastra.checkpoint import latest
-
-            step = latest(self.config.checkpoint_uri)
-        if step is None:
+        if self.checkpointer is None or (step is None and self.config.under_agent):
             return 0
         started = time.monotonic()
         flat = _materialize(state)
-        loaded = self.checkpointer.load(flat, step=step)
+        loaded = self.checkpointer.load(flat, step=step)  # step None: the newest committed one
+        if loaded is None:
+            return 0
         for key, value in state.items():
             if isinstance(value, Stateful):
                 value.load_state_dict(flat[key])
         seconds = time.monotonic() - started
-        tier = getattr(self.checkpointer, "last_restore_tier", None) or "durable"
-        self._last_saved_step = int(loaded) if loaded is not None else step
+        by_tier = self.checkpointer.stats.restore_bytes_by_tier
+        tier = max(by_tier, key=lambda t: by_tier[t]) if any(by_tier.values()) else "durable"
+        self._last_saved_step = int(loaded)
         self._publish(step=self._last_saved_step, restore_seconds=seconds, restore_tier=str(tier), force=True)
         log.info("rank %d restored step %s in %.2fs", self.rank, self._last_saved_step, seconds)
         return self._last_saved_step
@@ -266,85 +250,56 @@ class Session:
 
     # ------------------------------------------------------------------ saving
     def _save(self, completed: int, state: Mapping[str, Any], *, ack_request: str | None, wait: bool) -> None:
-        started = time.monotonic()
         handle = self.checkpointer.save(completed, _materialize(state))
-        stall = time.monotonic() - started
         self._last_save_time = time.monotonic()
         self._last_saved_step = completed
-        record = SaveRecord(step=completed, stall_seconds=stall)
+        record = SaveRecord(
+            step=completed, stall_seconds=handle.stall_seconds, skipped="skip" if handle.skipped else None
+        )
         with self._lock:
             self._saves.append(record)
             if ack_request is not None:
                 self._status = self._status.model_copy(update={"ack_request": ack_request})
         if wait:
-            self._await_commit(handle, completed, stall, started, ack_request)
+            self._await_commit(handle, ack_request)
             self._publish(emergency_step=completed, force=True)
             return
         waiter = threading.Thread(
             target=self._await_commit,
-            args=(handle, completed, stall, started, ack_request),
+            args=(handle, ack_request),
             name=f"elastra-commit-{completed}",
             daemon=True,
         )
         waiter.start()
         self._waiters = [t for t in self._waiters if t.is_alive()] + [waiter]
 
-    def _await_commit(
-        self, handle: Any, completed: int, stall: float, started: float, ack_request: str | None
-    ) -> None:
+    def _await_commit(self, handle: Any, ack_request: str | None) -> None:
+        """Wait for one save to commit; on global rank 0, publish its commit report."""
         try:
-            handle.wait()
-            facts = self._commit_facts(completed)
+            info = handle.wait()
         except Exception as exc:
-            log.error("rank %d: checkpoint %d did not commit: %s", self.rank, completed, exc)
+            log.error("rank %d: checkpoint %d did not commit: %s", self.rank, handle.step, exc)
             return
-        commit_seconds = time.monotonic() - started
-        with self._lock:
-            self._saves = deque(
-                (s.model_copy(update={"bytes_by_tier": facts.bytes_by_tier}) if s.step == completed else s)
-                for s in self._saves
-            )
-            self._saves = deque(self._saves, maxlen=KEPT_SAVES)
-        if self.rank != 0:
+        if info is None or self.rank != 0:
             self._publish(force=True)
             return
         from elastra.api.membership import CommitReport
 
         report = CommitReport(
-            step=completed,
-            uri=facts.uri,
-            tiers=facts.tiers,
-            bytes=facts.total_bytes,
-            manifest_digest=facts.digest,
-            world_size=self.world_size,
-            format_version=facts.format_version,
+            step=info.step,
+            uri=info.uri,
+            tiers=info.tiers,
+            bytes=info.bytes,
+            manifest_digest=info.manifest_digest,
+            world_size=info.world_size,
+            format_version=info.format_version,
             generation=self.generation,
-            stall_seconds=stall,
-            commit_seconds=commit_seconds,
+            stall_seconds=info.stall_seconds,
+            commit_seconds=info.commit_seconds,
             request_id=ack_request,
             time=dt.datetime.now(dt.UTC),
         )
         self._publish(last_commit=report.model_dump(mode="json", by_alias=True), force=True)
-
-    def _commit_facts(self, completed: int) -> CommitFacts:
-        """URI, tiers, bytes and digest of a committed step, read back from its manifest."""
-        from elastra.checkpoint.format import FORMAT_VERSION, MANIFEST, parse_manifest, shard_file, step_dir
-        from elastra.storage import open_storage
-
-        root = str(self.config.checkpoint_uri).rstrip("/")
-        raw = open_storage(root).get(f"{step_dir(completed)}/{MANIFEST}")
-        manifest = parse_manifest(raw)
-        durable = "s3" if root.startswith("s3://") else "durable"
-        tiers = ("local", durable) if self.config.local_dir else (durable,)
-        mine = manifest.files.get(shard_file(self.rank), 0)
-        return CommitFacts(
-            uri=f"{root}/{step_dir(completed)}",
-            tiers=tiers,
-            total_bytes=manifest.nbytes,
-            bytes_by_tier=dict.fromkeys(tiers, mine),
-            digest="sha256:" + hashlib.sha256(raw).hexdigest(),
-            format_version=FORMAT_VERSION,
-        )
 
     # ------------------------------------------------------------------ status
     def _publish(self, *, force: bool = False, **update: Any) -> None:
@@ -362,6 +317,10 @@ class Session:
                 self._steps_since_status = 0
                 self._seconds_since_status = 0.0
                 self._tokens_since_status = 0
+            if self.checkpointer is not None:
+                stats = self.checkpointer.stats
+                update["bytes_by_tier"] = dict(stats.bytes_by_tier)
+                update["skipped_by_policy"] = {"skip": stats.skipped, "wait": stats.waited}
             update = {k: v for k, v in update.items() if v is not None}
             self._status = self._status.model_copy(update={**update, "saves": tuple(self._saves)})
             if not force and now - self._last_status_write < STATUS_INTERVAL_S:

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from localcluster import discovery, tables
+from localcluster import discovery, protobuf, tables
 from localcluster.errors import ApiError
 from localcluster.patch import (
     APPLY_PATCH,
@@ -214,8 +214,11 @@ class ApiServer:
     async def _body(self, request: web.Request) -> dict[str, Any]:
         raw = await request.read()
         ctype = request.headers.get("Content-Type", "application/json").split(";")[0].strip()
-        if "protobuf" in ctype:
-            raise ApiError(415, f"unsupported media type {ctype}: send JSON")
+        if ctype == protobuf.PROTOBUF:
+            try:
+                return protobuf.decode(raw)
+            except protobuf.ProtobufError as exc:
+                raise ApiError(415, f"unsupported media type {ctype}: {exc}") from exc
         body = (
             yaml.safe_load(raw)
             if ctype == APPLY_PATCH or ctype.endswith("yaml")
@@ -279,8 +282,7 @@ class ApiServer:
 
     async def _delete_options(self, request: web.Request) -> dict[str, Any]:
         q = request.query
-        raw = await request.read()
-        body = json.loads(raw) if raw.strip() else {}
+        body = await self._body(request) if (await request.read()).strip() else {}
         grace = body.get("gracePeriodSeconds", q.get("gracePeriodSeconds"))
         pre = body.get("preconditions") or {}
         return {

@@ -53,7 +53,7 @@ class WatchEvent:
     """The object before the change (None for ADDED)."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Watcher:
     """A subscriber to one resource's changes."""
 

@@ -132,12 +132,19 @@ def fsync_path(path: pathlib.Path) -> None:
 # ------------------------------------------------------------------------------------------ save
 
 
-def make_saver(method: str, root: pathlib.Path, rank: int) -> Callable[[int, dict[str, DTensor]], Any]:
-    """A function that starts one save of `method` and returns a waiter for its durability.
+@dataclass(frozen=True, slots=True)
+class Saver:
+    """How one method saves."""
 
-    save(step, state) blocks the "training loop" for exactly as long as the method does; the waiter
-    it returns blocks until the checkpoint is durable (fsynced).
-    """
+    save: Callable[[int, dict[str, DTensor]], Callable[[], object]]
+    """save(step, state) blocks the training loop exactly as long as the method does and returns a
+    waiter that blocks until the checkpoint is durable (fsynced)."""
+    finish: Callable[[], object] = lambda: None
+    """Called once after the last save: wait for anything in flight, stop background threads."""
+
+
+def make_saver(method: str, root: pathlib.Path, rank: int) -> Saver:
+    """The Saver of `method`, writing its checkpoints under `root`."""
     if method == "torch_save":
 
         def save_torch(step: int, state: dict[str, DTensor]) -> Callable[[], None]:
@@ -147,7 +154,7 @@ def make_saver(method: str, root: pathlib.Path, rank: int) -> Callable[[int, dic
             # torch.save does not fsync; the durable time adds the fsync a careful caller would do.
             return lambda: fsync_path(path)
 
-        return save_torch
+        return Saver(save=save_torch)
     if method == "dcp_save":
 
         def save_dcp(step: int, state: dict[str, DTensor]) -> Callable[[], None]:
@@ -155,26 +162,28 @@ def make_saver(method: str, root: pathlib.Path, rank: int) -> Callable[[int, dic
             dcp.save(state, checkpoint_id=str(root / f"step-{step}"))
             return lambda: None
 
-        return save_dcp
+        return Saver(save=save_dcp)
     if method == "dcp_async_save":
 
-        def save_dcp_async(step: int, state: dict[str, DTensor]) -> Callable[[], None]:
+        def save_dcp_async(step: int, state: dict[str, DTensor]) -> Callable[[], object]:
             response = dcp.async_save(state, checkpoint_id=str(root / f"step-{step}"))
             future = getattr(response, "upload_completion", response)
             return future.result
 
-        return save_dcp_async
+        return Saver(save=save_dcp_async)
     if method == "elastra":
         from elastra.checkpoint import Checkpointer
 
         checkpointer = Checkpointer(str(root), local_dir=None, keep=3, process_group=None)
 
-        def save_elastra(step: int, state: dict[str, DTensor]) -> Callable[[], None]:
-            handle = checkpointer.save(step, state)
-            return handle.wait
+        def save_elastra(step: int, state: dict[str, DTensor]) -> Callable[[], object]:
+            return checkpointer.save(step, state).wait
 
-        save_elastra.checkpointer = checkpointer  # type: ignore[attr-defined]
-        return save_elastra
+        def finish() -> None:
+            checkpointer.wait()
+            checkpointer.close()
+
+        return Saver(save=save_elastra, finish=finish)
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -191,7 +200,7 @@ def run_saves(args: argparse.Namespace, mesh: DeviceMesh) -> dict[str, Any]:
             tensor.to_local().add_(1.0)
         dist.barrier()
         start = time.perf_counter()
-        wait_durable = saver(step, state)
+        wait_durable = saver.save(step, state)
         staged = time.perf_counter()
         wait_durable()
         durable = time.perf_counter()
@@ -203,10 +212,7 @@ def run_saves(args: argparse.Namespace, mesh: DeviceMesh) -> dict[str, Any]:
         previous = root / f"step-{step - 1}"
         if args.method != "elastra" and args.rank == 0 and previous.exists():
             shutil.rmtree(previous)
-    checkpointer = getattr(saver, "checkpointer", None)
-    if checkpointer is not None:
-        checkpointer.wait()
-        getattr(checkpointer, "close", lambda: None)()  # stop its background thread, if it has one
+    saver.finish()
     dist.barrier()
     return {
         "stall_s": stalls,

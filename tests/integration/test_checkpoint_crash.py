@@ -32,7 +32,9 @@ def worker(rank: int, port: int, root: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     fault = os.environ.pop("ELASTRA_CKPT_FAULT_LATER")
-    ckpt = Checkpointer(os.path.join(root, "durable"), local_dir=os.path.join(root, f"local-{rank}"), timeout_s=20)
+    ckpt = Checkpointer(
+        os.path.join(root, "durable"), local_dir=os.path.join(root, f"local-{rank}"), timeout_s=20
+    )
     ckpt.save(1, state_for(1)).wait()
     os.environ["ELASTRA_CKPT_FAULT"] = fault
     ckpt.save(2, state_for(2)).wait()  # the faulty rank dies in here; the other one fails

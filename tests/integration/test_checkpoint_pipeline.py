@@ -23,7 +23,10 @@ pytestmark = pytest.mark.timeout(120)
 def make_state(seed: int, big: int = 64) -> dict[str, object]:
     gen = torch.Generator().manual_seed(seed)
     return {
-        "model": {"w": torch.randn(big, 33, generator=gen), "b": torch.randn(33, generator=gen).to(torch.bfloat16)},
+        "model": {
+            "w": torch.randn(big, 33, generator=gen),
+            "b": torch.randn(33, generator=gen).to(torch.bfloat16),
+        },
         "count": torch.tensor(seed, dtype=torch.int64),
         "rng": torch.get_rng_state(),
         "flat": Flat(torch.randn(10, generator=gen, dtype=torch.float64), 0, 10, (2, 5)),
@@ -87,7 +90,9 @@ def test_local_tier_is_preferred_on_restore(tmp_path: Path) -> None:
     reader = Checkpointer(str(tmp_path / "durable"), local_dir=str(tmp_path / "nvme"))
     fresh = zeros_like_state(state)
     assert reader.load(fresh) == 3
-    assert reader.stats.restore_bytes_by_tier["durable"] == 0 and reader.stats.restore_bytes_by_tier["local"] > 0
+    assert (
+        reader.stats.restore_bytes_by_tier["durable"] == 0 and reader.stats.restore_bytes_by_tier["local"] > 0
+    )
     assert_same(state, fresh)
 
 
@@ -191,7 +196,10 @@ def release_when_waiting(thread_id: int, gate: threading.Event) -> None:
 
 @pytest.mark.parametrize(
     ("policy", "committed"),
-    [pytest.param("skip", [1], id="skip-counts-and-drops-the-second"), pytest.param("wait", [1, 2], id="wait-counts-and-keeps-both")],
+    [
+        pytest.param("skip", [1], id="skip-counts-and-drops-the-second"),
+        pytest.param("wait", [1, 2], id="wait-counts-and-keeps-both"),
+    ],
 )
 def test_busy_policy(tmp_path: Path, policy: str, committed: list[int]) -> None:
     ckpt = Checkpointer(str(tmp_path), busy_policy=policy)
@@ -207,7 +215,10 @@ def test_busy_policy(tmp_path: Path, policy: str, committed: list[int]) -> None:
     second.wait()
     assert second.skipped is (policy == "skip")
     assert (ckpt.stats.skipped, ckpt.stats.waited) == ((1, 0) if policy == "skip" else (0, 1))
-    assert sorted(int(p.name.split("-")[1]) for p in tmp_path.iterdir() if (p / "manifest.json").exists()) == committed
+    assert (
+        sorted(int(p.name.split("-")[1]) for p in tmp_path.iterdir() if (p / "manifest.json").exists())
+        == committed
+    )
 
 
 class FlakyDelete(LocalStorage):

@@ -28,7 +28,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def build(world: int, mesh_shape: tuple[int, int] | None, tp_model: bool) -> tuple[nn.Module, torch.optim.Optimizer]:
+def build(
+    world: int, mesh_shape: tuple[int, int] | None, tp_model: bool
+) -> tuple[nn.Module, torch.optim.Optimizer]:
     """The tiny model, sharded as asked: FSDP2 over `world`, or FSDP x TP on a 2-D mesh, or plain.
 
     `tp_model`: hidden 12 and no first bias, so TP splits evenly (FSDP's own splits stay uneven)."""
@@ -75,7 +77,11 @@ def flat_state(world: int, rank: int, fill: bool) -> Any:
 
     total = math.prod(FLAT_SHAPE)
     start, end = chunk_bounds(total, world, rank)
-    local = torch.arange(start, end, dtype=torch.float64) * 1.5 + 0.25 if fill else torch.zeros(end - start, dtype=torch.float64)
+    local = (
+        torch.arange(start, end, dtype=torch.float64) * 1.5 + 0.25
+        if fill
+        else torch.zeros(end - start, dtype=torch.float64)
+    )
     return Flat(local, start, end - start, FLAT_SHAPE)
 
 
@@ -85,17 +91,38 @@ def full(value: Any) -> torch.Tensor:
     return value.full_tensor() if isinstance(value, DTensor) else value
 
 
-def make_state(world: int, rank: int, mesh_shape: tuple[int, int] | None, tp_model: bool, train_steps: int, seed: int, fill_flat: bool) -> tuple[Any, nn.Module, torch.optim.Optimizer]:
+def make_state(  # noqa: PLR0917
+    world: int,
+    rank: int,
+    mesh_shape: tuple[int, int] | None,
+    tp_model: bool,
+    train_steps: int,
+    seed: int,
+    fill_flat: bool,
+) -> tuple[Any, nn.Module, torch.optim.Optimizer]:
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model, optim = build(world, mesh_shape, tp_model)
     train(model, optim, train_steps, seed)
     msd, osd = get_state_dict(model, optim)
-    state = {"model": msd, "optim": osd, "flat": flat_state(world, rank, fill_flat), "extra": {"step": 7 if fill_flat else 0}}
+    state = {
+        "model": msd,
+        "optim": osd,
+        "flat": flat_state(world, rank, fill_flat),
+        "extra": {"step": 7 if fill_flat else 0},
+    }
     return state, model, optim
 
 
-def worker(rank: int, world: int, port: int, action: str, root: str, mesh_shape: tuple[int, int] | None, tp_model: bool) -> None:
+def worker(  # noqa: PLR0917
+    rank: int,
+    world: int,
+    port: int,
+    action: str,
+    root: str,
+    mesh_shape: tuple[int, int] | None,
+    tp_model: bool,
+) -> None:
     from safetensors.torch import load_file, save_file
 
     from elastra.checkpoint import Checkpointer
@@ -107,8 +134,14 @@ def worker(rank: int, world: int, port: int, action: str, root: str, mesh_shape:
     try:
         ckpt = Checkpointer(os.path.join(root, "ckpt"), local_dir=os.path.join(root, f"local-{rank}"), keep=2)
         if action == "save":
-            state, _model, _optim = make_state(world, rank, mesh_shape, tp_model, train_steps=3, seed=1, fill_flat=True)
-            reference = {p: full(v).detach().clone().contiguous() for p, _c, _k, v in walk(state) if tensor_leaf(p, v) is not None and not hasattr(v, "offset")}
+            state, _model, _optim = make_state(
+                world, rank, mesh_shape, tp_model, train_steps=3, seed=1, fill_flat=True
+            )
+            reference = {
+                p: full(v).detach().clone().contiguous()
+                for p, _c, _k, v in walk(state)
+                if tensor_leaf(p, v) is not None and not hasattr(v, "offset")
+            }
             handle = ckpt.save(7, state)
             info = handle.wait()
             if rank == 0:
@@ -118,7 +151,9 @@ def worker(rank: int, world: int, port: int, action: str, root: str, mesh_shape:
             from torch.distributed.checkpoint.state_dict import set_state_dict
 
             # Different data and one step, so optimizer state exists and differs from the saved one.
-            state, model, optim = make_state(world, rank, mesh_shape, tp_model, train_steps=1, seed=99, fill_flat=False)
+            state, model, optim = make_state(
+                world, rank, mesh_shape, tp_model, train_steps=1, seed=99, fill_flat=False
+            )
             assert ckpt.load(state) == 7
             set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
             reference = load_file(os.path.join(root, "reference.safetensors"))
@@ -139,11 +174,15 @@ def worker(rank: int, world: int, port: int, action: str, root: str, mesh_shape:
             dist.destroy_process_group()
 
 
-def launch(world: int, action: str, root: Path, mesh_shape: tuple[int, int] | None = None, tp_model: bool = False) -> None:
+def launch(
+    world: int, action: str, root: Path, mesh_shape: tuple[int, int] | None = None, tp_model: bool = False
+) -> None:
     if world == 1:
         worker(0, 1, 0, action, str(root), None, tp_model)
         return
-    mp.spawn(worker, args=(world, free_port(), action, str(root), mesh_shape, tp_model), nprocs=world, join=True)
+    mp.spawn(
+        worker, args=(world, free_port(), action, str(root), mesh_shape, tp_model), nprocs=world, join=True
+    )
 
 
 def test_fsdp2_adamw_and_flat_saved_at_4_restore_bit_exact_at_3_2_1_6(tmp_path: Path) -> None:

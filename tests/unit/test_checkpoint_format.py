@@ -7,7 +7,14 @@ import json
 import pytest
 
 from elastra.checkpoint.format import (
-    FormatError, Fragment, Manifest, TensorEntry, manifest_to_json, parse_manifest, parse_shard_header, shard_header,
+    FormatError,
+    Fragment,
+    Manifest,
+    TensorEntry,
+    manifest_to_json,
+    parse_manifest,
+    parse_shard_header,
+    shard_header,
 )  # fmt: skip
 from elastra.checkpoint.geometry import Box
 from elastra.checkpoint.retention import plan_retention
@@ -55,7 +62,11 @@ FRAG = ["tensors", "w", "fragments", 0]
     ],
 )
 def test_parse_manifest_rejects(data: bytes, message: str) -> None:
-    with pytest.raises(FormatError, match=message) if "storage key" not in message else pytest.raises(ValueError, match=message):
+    with (
+        pytest.raises(FormatError, match=message)
+        if "storage key" not in message
+        else pytest.raises(ValueError, match=message)
+    ):
         parse_manifest(data)
 
 

@@ -44,8 +44,8 @@ boxes_in = st.integers(1, 3).flatmap(
 @given(st.data())
 def test_intersect_is_the_set_intersection(data: st.DataObject) -> None:
     a = data.draw(boxes_in)
-    b = data.draw(st.tuples(*(st.integers(0, 6) for _ in a.shape)).flatmap(
-        lambda offs: st.tuples(*(st.integers(0, 6) for _ in a.shape)).map(lambda shp: Box(offs, shp))))  # fmt: skip
+    coords = st.tuples(*(st.integers(0, 6) for _ in a.shape))
+    b = data.draw(st.tuples(coords, coords).map(lambda t: Box(t[0], t[1])))
     common = intersect(a, b)
     expected = points(a) & points(b)
     assert (points(common) if common else set()) == expected
@@ -54,7 +54,9 @@ def test_intersect_is_the_set_intersection(data: st.DataObject) -> None:
 @given(shapes.flatmap(lambda s: st.tuples(st.just(s), st.tuples(*(st.integers(1, 4) for _ in s)),
                                           st.tuples(*(st.integers(1, 5) for _ in s)))))  # fmt: skip
 @settings(max_examples=150, deadline=None)
-def test_restoring_any_sharding_from_any_other_is_exact(case: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]) -> None:
+def test_restoring_any_sharding_from_any_other_is_exact(
+    case: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]],
+) -> None:
     shape, saved_splits, target_splits = case
     full = torch.arange(math.prod(shape), dtype=torch.float32).reshape(shape)
     fragments = []
@@ -93,7 +95,13 @@ def test_flat_ranges_reshard_and_read_as_dim0_slices(total: int, saved: int, tar
         out = torch.zeros(box.shape, dtype=torch.float64)
         in_space, reads = plan_reads(entry, box, "boxes", chunk=64)
         for read in reads:
-            place(out, in_space, read, blob[read.fragment.offset + read.byte_start : read.fragment.offset + read.byte_end], "F64")
+            place(
+                out,
+                in_space,
+                read,
+                blob[read.fragment.offset + read.byte_start : read.fragment.offset + read.byte_end],
+                "F64",
+            )
         assert torch.equal(out.reshape(-1), torch.arange(a, b, dtype=torch.float64))
 
 
@@ -114,14 +122,23 @@ FULL = Box((0, 0), (8, 4))
             id="replicated-balanced-across-ranks",
         ),
         pytest.param(
-            [[piece("s", Box((0, 0), (4, 4))), piece("r", FULL)], [piece("s", Box((4, 0), (4, 4))), piece("r", FULL)]],
+            [
+                [piece("s", Box((0, 0), (4, 4))), piece("r", FULL)],
+                [piece("s", Box((4, 0), (4, 4))), piece("r", FULL)],
+            ],
             {"s": [0, 1], "r": [0]},
             id="sharded-pieces-stay-with-their-holder",
         ),
-        pytest.param([[piece("e", Box((8, 0), (0, 4)))], [piece("e", FULL)]], {"e": [1]}, id="empty-shards-write-nothing"),
+        pytest.param(
+            [[piece("e", Box((8, 0), (0, 4)))], [piece("e", FULL)]],
+            {"e": [1]},
+            id="empty-shards-write-nothing",
+        ),
     ],
 )
-def test_plan_save_writes_each_piece_once(pieces_by_rank: list[list[Piece]], expected_writers: dict[str, list[int]]) -> None:
+def test_plan_save_writes_each_piece_once(
+    pieces_by_rank: list[list[Piece]], expected_writers: dict[str, list[int]]
+) -> None:
     plan = plan_save(pieces_by_rank)
     writers: dict[str, list[int]] = {}
     for writes in plan.writes:

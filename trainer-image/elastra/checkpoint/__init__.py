@@ -12,8 +12,8 @@ The format is described in docs/format.md.
 from __future__ import annotations
 
 from elastra.checkpoint.checkpointer import (
-    CheckpointError,
     Checkpointer,
+    CheckpointError,
     CheckpointStats,
     CommitInfo,
     SaveHandle,

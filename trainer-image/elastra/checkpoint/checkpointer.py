@@ -26,8 +26,16 @@ import torch.distributed as dist
 
 from elastra.checkpoint import faults
 from elastra.checkpoint.format import (
-    CHUNK_BYTES, FORMAT_VERSION, MANIFEST, FormatError, Fragment, Manifest, TensorEntry, manifest_to_json,
-    shard_header, step_dir,
+    CHUNK_BYTES,
+    FORMAT_VERSION,
+    MANIFEST,
+    FormatError,
+    Fragment,
+    Manifest,
+    TensorEntry,
+    manifest_to_json,
+    shard_header,
+    step_dir,
 )  # fmt: skip
 from elastra.checkpoint.geometry import Box
 from elastra.checkpoint.plan import Piece, RankWrites, SavePlan, checksum_chunks, plan_save
@@ -35,7 +43,7 @@ from elastra.checkpoint.reader import Sources, read_box, read_manifest
 from elastra.checkpoint.retention import apply_retention, committed_steps
 from elastra.checkpoint.staging import StagingBuffer
 from elastra.checkpoint.state import TensorLeaf, split_state, tensor_leaf, walk
-from elastra.storage import S3Options, Storage, StorageError, join_key, open_storage
+from elastra.storage import LocalStorage, S3Options, Storage, StorageError, join_key, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +154,7 @@ class Checkpointer:
         self.chunk_bytes = chunk_bytes
         self.stats = CheckpointStats()
         self._durable = open_storage(self.uri, s3)
-        self._local: Storage | None = open_storage(local_dir) if local_dir else None
+        self._local = LocalStorage(local_dir) if local_dir else None
         self._staging = StagingBuffer()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="elastra-ckpt")
         self._inflight: SaveHandle | None = None
@@ -207,7 +215,14 @@ class Checkpointer:
         staged = self._staging.stage(mine, by_key)
         stall = time.perf_counter() - started
         future = self._executor.submit(
-            self._persist_and_commit, step, plan, mine, staged, values, stall, started
+            self._persist_and_commit,
+            step=step,
+            plan=plan,
+            mine=mine,
+            staged=staged,
+            values=values,
+            stall=stall,
+            started=started,
         )
         handle = SaveHandle(step, stall, future)
         self._inflight = handle
@@ -219,38 +234,11 @@ class Checkpointer:
             self._inflight.wait()
 
     def _persist_and_commit(
-        self, step: int, plan: SavePlan, mine: RankWrites, staged: memoryview, values: dict[str, Any],
+        self,
+        *, step: int, plan: SavePlan, mine: RankWrites, staged: memoryview, values: dict[str, Any],
         stall: float, started: float,
     ) -> CommitInfo:  # fmt: skip
-        report: dict[str, Any] = {"ok": True, "error": None}
-        key = join_key(step_dir(step), mine.file)
-        try:
-            header = shard_header(
-                [(p.name, p.piece.dtype, p.piece.box.shape, p.piece.nbytes) for p in mine.pieces],
-                {"format": "elastra-checkpoint", "version": str(FORMAT_VERSION), "step": str(step)},
-            )
-            fragments = []
-            for placed in mine.pieces:
-                data = staged[placed.data_offset : placed.data_offset + placed.piece.nbytes]
-                crcs = [zlib.crc32(data[s:e]) for s, e in checksum_chunks(len(data), self.chunk_bytes)]
-                fragments.append([placed.piece.path, len(header) + placed.data_offset, placed.piece.nbytes,
-                                  list(placed.piece.box.offsets), list(placed.piece.box.shape), crcs])  # fmt: skip
-            parts = [memoryview(header), staged]
-            size = len(header) + staged.nbytes
-            faults.crash_point("persist", self.rank)
-            if self._local is not None:
-                self._local.put_parts(key, parts)
-                self.stats.bytes_by_tier["local"] += size
-            faults.crash_point("upload", self.rank)
-            if self._local is not None and hasattr(self._local, "_path"):
-                self._durable.put_file(key, str(self._local._path(key)))
-            else:
-                self._durable.put_parts(key, parts)
-            self.stats.bytes_by_tier["durable"] += size
-            report.update(file=mine.file, size=size, fragments=fragments)
-        except Exception as exc:  # noqa: BLE001 - reported to every rank, then raised
-            log.exception("checkpoint step %d: writing %s failed", step, key)
-            report.update(ok=False, error=f"rank {self.rank}: {exc}")
+        report = self._write_shard(step, mine, staged)
         faults.crash_point("commit", self.rank)
         reports = self._all_gather(report, self._commit)
         failures = [r["error"] for r in reports if not r["ok"]]
@@ -263,7 +251,7 @@ class Checkpointer:
                 body = manifest_to_json(manifest)
                 self._durable.put_bytes(join_key(step_dir(step), MANIFEST), body)
                 outcome = {"ok": True, "manifest": body.decode(), "bytes": manifest.nbytes}
-            except Exception as exc:  # noqa: BLE001 - every rank must learn the outcome
+            except Exception as exc:
                 log.exception("checkpoint step %d: writing the manifest failed", step)
                 outcome = {"ok": False, "error": str(exc)}
         outcome = self._all_gather(outcome, self._commit)[0]
@@ -288,6 +276,42 @@ class Checkpointer:
             stall_seconds=stall,
             commit_seconds=time.perf_counter() - started,
         )
+
+    def _write_shard(self, step: int, mine: RankWrites, staged: memoryview) -> dict[str, Any]:
+        """Checksum, persist and upload this rank's shard; its index for the manifest, or the error."""
+        report: dict[str, Any] = {"ok": True, "error": None}
+        key = join_key(step_dir(step), mine.file)
+        try:
+            header = shard_header(
+                [(p.name, p.piece.dtype, p.piece.box.shape, p.piece.nbytes) for p in mine.pieces],
+                {"format": "elastra-checkpoint", "version": str(FORMAT_VERSION), "step": str(step)},
+            )
+            fragments = []
+            for placed in mine.pieces:
+                data = staged[placed.data_offset : placed.data_offset + placed.piece.nbytes]
+                crcs = [zlib.crc32(data[s:e]) for s, e in checksum_chunks(len(data), self.chunk_bytes)]
+                box = placed.piece.box
+                start = len(header) + placed.data_offset
+                fragments.append(
+                    [placed.piece.path, start, placed.piece.nbytes, list(box.offsets), list(box.shape), crcs]
+                )
+            parts = [memoryview(header), staged]
+            size = len(header) + staged.nbytes
+            faults.crash_point("persist", self.rank)
+            if self._local is not None:
+                self._local.put_parts(key, parts)
+                self.stats.bytes_by_tier["local"] += size
+            faults.crash_point("upload", self.rank)
+            if self._local is not None:  # upload from the durable local copy, not the staging buffer
+                self._durable.put_file(key, self._local.path_of(key))
+            else:
+                self._durable.put_parts(key, parts)
+            self.stats.bytes_by_tier["durable"] += size
+            report.update(file=mine.file, size=size, fragments=fragments)
+        except Exception as exc:
+            log.exception("checkpoint step %d: writing %s failed", step, key)
+            report.update(ok=False, error=f"rank {self.rank}: {exc}")
+        return report
 
     def _manifest(
         self, step: int, plan: SavePlan, reports: list[dict[str, Any]], values: dict[str, Any], stall: float

@@ -59,7 +59,10 @@ def cmd_inspect(uri: str) -> int:
     m = read_manifest(storage, steps[0])
     print(f"step {m.step}  world size {m.world_size}  files {len(m.files)}  bytes {m.nbytes}")
     for path, t in sorted(m.tensors.items()):
-        print(f"  {path}  {t.dtype} {list(t.shape)}  {t.sharding}  {len(t.fragments)} fragment(s)  {t.nbytes} bytes")
+        print(
+            f"  {path}  {t.dtype} {list(t.shape)}  {t.sharding}  "
+            f"{len(t.fragments)} fragment(s)  {t.nbytes} bytes"
+        )
     for path, value in sorted(m.values.items()):
         print(f"  {path} = {value!r}")
     return 0
@@ -94,8 +97,10 @@ def cmd_consolidate(uri: str, out: str) -> int:
     sources = Sources(m, storage)
     tensors = {}
     for path, t in m.tensors.items():
-        whole = read_box(sources, path, Box((0,) * len(t.shape), t.shape), "boxes") if t.layout == "boxes" else (
-            read_box(sources, path, Box((0,), t.space), "flat").reshape(t.shape)
+        whole = (
+            read_box(sources, path, Box((0,) * len(t.shape), t.shape), "boxes")
+            if t.layout == "boxes"
+            else (read_box(sources, path, Box((0,), t.space), "flat").reshape(t.shape))
         )
         tensors[path] = whole.contiguous()
     save_file(tensors, out, metadata={"step": str(m.step), "source": storage.uri})

@@ -47,7 +47,7 @@ def apply_retention(storage: Storage, keep: int, drop_newer_uncommitted: bool = 
             # The manifest goes first: a half-deleted step then reads as uncommitted, never as broken.
             _delete_step(storage, step)
             deleted.append(step)
-        except Exception as exc:  # noqa: BLE001 - one failed delete must not stop retention
+        except Exception as exc:
             log.warning("retention: could not delete %s/%s: %s", storage.uri, step_dir(step), exc)
     return deleted
 

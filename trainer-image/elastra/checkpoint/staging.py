@@ -7,6 +7,8 @@ allocation and RSS stays flat. On CUDA the buffer is pinned and copies run on a 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from elastra.checkpoint.plan import RankWrites
@@ -39,7 +41,7 @@ class StagingBuffer:
         on_cuda = any(t.is_cuda for t in sources)
         buffer = self._ensure(writes.data_bytes, pin=on_cuda)
         if on_cuda and self._stream is None:
-            self._stream = torch.cuda.Stream()
+            self._stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
         if on_cuda and self._stream is not None:
             self._stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self._stream):
@@ -47,7 +49,8 @@ class StagingBuffer:
             self._stream.synchronize()
         else:
             self._copy(writes, sources, buffer, non_blocking=False)
-        return memoryview(buffer.numpy())[: writes.data_bytes]
+        array: Any = buffer.numpy()
+        return memoryview(array)[: writes.data_bytes]
 
     @staticmethod
     def _copy(

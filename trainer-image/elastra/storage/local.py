@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from elastra.storage.base import NotFoundError, StorageError, check_key
 
@@ -27,13 +29,17 @@ class LocalStorage:
     def _path(self, key: str) -> Path:
         return self._root / check_key(key)
 
-    def _atomic_write(self, key: str, write: object) -> None:
+    def path_of(self, key: str) -> str:
+        """The file system path of `key`."""
+        return str(self._path(key))
+
+    def _atomic_write(self, key: str, write: Callable[[BinaryIO], object]) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
         try:
             with open(tmp, "wb") as f:
-                write(f)  # type: ignore[operator]
+                write(f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -50,16 +56,16 @@ class LocalStorage:
         self._atomic_write(key, lambda f: f.write(data))
 
     def put_parts(self, key: str, parts: list[memoryview]) -> None:
-        def write(f: object) -> None:
+        def write(f: BinaryIO) -> None:
             for part in parts:
-                f.write(part)  # type: ignore[attr-defined]
+                f.write(part)
 
         self._atomic_write(key, write)
 
     def put_file(self, key: str, path: str) -> None:
-        def write(f: object) -> None:
+        def write(f: BinaryIO) -> None:
             with open(path, "rb") as src:
-                shutil.copyfileobj(src, f, _COPY_CHUNK)  # type: ignore[misc]
+                shutil.copyfileobj(src, f, _COPY_CHUNK)
 
         self._atomic_write(key, write)
 

@@ -12,8 +12,8 @@ from elastra.api.membership import JOB_LABEL, ROLE_LABEL, CommitReport
 
 from .views import JobView
 
-FINALIZER = "elastra.dev/storage"
-"""Finalizer on every Checkpoint: its storage is deleted before the object goes."""
+FINALIZER = "elastra.dev/finalizer"
+"""The operator's finalizer (Kopf's, renamed). Every Checkpoint is created with it: storage goes first."""
 GPU = "nvidia.com/gpu"
 MASTER_PORT = 29500
 LOCAL_VOLUME = "elastra-local"

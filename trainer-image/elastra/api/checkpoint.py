@@ -1,7 +1,7 @@
 """The `Checkpoint` custom resource: one object per committed checkpoint, owned by its TrainingJob.
 
 The operator creates it from the agent's `CommitReport` (name `<job>-step-<step>`). Deleting it — by
-retention or by hand — deletes its durable storage through the finalizer `elastra.dev/storage`.
+retention or by hand — deletes its durable storage through the finalizer `elastra.dev/finalizer`.
 """
 
 from __future__ import annotations

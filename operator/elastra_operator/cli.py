@@ -1,0 +1,52 @@
+"""`elastra operator`: run the TrainingJob operator (Kopf) against a cluster."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="elastra operator", description=__doc__)
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--namespace", action="append", default=[], metavar="NS", help="watch this namespace (repeatable)"
+    )
+    scope.add_argument("--all-namespaces", action="store_true", help="watch every namespace (the default)")
+    peering = parser.add_mutually_exclusive_group()
+    peering.add_argument("--peering", metavar="NAME", help="Kopf peering object for active/standby replicas")
+    peering.add_argument("--standalone", action="store_true", help="no peering: the only operator replica")
+    parser.add_argument("--metrics-port", type=int, default=8080, help="serve /metrics here; 0 disables")
+    parser.add_argument("--liveness-endpoint", metavar="URL", help="e.g. http://0.0.0.0:8081/healthz")
+    parser.add_argument("--kubeconfig", metavar="PATH", help="else $KUBECONFIG, else in-cluster")
+    parser.add_argument("--log-level", default=os.environ.get("ELASTRA_LOG_LEVEL", "INFO"))
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run until interrupted; the exit status is Kopf's."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = os.path.abspath(args.kubeconfig)
+
+    import kopf
+
+    from . import handlers
+    from .metrics import OperatorMetrics
+
+    metrics = OperatorMetrics()
+    handlers.setup(args.kubeconfig, metrics)
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+    kopf.run(
+        standalone=True if args.standalone else None,
+        peering_name=args.peering,
+        liveness_endpoint=args.liveness_endpoint,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+    )
+    return 0

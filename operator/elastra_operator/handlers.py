@@ -1,0 +1,149 @@
+"""Kopf handlers: they only translate events into `kube.observe → plan → kube.apply`.
+
+A timer per TrainingJob re-plans it every `ELASTRA_RESYNC_SECONDS` (level-triggered: whatever was missed,
+by this operator or a previous one, is seen on the next pass). Kopf runs one timer per object at a time,
+so passes over one job never overlap. Checkpoints carry the operator's finalizer; its delete handler
+deletes the checkpoint's storage unless the checkpoint is protected.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from typing import Any
+
+import kopf
+import kubernetes
+
+from elastra.api import GROUP, VERSION
+from elastra.api import checkpoint as ckpt_api
+from elastra.api import trainingjob as tj_api
+from elastra.api.membership import membership_configmap_name
+
+from . import storage
+from .kube import Conflict, Kube, checkpoint_view, job_view
+from .metrics import OperatorMetrics
+from .reconcile.actions import Event
+from .reconcile.checks import deletion_refusal
+from .reconcile.manifests import FINALIZER
+from .reconcile.plan import plan
+
+RESYNC_SECONDS = float(os.environ.get("ELASTRA_RESYNC_SECONDS", "2"))
+"""How often each TrainingJob is re-planned."""
+PROTECTED_RETRY_SECONDS = 10.0
+
+log = logging.getLogger("elastra.operator")
+
+
+class _State:
+    """The process-wide API client and metrics, set up once at operator start."""
+
+    kube: Kube | None = None
+    metrics = OperatorMetrics()
+
+
+def setup(kubeconfig: str | None, metrics: OperatorMetrics) -> None:
+    """Connect the `kube` layer (kubeconfig, else $KUBECONFIG, else in-cluster) and pick the metrics."""
+    if kubeconfig or os.environ.get("KUBECONFIG") or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        client = kubernetes.config.new_client_from_config(config_file=kubeconfig)
+    else:
+        kubernetes.config.load_incluster_config()
+        client = kubernetes.client.ApiClient()
+    _State.kube = Kube(client)
+    _State.metrics = metrics
+
+
+def _kube() -> Kube:
+    if _State.kube is None:
+        raise RuntimeError("elastra_operator.handlers.setup() was not called")
+    return _State.kube
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="elastra.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="elastra.dev")
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 120
+    settings.networking.request_timeout = 30
+
+
+@kopf.timer(GROUP, VERSION, tj_api.PLURAL, interval=RESYNC_SECONDS, sharp=False)
+def reconcile_job(*, namespace: str | None, name: str, **_: Any) -> None:
+    """One planning pass over one TrainingJob."""
+    assert namespace is not None  # TrainingJobs are namespaced
+    kube = _kube()
+    observed = kube.observe(namespace, name)
+    if observed is None:
+        _State.metrics.forget(namespace, name)
+        return
+    now = dt.datetime.now(dt.UTC)
+    actions = plan(observed.job, observed.pods, observed.nodes, observed.checkpoints, now)
+    try:
+        observations = kube.apply(observed.job, actions)
+    except Conflict as exc:
+        log.info("%s; planning again", exc)
+        return
+    for observation in observations:
+        _State.metrics.observe(namespace, name, observation)
+    raw = kube.get_job(namespace, name)
+    if raw is not None:
+        _State.metrics.job_status(namespace, name, raw.get("status") or {})
+
+
+@kopf.on.delete(GROUP, VERSION, tj_api.PLURAL, optional=True)
+def forget_job(*, namespace: str | None, name: str, **_: Any) -> None:
+    assert namespace is not None
+    _State.metrics.forget(namespace, name)
+
+
+@kopf.on.delete(GROUP, VERSION, ckpt_api.PLURAL)
+def delete_checkpoint_storage(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> None:
+    """Finalizer: delete the checkpoint's storage, unless it is its running job's restore point."""
+    assert namespace is not None
+    kube = _kube()
+    involved = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": ckpt_api.KIND,
+        "name": name,
+        "namespace": namespace,
+        "uid": body.metadata.uid or "",
+    }
+    raw = dict(body)
+    view = checkpoint_view(raw)
+    if view is None:
+        kube.post_event(
+            namespace,
+            involved,
+            Event(reason="StorageKept", message="spec does not validate: storage left alone", warning=True),
+        )
+        return
+    spec = ckpt_api.CheckpointSpec.model_validate(raw["spec"])
+    job_raw = kube.get_job(namespace, spec.job)
+    job = None
+    if job_raw is not None:
+        job = job_view(job_raw, kube.get_configmap(namespace, membership_configmap_name(spec.job)))
+    refusal = deletion_refusal(view, job, kube.list_checkpoints(namespace, spec.job))
+    if refusal is not None:
+        kube.patch_checkpoint_status(namespace, name, "Protected", refusal)
+        kube.post_event(
+            namespace, involved, Event(reason="CheckpointProtected", message=refusal, warning=True)
+        )
+        raise kopf.TemporaryError(refusal, delay=PROTECTED_RETRY_SECONDS)
+    secret = spec.storage.credentials_secret if spec.storage is not None else None
+    credentials = kube.s3_credentials(namespace, secret) if secret else None
+    try:
+        done = storage.delete_checkpoint(spec, credentials)
+    except storage.StorageError as exc:
+        kube.patch_checkpoint_status(namespace, name, "Deleting", str(exc))
+        kube.post_event(
+            namespace, involved, Event(reason="StorageDeleteFailed", message=str(exc), warning=True)
+        )
+        raise kopf.TemporaryError(str(exc), delay=15) from exc
+    log.info("checkpoint %s/%s: %s", namespace, name, done)
+    if job is not None:
+        kube.post_event(
+            namespace, kube.involved(job), Event(reason="CheckpointDeleted", message=f"{name}: {done}")
+        )

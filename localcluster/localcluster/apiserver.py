@@ -51,6 +51,11 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
+def _truthy(value: str | None) -> bool:
+    """Query flags: Go clients send `true`, the Python client `True`."""
+    return value is not None and value.lower() in {"true", "1"}
+
+
 def _json(obj: Any, status: int = 200) -> web.Response:
     return web.Response(body=_dumps(obj), status=status, content_type="application/json")
 
@@ -158,7 +163,7 @@ class ApiServer:
                 parse_label_selector(q.get("labelSelector")),
                 parse_field_selector(q.get("fieldSelector")),
             )
-            if q.get("watch") in {"true", "1"}:
+            if _truthy(q.get("watch")):
                 return await self._watch(request, t, labels, fields)
             items, rv = self.store.list(t.rt, t.namespace, labels, fields)
             return self._render_list(request, t.rt, items, str(rv))
@@ -166,7 +171,7 @@ class ApiServer:
             return await self._logs(request, t)
         if method == "GET":
             assert t.name is not None
-            if q.get("watch") in {"true", "1"}:
+            if _truthy(q.get("watch")):
                 return await self._watch(request, t, (), (Requirement("metadata.name", "=", (t.name,)),))
             obj = self._versioned(t.rt, self.store.get(t.rt, ns, t.name))
             if "as=Table" in request.headers.get("Accept", ""):
@@ -319,7 +324,7 @@ class ApiServer:
         raw_rv = q.get("resourceVersion")
         since = int(raw_rv) if raw_rv not in (None, "", "0") else None
         timeout = float(q.get("timeoutSeconds", 1800))
-        bookmarks = q.get("allowWatchBookmarks") in {"true", "1"}
+        bookmarks = _truthy(q.get("allowWatchBookmarks"))
         as_table = "as=Table" in request.headers.get("Accept", "")
         initial = self.store.list(t.rt, t.namespace, labels, fields)[0] if since is None else []
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -411,7 +416,7 @@ class ApiServer:
         container = request.query.get("container") or (containers[0] if containers else "")
         if container not in containers:
             raise ApiError(400, f"container {container} is not valid for pod {t.name}")
-        previous = request.query.get("previous") in {"true", "1"}
+        previous = _truthy(request.query.get("previous"))
         path = self.log_path(ns, t.name, container, previous) if self.log_path else None
         if path is None or not path.exists():
             raise ApiError(
@@ -424,7 +429,7 @@ class ApiServer:
         if tail is not None:
             lines = data.splitlines(keepends=True)
             data = b"".join(lines[-int(tail) :]) if int(tail) > 0 else b""
-        if request.query.get("follow") not in {"true", "1"}:
+        if not _truthy(request.query.get("follow")):
             return web.Response(body=data, content_type="text/plain")
         response = web.StreamResponse(headers={"Content-Type": "text/plain"})
         response.enable_chunked_encoding()

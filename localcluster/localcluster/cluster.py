@@ -60,6 +60,8 @@ class ClusterConfig:
     """How often idle watches that asked for bookmarks get one."""
     s3: bool = False
     """Also start a moto S3 endpoint."""
+    compaction_interval_s: float = 300.0
+    """Like etcd: every interval, watch history older than one interval is dropped (410 Gone)."""
     container_cwd: str | None = None
     """Working dir of containers without workingDir; None: the current directory."""
 
@@ -124,6 +126,15 @@ class ClusterCore:
             self.s3_url = f"http://{self.config.host}:{s3_port}"
         for index in range(1, self.config.nodes + 1):
             self.add_node(f"node-{index}")
+        self.store.compact(self.store.rv)
+        self._tasks.append(asyncio.create_task(self._compact_periodically()))
+
+    async def _compact_periodically(self) -> None:
+        previous = self.store.rv
+        while True:
+            await asyncio.sleep(self.config.compaction_interval_s)
+            self.store.compact(previous)
+            previous = self.store.rv
 
     async def stop(self) -> None:
         """Kill every pod process, stop the controllers and the server."""

@@ -72,6 +72,7 @@ class Store:
             lambda: collections.deque(maxlen=history_per_resource)
         )
         self.compacted: dict[StorageKey, int] = collections.defaultdict(int)
+        self.compacted_rv = 0
         self.watchers: dict[StorageKey, set[Watcher]] = collections.defaultdict(set)
         self.listeners: list[Callable[[StorageKey, WatchEvent], None]] = []
         self._dependents: dict[str, set[tuple[StorageKey, ObjectKey]]] = collections.defaultdict(set)
@@ -520,15 +521,20 @@ class Store:
         if since is None:
             backlog = [WatchEvent(int(o["metadata"]["resourceVersion"]), "ADDED", o, None) for o in initial]
         else:
-            if since < self.compacted[rt.storage_key]:
-                raise ApiError(
-                    410,
-                    f"too old resource version: {since} ({self.compacted[rt.storage_key]})",
-                    reason="Expired",
-                )
+            oldest = max(self.compacted[rt.storage_key], self.compacted_rv)
+            if since < oldest:
+                raise ApiError(410, f"too old resource version: {since} ({oldest})", reason="Expired")
             backlog = [e for e in self.history[rt.storage_key] if e.rv > since]
         self.watchers[rt.storage_key].add(watcher)
         return watcher, backlog
+
+    def compact(self, rv: int) -> None:
+        """Forget the watch history up to `rv`, as etcd compaction does: watches from older
+        resourceVersions then get 410 Gone."""
+        self.compacted_rv = max(self.compacted_rv, rv)
+        for history in self.history.values():
+            while history and history[0].rv <= rv:
+                history.popleft()
 
     def unwatch(self, rt: ResourceType, watcher: Watcher) -> None:
         """Stop delivering events to a watcher."""

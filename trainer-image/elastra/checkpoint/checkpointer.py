@@ -43,7 +43,7 @@ from elastra.checkpoint.reader import Sources, read_box, read_manifest
 from elastra.checkpoint.retention import apply_retention, committed_steps
 from elastra.checkpoint.staging import StagingBuffer
 from elastra.checkpoint.state import TensorLeaf, split_state, tensor_leaf, walk
-from elastra.storage import LocalStorage, S3Options, Storage, StorageError, join_key, open_storage
+from elastra.storage import LocalStorage, S3Options, StorageError, join_key, open_storage
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,11 @@ Importing this package imports torch; `import elastra` does not (it exposes `ela
 from __future__ import annotations
 
 from elastra.session.config import ConfigError, SessionConfig, from_env, save_due
-from elastra.session.session import EXIT_PEER_LOST, RngState, Session, Stateful, init
+from elastra.session.session import EXIT_PEER_LOST, EXIT_PEER_STOPPED, RngState, Session, Stateful, init
 
 __all__ = [
     "EXIT_PEER_LOST",
+    "EXIT_PEER_STOPPED",
     "ConfigError",
     "RngState",
     "Session",

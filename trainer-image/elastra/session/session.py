@@ -43,6 +43,9 @@ log = logging.getLogger("elastra.session")
 
 EXIT_PEER_LOST = 75
 """Exit code of a worker whose collective failed (a peer died or the rendezvous broke)."""
+EXIT_PEER_STOPPED = 76
+"""Exit code of a worker that took the emergency checkpoint because a peer was stopping (not itself):
+its pod is not done, the job must rescale."""
 EXIT_CRASHED = 1
 """Exit code of a worker whose training code raised."""
 STATUS_INTERVAL_S = 0.5
@@ -211,12 +214,21 @@ class Session:
         self._publish(step=completed, loss=loss, force=saved)
         self._last_step_time = time.monotonic()  # do not count the save in the next step time
         if stop:
+            asked_here = self._stop_asked_here()
             log.warning(
-                "rank %d: stop requested; emergency checkpoint at step %d taken", self.rank, completed
+                "rank %d: %s; emergency checkpoint at step %d taken",
+                self.rank,
+                "stop requested" if asked_here else "a peer is stopping",
+                completed,
             )
             self.finish()
-            sys.exit(0)
+            sys.exit(0 if asked_here else EXIT_PEER_STOPPED)
         return saved
+
+    def _stop_asked_here(self) -> bool:
+        """This worker itself was told to stop (SIGTERM or its agent), not only one of its peers."""
+        message = self._control.poll() if self._control else None
+        return self._terminate.is_set() or bool(message and message.stop) or self._control is None
 
     def _current_request_id(self) -> str | None:
         message = self._control.poll() if self._control else None

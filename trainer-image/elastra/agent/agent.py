@@ -1,0 +1,295 @@
+"""The agent's loop: membership in, workers run, reports out. Decisions come from `decide` (pure)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import pathlib
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from elastra.agent.config import AgentConfig, agent_config_from_env
+from elastra.agent.decide import Kind, Local, control_message, decide, worker_env
+from elastra.agent.metrics import TrainerMetrics
+from elastra.agent.workers import WorkerGroup, clear_status_files
+from elastra.api.membership import (
+    AGENT_ANNOTATION,
+    COMMIT_ANNOTATION,
+    AgentReport,
+    AgentState,
+    Membership,
+)
+from elastra.control import CONTROL_FILE, ControlMessage, FileReader, WorkerStatus, status_file, write_atomic
+
+log = logging.getLogger("elastra.agent")
+
+TICK_S = 0.1
+"""How often the loop looks at its inbox, workers and status files."""
+SWITCH_STOP_S = 5.0
+"""Grace for the old workers when a new generation (or Hold) stops them (then SIGKILL)."""
+FAILURE_GRACE_S = 2.0
+"""After one local worker failed, how long the others get to exit by themselves."""
+DONE_WAIT_S = 300.0
+"""After the workers succeeded, how long to wait for the operator's `Done` before exiting anyway."""
+
+
+class Reporter(Protocol):
+    """Where the agent's annotations go (the Kubernetes link, or a test double at this boundary)."""
+
+    def start(self) -> None: ...
+
+    def report(self, annotations: dict[str, str]) -> None: ...
+
+    def stop(self, flush_timeout: float = 3.0) -> None: ...
+
+
+class Agent:
+    """One pod's agent. `run()` returns the process exit code."""
+
+    def __init__(self, cfg: AgentConfig, command: Sequence[str], link: Reporter | None = None) -> None:
+        self.cfg = cfg
+        self.command = list(command)
+        self.inbox: queue.Queue[Membership | None] = queue.Queue()
+        if link is None:
+            from elastra.agent.kube import KubeLink
+
+            link = KubeLink(cfg, self.inbox.put)
+        self.link = link
+        self.metrics = TrainerMetrics(job=cfg.job, pod=cfg.pod)
+        self.membership: Membership | None = None
+        self.workers: WorkerGroup | None = None
+        self.state = AgentState.WAITING
+        self.generation = 0
+        self.exit_code: int | None = None
+        self.reason: str | None = None
+        self.step: int | None = None
+        self.ack: str | None = None
+        self._terminate = threading.Event()
+        self._readers: dict[int, FileReader[WorkerStatus]] = {}
+        self._control: ControlMessage | None = None
+        self._reported: tuple[Any, ...] | None = None
+        self._reported_at = 0.0
+        self._commit_step: int | None = None
+        self._succeeded_at: float | None = None
+        pathlib.Path(cfg.control_dir).mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self._terminate.set())
+        signal.signal(signal.SIGINT, lambda *_: self._terminate.set())
+        if self.cfg.metrics_port:
+            self.metrics.serve(self.cfg.pod_ip, self.cfg.metrics_port)
+        self.link.start()
+        self._report(force=True)
+        try:
+            while True:
+                self._drain_inbox()
+                if self._terminate.is_set():
+                    return self._shutdown()
+                self._watch_workers()
+                action = decide(self.membership, self.cfg.pod, self._local())
+                if action.kind is Kind.EXIT:
+                    log.info("%s: exiting with %s", action.why, action.exit_code)
+                    self._stop_workers(signal.SIGINT, SWITCH_STOP_S)
+                    self._report(force=True)
+                    return action.exit_code or 0
+                if action.kind is Kind.STOP:
+                    log.info("stopping workers: %s", action.why)
+                    self._stop_workers(signal.SIGINT, SWITCH_STOP_S)
+                    self._set_state(AgentState.STOPPED)
+                elif action.kind is Kind.START:
+                    log.info("starting %s", action.why)
+                    self._start(action.generation or 0)
+                self._sync_control()
+                self._read_statuses()
+                self._report()
+                if self._succeeded_at is not None and time.monotonic() - self._succeeded_at > DONE_WAIT_S:
+                    log.warning("workers succeeded %.0fs ago and no Done came; exiting", DONE_WAIT_S)
+                    return 0
+                time.sleep(TICK_S)
+        finally:
+            if self.workers is not None and self.workers.running:
+                self.workers.stop(signal.SIGKILL, 1.0)
+            self.link.stop()
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                record = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if record is None or self.membership is None or record.generation >= self.membership.generation:
+                self.membership = record
+
+    def _local(self) -> Local:
+        if self.workers is None:
+            return Local(generation=None, running=False, outcome=None)
+        return Local(
+            generation=self.workers.generation, running=self.workers.running, outcome=self.workers.outcome()
+        )
+
+    # ------------------------------------------------------------------ workers
+    def _start(self, generation: int) -> None:
+        membership = self.membership
+        assert membership is not None
+        member = membership.member(self.cfg.pod)
+        assert member is not None
+        self._stop_workers(signal.SIGINT, SWITCH_STOP_S)
+        clear_status_files(self.cfg.control_dir)
+        self._readers = {}
+        self._control = None
+        self.generation = generation
+        self.exit_code = self.reason = self.step = self.ack = None
+        self._succeeded_at = None
+        self._sync_control()
+        envs = [
+            worker_env(os.environ, membership, member, local_rank, self.cfg.control_dir)
+            for local_rank in range(member.nprocs)
+        ]
+        self.workers = WorkerGroup(generation, self.command, envs)
+        self._readers = {
+            member.rank_start + i: FileReader(
+                pathlib.Path(self.cfg.control_dir) / status_file(member.rank_start + i), WorkerStatus
+            )
+            for i in range(member.nprocs)
+        }
+        self._set_state(AgentState.RESTORING)
+
+    def _stop_workers(self, sig: int, timeout: float) -> None:
+        if self.workers is not None and self.workers.running:
+            self.workers.stop(sig, timeout)
+
+    def _watch_workers(self) -> None:
+        """Report a failure as soon as one worker exits non-zero; success once all exited 0."""
+        if self.workers is None or self.state in (
+            AgentState.FAILED,
+            AgentState.SUCCEEDED,
+            AgentState.STOPPED,
+        ):
+            return
+        failure = self.workers.first_failure()
+        if failure is not None:
+            local_rank, code = failure
+            rank = min(self._readers, default=0) + local_rank
+            self._read_statuses()
+            statuses = self._statuses()
+            why = next((s.failure for s in statuses if s.failure), None)
+            self.exit_code = code
+            self.reason = f"worker rank {rank} exited with code {code}" + (f": {why}" if why else "")
+            self._set_state(AgentState.FAILED)
+            log.error("generation %d: %s", self.generation, self.reason)
+            if not self.workers.wait(FAILURE_GRACE_S):
+                self.workers.stop(signal.SIGKILL, 1.0)
+            return
+        outcome = self.workers.outcome()
+        if outcome == 0:
+            self._read_statuses()
+            self.exit_code = 0
+            self._set_state(AgentState.SUCCEEDED)
+            self._succeeded_at = time.monotonic()
+
+    # ------------------------------------------------------------------ files
+    def _sync_control(self) -> None:
+        if self.workers is None and self._control is not None:
+            return
+        message = control_message(self.membership, self.generation, stop=self._terminate.is_set())
+        if message != self._control:
+            write_atomic(pathlib.Path(self.cfg.control_dir) / CONTROL_FILE, message)
+            self._control = message
+
+    def _statuses(self) -> list[WorkerStatus]:
+        return [s for s in (r.poll() for r in self._readers.values()) if s is not None]
+
+    def _read_statuses(self) -> None:
+        statuses = [s for s in self._statuses() if s.generation == self.generation]
+        if not statuses:
+            return
+        self.metrics.update(statuses)
+        steps = [s.step for s in statuses if s.step is not None]
+        self.step = max(steps) if steps else self.step
+        acks = {s.ack_request for s in statuses}
+        if len(acks) == 1:
+            self.ack = acks.pop()
+        if (
+            self.state is AgentState.RESTORING
+            and len(statuses) == len(self._readers)
+            and all(s.step is not None for s in statuses)
+        ):
+            self._set_state(AgentState.RUNNING)
+        for status in statuses:
+            commit = status.last_commit
+            if commit is not None and commit.get("step") != self._commit_step:
+                self._commit_step = commit.get("step")
+                self.link.report({COMMIT_ANNOTATION: json.dumps(commit, separators=(",", ":"))})
+
+    # ------------------------------------------------------------------ reports
+    def _set_state(self, state: AgentState) -> None:
+        if state is not self.state:
+            log.info("generation %d: %s -> %s", self.generation, self.state.value, state.value)
+        self.state = state
+        self._report(force=True)
+
+    def _report(self, *, force: bool = False) -> None:
+        key = (self.generation, self.state, self.exit_code, self.reason, self.ack)
+        now = time.monotonic()
+        changed = key != self._reported
+        step_due = now - self._reported_at >= self.cfg.report_interval_s
+        if not (force or changed or step_due):
+            return
+        if not (force or changed) and self.step is None:
+            return
+        report = AgentReport(
+            generation=self.generation,
+            state=self.state,
+            step=self.step,
+            exit_code=self.exit_code,
+            reason=self.reason,
+            ack_request=self.ack,
+            time=dt.datetime.now(dt.UTC),
+        )
+        self.link.report({AGENT_ANNOTATION: report.to_json()})
+        self._reported, self._reported_at = key, now
+
+    # ------------------------------------------------------------------ SIGTERM
+    def _shutdown(self) -> int:
+        """The pod is going away: emergency checkpoint within the grace period, then exit."""
+        budget = max(1.0, self.cfg.grace_seconds - 2.0)
+        log.warning("SIGTERM: asking workers for an emergency checkpoint (up to %.0fs)", budget)
+        if self.workers is not None and self.workers.running:
+            self._sync_control()  # stop=True
+            self.workers.signal(signal.SIGTERM)
+            if not self.workers.wait(budget):
+                log.warning("workers did not finish the emergency checkpoint in %.0fs; killing", budget)
+                self.workers.stop(signal.SIGKILL, 1.0)
+            self._read_statuses()
+        self._set_state(AgentState.STOPPED)
+        return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m elastra.agent",
+        description="Elastra pod agent: runs the training command as this pod's workers.",
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the training command")
+    args = parser.parse_args(list(argv))
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no training command: use `python -m elastra.agent -- python train.py …`")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s elastra-agent %(levelname)s %(message)s", stream=sys.stderr
+    )
+    try:
+        cfg = agent_config_from_env(os.environ)
+    except ValueError as exc:
+        print(f"elastra agent: {exc}", file=sys.stderr)
+        return 2
+    return Agent(cfg, command).run()

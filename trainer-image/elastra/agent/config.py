@@ -1,0 +1,71 @@
+"""The agent's identity and settings, from the environment the operator sets (docs/protocol.md). Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AgentConfig:
+    """Who this agent is and how it behaves."""
+
+    job: str
+    """TrainingJob name (`ELASTRA_JOB`)."""
+    pod: str
+    """This pod (`POD_NAME`)."""
+    namespace: str
+    """Its namespace (`POD_NAMESPACE`)."""
+    pod_ip: str
+    """Its IP (`POD_IP`); the metrics server binds it."""
+    nproc: int
+    """Workers per pod (`ELASTRA_NPROC_PER_POD`); the membership record's value wins when present."""
+    control_dir: str
+    """Where the control and status files live (`ELASTRA_CONTROL_DIR`, default /tmp/elastra-<pod>)."""
+    metrics_port: int
+    """Port of `/metrics` (`ELASTRA_METRICS_PORT`, 9400; 0 disables)."""
+    grace_seconds: float
+    """The pod's termination grace period (`ELASTRA_TERMINATION_GRACE_SECONDS`, 30)."""
+    report_interval_s: float
+    """Least time between two step-only reports (`ELASTRA_REPORT_INTERVAL_SECONDS`, 3)."""
+    poll_interval_s: float
+    """Re-read of the membership record besides the watch (`ELASTRA_MEMBERSHIP_POLL_SECONDS`, 5)."""
+
+    def __post_init__(self) -> None:
+        for name in ("job", "pod", "namespace"):
+            if not getattr(self, name):
+                raise ValueError(f"the agent needs {name!r}: set {_ENV_OF[name]}")
+        if self.nproc < 1:
+            raise ValueError(f"ELASTRA_NPROC_PER_POD must be >= 1, got {self.nproc}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"ELASTRA_METRICS_PORT out of range: {self.metrics_port}")
+        if self.grace_seconds < 0 or self.report_interval_s <= 0 or self.poll_interval_s <= 0:
+            raise ValueError("grace, report and poll intervals must be positive")
+
+
+_ENV_OF = {"job": "ELASTRA_JOB", "pod": "POD_NAME", "namespace": "POD_NAMESPACE"}
+
+
+def agent_config_from_env(env: Mapping[str, str]) -> AgentConfig:
+    """The agent's configuration from `env`. Pure; raises ValueError with the variable to fix."""
+
+    def number(name: str, default: float) -> float:
+        raw = env.get(name, "").strip()
+        try:
+            return float(raw) if raw else default
+        except ValueError:
+            raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+    pod = env.get("POD_NAME", "").strip()
+    return AgentConfig(
+        job=env.get("ELASTRA_JOB", "").strip(),
+        pod=pod,
+        namespace=env.get("POD_NAMESPACE", "").strip(),
+        pod_ip=env.get("POD_IP", "").strip() or "127.0.0.1",
+        nproc=int(number("ELASTRA_NPROC_PER_POD", 1)),
+        control_dir=env.get("ELASTRA_CONTROL_DIR", "").strip() or f"/tmp/elastra-{pod or 'agent'}",  # noqa: S108
+        metrics_port=int(number("ELASTRA_METRICS_PORT", 9400)),
+        grace_seconds=number("ELASTRA_TERMINATION_GRACE_SECONDS", 30),
+        report_interval_s=number("ELASTRA_REPORT_INTERVAL_SECONDS", 3),
+        poll_interval_s=number("ELASTRA_MEMBERSHIP_POLL_SECONDS", 5),
+    )

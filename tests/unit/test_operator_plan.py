@@ -599,6 +599,22 @@ CASES = [
         id="template-without-containers",
     ),
     pytest.param(
+        job(
+            status={
+                "phase": "Running",
+                "generation": 5,
+                "failures": 2,
+                "restarts": 4,
+                "startTime": at(-99).isoformat(),
+            }
+        ),
+        running(0, 1, generation=5),
+        nodes(2),
+        [],
+        {"m": (6, "Run", ["tj-w-0", "tj-w-1"]), "failures": 2, "restarts": 5},
+        id="lost-membership-record-resumes-above-the-last-generation",
+    ),
+    pytest.param(
         job(deleting=True),
         [],
         nodes(3),

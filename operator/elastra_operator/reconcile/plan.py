@@ -113,10 +113,22 @@ class _Pass:
         self.job, self.spec, self.now = job, job.spec, now
         self.pods = {p.name: p for p in pods}
         self.nodes = {n.name: n for n in nodes}
+        status = job.status
+        # No (readable) membership record: start over from what the status last showed, so that generations
+        # only grow and failures already counted stay counted.
         self.m = job.membership or Membership(
-            generation=0, phase=MembershipPhase.HOLD, world_size=0, nproc_per_pod=self.spec.nproc_per_pod
+            generation=status.generation,
+            phase=MembershipPhase.HOLD,
+            world_size=0,
+            nproc_per_pod=self.spec.nproc_per_pod,
         )
-        self.r = job.record
+        self.r = (
+            job.record
+            if job.membership is not None
+            else OperatorRecord(
+                failures=status.failures, restarts=status.restarts, started_at=status.start_time
+            )
+        )
         self.new_m, self.new_r = self.m, self.r
         self.ckpts = sorted((c for c in checkpoints if c.job == job.name), key=lambda c: c.step)
         self.creates: list[Action] = []

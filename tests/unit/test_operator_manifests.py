@@ -1,0 +1,111 @@
+"""The objects the operator creates: worker pods, the headless Service, Checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from test_operator_support import commit, job
+
+from elastra_operator.reconcile import manifests
+
+
+def _env(pod: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["spec"]["containers"][0]["env"]}
+
+
+def test_worker_pod_identity_and_placement() -> None:
+    pod = manifests.worker_pod(job(), 2)
+    assert pod["metadata"]["name"] == "tj-w-2"
+    assert pod["metadata"]["labels"] == {"elastra.dev/job": "tj", "elastra.dev/role": "worker"}
+    assert pod["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    anti = pod["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert anti["topologyKey"] == "kubernetes.io/hostname"
+    env = _env(pod)
+    assert env["POD_NAME"] == "tj-w-2" and env["ELASTRA_JOB"] == "tj" and env["POD_NAMESPACE"] == "ns"
+    assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["ELASTRA_CHECKPOINT_URI"] == "/ck/ns/tj"
+    assert env["ELASTRA_CHECKPOINT_EVERY_STEPS"] == "10" and env["ELASTRA_CHECKPOINT_KEEP"] == "2"
+
+
+def test_worker_pod_keeps_the_template_and_adds_tiers() -> None:
+    template = {
+        "metadata": {"labels": {"team": "a"}},
+        "spec": {
+            "nodeSelector": {"gpu": "h100"},
+            "containers": [{"name": "t", "image": "i", "env": [{"name": "MINE", "value": "1"}]}],
+        },
+    }
+    checkpoint = {
+        "everySeconds": 30,
+        "local": {"path": "/nvme"},
+        "s3": {"bucket": "bkt", "endpoint": "http://s3", "credentialsSecret": "creds"},
+        "directory": None,
+    }
+    pod = manifests.worker_pod(job(template=template, checkpoint=checkpoint), 0)
+    assert pod["metadata"]["labels"]["team"] == "a" and pod["spec"]["nodeSelector"] == {"gpu": "h100"}
+    env = _env(pod)
+    assert (
+        env["MINE"] == "1"
+        and env["ELASTRA_LOCAL_DIR"] == "/nvme"
+        and env["ELASTRA_CHECKPOINT_EVERY_SECONDS"] == "30.0"
+    )
+    assert env["ELASTRA_CHECKPOINT_URI"] == "s3://bkt/ns/tj" and env["AWS_ENDPOINT_URL_S3"] == "http://s3"
+    assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "creds", "key": "AWS_ACCESS_KEY_ID"}}
+    assert {"name": "elastra-local", "hostPath": {"path": "/nvme", "type": "DirectoryOrCreate"}} in pod[
+        "spec"
+    ]["volumes"]
+    assert {"name": "elastra-local", "mountPath": "/nvme"} in pod["spec"]["containers"][0]["volumeMounts"]
+
+
+def test_template_is_not_mutated() -> None:
+    view = job()
+    assert view.spec is not None
+    before = repr(view.spec.template)
+    manifests.worker_pod(view, 0)
+    assert repr(view.spec.template) == before
+
+
+def test_headless_service_selects_workers() -> None:
+    svc = manifests.headless_service(job())
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["selector"]["elastra.dev/role"] == "worker"
+
+
+def test_checkpoint_object_has_finalizer_and_owner() -> None:
+    obj = manifests.checkpoint_object(job(), commit(60))
+    assert obj["metadata"]["name"] == "tj-step-60"
+    assert obj["metadata"]["finalizers"] == [manifests.FINALIZER]
+    assert obj["metadata"]["ownerReferences"][0]["kind"] == "TrainingJob"
+    assert obj["spec"]["uri"] == "/ck/ns/tj/step-60" and obj["spec"]["manifestDigest"] == "sha256:00ff"
+
+
+@pytest.mark.parametrize(
+    ("template", "gpus"),
+    [
+        pytest.param(
+            {"spec": {"containers": [{"resources": {"limits": {"nvidia.com/gpu": "2"}}}]}}, 2, id="limits"
+        ),
+        pytest.param(
+            {"spec": {"containers": [{"resources": {"requests": {"nvidia.com/gpu": 1}}}]}}, 1, id="requests"
+        ),
+        pytest.param(
+            {"spec": {"containers": [{}, {"resources": {"limits": {"nvidia.com/gpu": 1}}}]}}, 1, id="sidecar"
+        ),
+        pytest.param({"spec": {"containers": [{"name": "cpu"}]}}, 0, id="cpu-only"),
+    ],
+)
+def test_gpu_request(template: dict[str, Any], gpus: int) -> None:
+    assert manifests.gpu_request(template) == gpus
+
+
+@pytest.mark.parametrize(
+    ("name", "index"),
+    [
+        pytest.param("tj-w-3", 3, id="ours"),
+        pytest.param("tj-w-x", None, id="not-a-number"),
+        pytest.param("other-w-3", None, id="other-job"),
+    ],
+)
+def test_pod_index(name: str, index: int | None) -> None:
+    assert manifests.pod_index("tj", name) == index

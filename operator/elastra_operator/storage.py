@@ -70,4 +70,4 @@ def _delete_s3(uri: str, spec: CheckpointSpec, credentials: dict[str, str]) -> s
                 deleted += len(keys)
     except (BotoCoreError, ClientError) as exc:
         raise StorageError(f"cannot delete {uri}: {exc}") from exc
-    return f"deleted {deleted} object(s) under {uri}"
+    return f"deleted the manifest and {deleted} other object(s) under {uri}"

@@ -400,12 +400,16 @@ class ApiServer:
                 kind = ""
         if not kind:
             return b""
+        plain = kind == event.type and not as_table and obj.get("apiVersion") == t.rt.api_version
+        if plain and event.wire is not None:
+            return event.wire
         out: Any = self._versioned(t.rt, obj)
         if as_table:
-            out = tables.table(
-                t.rt, [out], obj["metadata"]["resourceVersion"], include_object=t and "Metadata"
-            )
-        return _dumps({"type": kind, "object": out}) + b"\n"
+            out = tables.table(t.rt, [out], obj["metadata"]["resourceVersion"])
+        line = _dumps({"type": kind, "object": out}) + b"\n"
+        if plain:
+            event.wire = line
+        return line
 
     # ------------------------------------------------------------------ logs
     async def _logs(self, request: web.Request, t: Target) -> web.StreamResponse:

@@ -51,6 +51,8 @@ class WatchEvent:
     """The object after the change (for DELETED: its last state)."""
     old: dict[str, Any] | None
     """The object before the change (None for ADDED)."""
+    wire: bytes | None = None
+    """The encoded watch line, shared by every watcher that needs it unfiltered (set on first use)."""
 
 
 @dataclass(slots=True, eq=False)

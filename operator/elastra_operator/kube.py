@@ -394,7 +394,7 @@ class Kube:
         }
 
     def post_event(self, namespace: str, involved: dict[str, str], event: Event) -> None:
-        """A core/v1 Event on the object; a repeat of the same reason and message bumps its count."""
+        """A core/v1 Event on the object; a repeat of the same reason and message refreshes that one."""
         key = f"{involved['uid']}/{event.reason}/{event.message}"
         name = f"{involved['name']}.{hashlib.sha256(key.encode()).hexdigest()[:12]}"
         now = dt.datetime.now(dt.UTC).isoformat()
@@ -419,10 +419,8 @@ class Kube:
             if exc.status != 409:
                 log.warning("could not post event %s: %s", event.reason, exc.reason)
                 return
-            try:
-                current = self._raw(self.core.read_namespaced_event, name, namespace)
-                patch = {"count": int(current.get("count") or 1) + 1, "lastTimestamp": now}
-                self.core.patch_namespaced_event(name, namespace, patch)
+            try:  # the same decision again: refresh it (RBAC grants events create and patch, no get)
+                self.core.patch_namespaced_event(name, namespace, {"lastTimestamp": now})
             except ApiException as again:
                 log.warning("could not update event %s: %s", event.reason, again.reason)
 

@@ -46,3 +46,23 @@ def test_flags(argv: list[str], expected: dict[str, object]) -> None:
 def test_conflicting_flags_are_refused(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(argv)
+
+
+def test_the_operator_process_never_loads_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'safetensors'):\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import elastra_operator.cli, elastra_operator.handlers\n"
+        "import elastra_operator.crdgen, elastra_operator.storage\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr

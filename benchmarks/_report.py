@@ -254,7 +254,7 @@ def _machine_line(machine: object) -> str:
     return (
         f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
         f"{_gib(machine.get('memory_bytes'))} GiB, Python {machine.get('python', '?')}, "
-        f"torch {machine.get('torch', '?')}{shared}"
+        f"torch {machine.get('torch', '?')}{shared}; Elastra engine at {machine.get('elastra_engine', '?')}"
     )
 
 

@@ -202,7 +202,27 @@ def machine() -> dict[str, Any]:
         "os": platform.platform(),
         "load_average_at_start": list(os.getloadavg()),
         "accelerator": "none (CPU only; the CUDA staging path was not measured)",
+        "elastra_engine": engine_version(),
     }
+
+
+def engine_version() -> str:
+    """The git commit of the checkout, and whether the engine's files differ from it (measured as is)."""
+    engine = ["trainer-image/elastra/checkpoint", "trainer-image/elastra/storage"]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", *engine],
+            cwd=HERE.parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        return f"unknown ({exc})"
+    return f"git {commit}" + (" plus uncommitted engine changes" if dirty else "")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -33,10 +33,15 @@ TARGET_WRITES_PER_S = 500
 _RV = re.compile(rb'"resourceVersion":"(\d+)"')
 
 
-async def _watch(session: aiohttp.ClientSession, url: str, rv: str, expected: int, out: dict[str, Any]) -> None:
+async def _watch(
+    session: aiohttp.ClientSession, url: str, rv: str, expected: int, out: dict[str, Any]
+) -> None:
     last = int(rv)
     seen = lost_order = 0
-    async with session.get(f"{url}/api/v1/namespaces/bench/configmaps", params={"watch": "true", "resourceVersion": rv, "timeoutSeconds": "600"}) as resp:
+    async with session.get(
+        f"{url}/api/v1/namespaces/bench/configmaps",
+        params={"watch": "true", "resourceVersion": rv, "timeoutSeconds": "600"},
+    ) as resp:
         async for line in resp.content:
             found = _RV.search(line)  # the server's own encoding; a full parse would time the client
             if found is None:
@@ -78,7 +83,11 @@ async def _writes(session: aiohttp.ClientSession, url: str) -> list[float]:
                 created.put_nowait(name)
             else:
                 headers = {"Content-Type": "application/merge-patch+json"}
-                async with session.patch(f"{url}/api/v1/namespaces/bench/configmaps/{name}", data=json.dumps({"data": {"value": "1"}}), headers=headers) as resp:
+                async with session.patch(
+                    f"{url}/api/v1/namespaces/bench/configmaps/{name}",
+                    data=json.dumps({"data": {"value": "1"}}),
+                    headers=headers,
+                ) as resp:
                     assert resp.status == 200, await resp.text()
             latencies.append(time.perf_counter() - start)
 
@@ -88,7 +97,9 @@ async def _writes(session: aiohttp.ClientSession, url: str) -> list[float]:
 
 async def _run(url: str) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=WATCHES + CONCURRENCY + 8)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=900)) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=900)
+    ) as session:
         async with session.post(f"{url}/api/v1/namespaces", json={"metadata": {"name": "bench"}}) as resp:
             assert resp.status == 201
         async with session.get(f"{url}/api/v1/namespaces/bench/configmaps") as resp:
@@ -127,28 +138,39 @@ def _start_server(directory: str) -> tuple[subprocess.Popen[bytes], str]:
     deadline = time.monotonic() + 60
     while not state.exists():
         if server.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"localcluster server did not start: {(pathlib.Path(directory) / 'server.log').read_text()[-2000:]}")
+            raise RuntimeError(
+                "localcluster server did not start: "
+                + (pathlib.Path(directory) / "server.log").read_text()[-2000:]
+            )
         time.sleep(0.1)
     return server, json.loads(state.read_text())["url"]
 
 
 def _write_doc(result: dict[str, Any]) -> None:
-    met = result["writes_per_second"] >= TARGET_WRITES_PER_S and result["events_lost"] == 0 and result["events_out_of_order"] == 0
+    met = (
+        result["writes_per_second"] >= TARGET_WRITES_PER_S
+        and result["events_lost"] == 0
+        and result["events_out_of_order"] == 0
+    )
     section = "\n".join([
         "<!-- BEGIN localcluster -->",
-        f"Measured {result['date']} on {result['machine']} ({result['cpus']} CPUs), server and client in separate processes.",
+        f"Measured {result['date']} on {result['machine']} ({result['cpus']} CPUs), "
+        "server and client in separate processes.",
         "",
         "| figure | value |",
         "| --- | --- |",
-        f"| object writes (creates, then merge patches) | {result['writes']} from {result['concurrency']} concurrent requests |",
+        f"| object writes (creates, then merge patches) | {result['writes']} "
+        f"from {result['concurrency']} concurrent requests |",
         f"| **writes/s** (target ≥ {TARGET_WRITES_PER_S}) | **{result['writes_per_second']}** |",
-        f"| write latency p50 / p99 | {result['write_latency_p50_ms']} ms / {result['write_latency_p99_ms']} ms |",
+        f"| write latency p50 / p99 | {result['write_latency_p50_ms']} ms "
+        f"/ {result['write_latency_p99_ms']} ms |",
         f"| concurrent watches, each following every write | {result['watches']} |",
         f"| events delivered / expected | {result['events_delivered']} / {result['events_expected']} |",
         f"| lost / out-of-order events | {result['events_lost']} / {result['events_out_of_order']} |",
         f"| last watch caught up after (from the first write) | {result['all_events_delivered_seconds']} s |",
         "",
-        f"Target {'met' if met else 'NOT met'}: ≥ {TARGET_WRITES_PER_S} writes/s with {result['watches']} watches and no lost or reordered events.",
+        f"Target {'met' if met else 'NOT met'}: ≥ {TARGET_WRITES_PER_S} writes/s with "
+        f"{result['watches']} watches and no lost or reordered events.",
         "<!-- END localcluster -->",
     ])  # fmt: skip
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
@@ -157,7 +179,8 @@ def _write_doc(result: dict[str, Any]) -> None:
         text = pattern.sub(lambda _m: section, text)
     else:
         intro = (
-            "\n## localcluster\n\n`benchmarks/localcluster.py`: API writes/s while 100 watches follow every change "
+            "\n## localcluster\n\n`benchmarks/localcluster.py`: API writes/s while 100 watches "
+            "follow every change "
             "(the server runs as its own process, as `elastra local up` runs it).\n\n"
         )
         text = text.rstrip("\n") + "\n" + intro + section + "\n"
@@ -165,21 +188,32 @@ def _write_doc(result: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    """Run the benchmark, write results/localcluster.json and the doc section; non-zero if the target is missed."""
+    """Run the benchmark; write results/localcluster.json and the doc section; 1 if the target is missed."""
     with tempfile.TemporaryDirectory() as directory:
         server, url = _start_server(directory)
         try:
-            print(f"localcluster benchmark: {2 * OBJECTS} writes, {WATCHES} watches against {url}", flush=True)
+            print(
+                f"localcluster benchmark: {2 * OBJECTS} writes, {WATCHES} watches against {url}", flush=True
+            )
             result = asyncio.run(_run(url))
         finally:
             server.terminate()
             server.wait(30)
-    result.update(date=time.strftime("%Y-%m-%d"), machine=platform.machine(), cpus=os.cpu_count(), python=platform.python_version())
+    result.update(
+        date=time.strftime("%Y-%m-%d"),
+        machine=platform.machine(),
+        cpus=os.cpu_count(),
+        python=platform.python_version(),
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     _write_doc(result)
     print(json.dumps(result, indent=2))
-    ok = result["writes_per_second"] >= TARGET_WRITES_PER_S and result["events_lost"] == 0 and result["events_out_of_order"] == 0
+    ok = (
+        result["writes_per_second"] >= TARGET_WRITES_PER_S
+        and result["events_lost"] == 0
+        and result["events_out_of_order"] == 0
+    )
     return 0 if ok else 1
 
 

@@ -41,6 +41,20 @@ DONE_WAIT_S = 300.0
 """After the workers succeeded, how long to wait for the operator's `Done` before exiting anyway."""
 
 
+EXIT_PEER_LOST = 75
+"""Worker exit code: a collective failed because a peer is gone (`elastra.session.EXIT_PEER_LOST`)."""
+EXIT_PEER_STOPPED = 76
+"""Worker exit code: it saved because a peer was stopping (`elastra.session.EXIT_PEER_STOPPED`)."""
+PEER_LOST = "PeerLost"
+"""Reason prefix the operator reads as "not this pod's fault": never a permanent failure."""
+
+
+def failure_reason(rank: int, code: int, detail: str | None) -> str:
+    """The `reason` of a Failed report. Pure."""
+    text = f"worker rank {rank} exited with code {code}" + (f": {detail}" if detail else "")
+    return f"{PEER_LOST}: {text}" if code in (EXIT_PEER_LOST, EXIT_PEER_STOPPED) else text
+
+
 class Reporter(Protocol):
     """Where the agent's annotations go (the Kubernetes link, or a test double at this boundary)."""
 
@@ -183,7 +197,7 @@ class Agent:
             statuses = self._statuses()
             why = next((s.failure for s in statuses if s.failure), None)
             self.exit_code = code
-            self.reason = f"worker rank {rank} exited with code {code}" + (f": {why}" if why else "")
+            self.reason = failure_reason(rank, code, why)
             self._set_state(AgentState.FAILED)
             log.error("generation %d: %s", self.generation, self.reason)
             if not self.workers.wait(FAILURE_GRACE_S):

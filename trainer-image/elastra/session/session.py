@@ -72,6 +72,25 @@ class RngState:
         torch.set_rng_state(state["torch_cpu"].to(torch.uint8))
 
 
+PEER_FAILURE_MARKERS = (
+    "gloo/transport",
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "NCCL",
+    "TCPStore",
+    "Socket Timeout",
+)
+"""Texts of the errors torch raises (as plain RuntimeError) when a peer of a collective is gone."""
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """Whether `exc` means a peer of a collective died (the job must rescale), not a bug here. Pure."""
+    if isinstance(exc, dist.DistError):
+        return True
+    return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in PEER_FAILURE_MARKERS)
+
+
 def _materialize(state: Mapping[str, Any]) -> dict[str, Any]:
     """The state with every `Stateful` value replaced by its state dict (top level only)."""
     return {k: (v.state_dict() if isinstance(v, Stateful) else v) for k, v in state.items()}
@@ -149,7 +168,7 @@ class Session:
             traceback.print_exception(kind, exc, tb)
             self._publish(failure=f"{kind.__name__}: {exc}", force=True)
             sys.stderr.flush()
-            os._exit(EXIT_PEER_LOST if isinstance(exc, dist.DistError) else EXIT_CRASHED)
+            os._exit(EXIT_PEER_LOST if is_peer_failure(exc) else EXIT_CRASHED)
 
         sys.excepthook = excepthook
 

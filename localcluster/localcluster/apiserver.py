@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import pathlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +56,16 @@ def _truthy(value: str | None) -> bool:
     return value is not None and value.lower() in {"true", "1"}
 
 
+def _static(make: Callable[[], Any]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A GET handler answering `make()` (text for str, JSON otherwise)."""
+
+    async def handler(_request: web.Request) -> web.StreamResponse:
+        body = make()
+        return web.Response(text=body) if isinstance(body, str) else _json(body)
+
+    return handler
+
+
 def _json(obj: Any, status: int = 200) -> web.Response:
     return web.Response(body=_dumps(obj), status=status, content_type="application/json")
 
@@ -85,14 +95,17 @@ class ApiServer:
         self.log_path = log_path
         self.address = "127.0.0.1:0"
         self.app = web.Application(middlewares=[self._errors], client_max_size=64 * 1024**2)
-        self.app.router.add_get("/version", lambda _r: _json(discovery.VERSION_INFO))
-        for probe in ("/healthz", "/readyz", "/livez"):
-            self.app.router.add_get(probe, lambda _r: web.Response(text="ok"))
-        self.app.router.add_get("/api", lambda _r: _json(discovery.core_versions(self.address)))
-        self.app.router.add_get("/apis", lambda _r: _json(discovery.group_list(self.store.served())))
-        self.app.router.add_get(
-            "/openapi/v3", lambda _r: _json(discovery.openapi_v3_root(self.store.served()))
-        )
+        static: dict[str, Callable[[], Any]] = {
+            "/version": lambda: discovery.VERSION_INFO,
+            "/api": lambda: discovery.core_versions(self.address),
+            "/apis": lambda: discovery.group_list(self.store.served()),
+            "/openapi/v3": lambda: discovery.openapi_v3_root(self.store.served()),
+            "/healthz": lambda: "ok",
+            "/readyz": lambda: "ok",
+            "/livez": lambda: "ok",
+        }
+        for path, make in static.items():
+            self.app.router.add_get(path, _static(make))
         self.app.router.add_get("/openapi/v3/{path:.*}", self._openapi_v3)
         self.app.router.add_route("*", "/api/{path:.*}", self._dispatch)
         self.app.router.add_route("*", "/apis/{path:.*}", self._dispatch)
@@ -155,7 +168,7 @@ class ApiServer:
             raise ApiError(404, f"the server could not find the requested resource ({rt.plural}/{sub})")
         return Target(rt, namespace, name, sub)
 
-    async def _handle(self, request: web.Request, t: Target) -> web.StreamResponse:
+    async def _handle(self, request: web.Request, t: Target) -> web.StreamResponse:  # noqa: PLR0911, PLR0912
         method, q = request.method, request.query
         ns = t.namespace or ""
         if method == "GET" and t.name is None:

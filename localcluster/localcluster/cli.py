@@ -12,6 +12,7 @@ The cluster runs as one detached process (`localcluster.server`); the commands f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -53,16 +54,16 @@ def _require_state(directory: pathlib.Path) -> dict[str, Any]:
 
 def _call(state: dict[str, Any], method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     data = json.dumps(body or {}).encode() if method == "POST" else None
-    request = urllib.request.Request(state["url"] + path, data=data, method=method, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(  # noqa: S310 - the URL comes from our state.json
+        state["url"] + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - our own http URL
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")
-        try:
+        with contextlib.suppress(ValueError):
             detail = json.loads(detail).get("message", detail)
-        except ValueError:
-            pass
         raise CliError(f"{method} {path}: {exc.code} {detail}") from exc
     except urllib.error.URLError as exc:
         raise CliError(f"cannot reach the local cluster at {state['url']}: {exc.reason}") from exc
@@ -74,7 +75,10 @@ def _print_endpoints(state: dict[str, Any]) -> None:
     s3 = state.get("s3")
     if s3:
         print(f"s3: {s3['url']}")
-        print(f"export AWS_ENDPOINT_URL_S3={s3['url']} AWS_ACCESS_KEY_ID={s3['accessKeyId']} AWS_SECRET_ACCESS_KEY={s3['secretAccessKey']} AWS_REGION={s3['region']}")
+        print(
+            f"export AWS_ENDPOINT_URL_S3={s3['url']} AWS_ACCESS_KEY_ID={s3['accessKeyId']} "
+            f"AWS_SECRET_ACCESS_KEY={s3['secretAccessKey']} AWS_REGION={s3['region']}"
+        )
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -87,24 +91,32 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 0
     directory.mkdir(parents=True, exist_ok=True)
     (directory / STATE_FILE).unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "localcluster.server", "--dir", str(directory), "--nodes", str(args.nodes), "--gpus-per-node", str(args.gpus_per_node),
-            "--cpu-per-node", args.cpu_per_node, "--memory-per-node", args.memory_per_node, "--port", str(args.port),
-            "--heartbeat", str(args.heartbeat), "--node-grace", str(args.node_grace)]  # fmt: skip
+    argv = [sys.executable, "-m", "localcluster.server", "--dir", str(directory)]
+    argv += ["--nodes", str(args.nodes), "--gpus-per-node", str(args.gpus_per_node), "--port", str(args.port)]
+    argv += ["--cpu-per-node", args.cpu_per_node, "--memory-per-node", args.memory_per_node]
+    argv += ["--heartbeat", str(args.heartbeat), "--node-grace", str(args.node_grace)]
     if args.s3:
         argv.append("--s3")
     log_path = directory / "localcluster.log"
     with log_path.open("ab") as log:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         state = _state(directory)
         if state is not None:
-            print(f"local cluster up: {args.nodes} node(s), API {state['url']}, pid {state['pid']}, logs {log_path}")
+            print(
+                f"local cluster up: {args.nodes} node(s), API {state['url']}, "
+                f"pid {state['pid']}, logs {log_path}"
+            )
             _print_endpoints(state)
             return 0
         if process.poll() is not None:
             tail = log_path.read_text(errors="replace")[-2000:]
-            raise CliError(f"the local cluster exited with status {process.returncode} while starting:\n{tail}")
+            raise CliError(
+                f"the local cluster exited with status {process.returncode} while starting:\n{tail}"
+            )
         time.sleep(0.1)
     process.terminate()
     raise CliError(f"the local cluster did not come up within {args.timeout} s (see {log_path})")
@@ -140,7 +152,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"S3 {status['s3']}")
     print(f"{'NODE':<12} {'READY':<8} {'SCHEDULABLE':<12} {'KUBELET':<8} PODS")
     for node in status["nodes"]:
-        print(f"{node['name']:<12} {node['ready']:<8} {node['schedulable']!s:<12} {node['kubelet']:<8} {node['pods']}")
+        print(
+            f"{node['name']:<12} {node['ready']:<8} {node['schedulable']!s:<12} "
+            f"{node['kubelet']:<8} {node['pods']}"
+        )
     return 0
 
 
@@ -172,7 +187,12 @@ def cmd_down(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The `elastra local` argument parser."""
     parser = argparse.ArgumentParser(prog="elastra local", description="a single-machine Kubernetes stand-in")
-    parser.add_argument("--dir", type=pathlib.Path, default=DEFAULT_DIR, help=f"state folder (default {DEFAULT_DIR}, or $ELASTRA_LOCAL_DIR)")
+    parser.add_argument(
+        "--dir",
+        type=pathlib.Path,
+        default=DEFAULT_DIR,
+        help=f"state folder (default {DEFAULT_DIR}, or $ELASTRA_LOCAL_DIR)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start a detached local cluster and print its kubeconfig path")
     up.add_argument("--dir", type=pathlib.Path, default=argparse.SUPPRESS, help="state folder")
@@ -183,7 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("action", choices=["kill", "add", "cordon", "uncordon", "drain"])
     node.add_argument("name", nargs="?", help="node name (optional for add)")
     node.set_defaults(func=cmd_node)
-    for name, func, text in (("status", cmd_status, "show nodes and endpoints"), ("down", cmd_down, "stop the cluster and its pods")):
+    for name, func, text in (
+        ("status", cmd_status, "show nodes and endpoints"),
+        ("down", cmd_down, "stop the cluster and its pods"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--dir", type=pathlib.Path, default=argparse.SUPPRESS, help="state folder")
         p.set_defaults(func=func)

@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import pathlib
+import platform
 import socket
 import threading
 from dataclasses import asdict, dataclass
@@ -27,10 +27,10 @@ from localcluster.apiserver import ApiServer
 from localcluster.controllers import NodeLifecycle, Scheduler, record_event
 from localcluster.errors import ApiError
 from localcluster.kubelet import IpPool, Kubelet
-from localcluster.store import Store, StorageKey, WatchEvent, now_iso
+from localcluster.store import StorageKey, Store, WatchEvent, now_iso
 
 S3_ACCESS_KEY = "localcluster"
-S3_SECRET_KEY = "localcluster-secret"
+S3_SECRET_KEY = "localcluster-secret"  # noqa: S105 - moto accepts any key; a fixed, public test value
 S3_REGION = "us-east-1"
 
 
@@ -70,7 +70,8 @@ class ClusterConfig:
             raise ValueError("nodes and gpus_per_node must be >= 0")
         if self.heartbeat_interval_s <= 0 or self.node_grace_s <= self.heartbeat_interval_s:
             raise ValueError(
-                f"node_grace_s ({self.node_grace_s}) must exceed heartbeat_interval_s ({self.heartbeat_interval_s}) > 0"
+                f"node_grace_s ({self.node_grace_s}) must exceed "
+                f"heartbeat_interval_s ({self.heartbeat_interval_s}) > 0"
             )
 
 
@@ -191,7 +192,7 @@ class ClusterCore:
             base_env=env,
             default_cwd=self.config.container_cwd or os.getcwd(),
             on_event=lambda obj, reason, message, kind: record_event(
-                self.store, obj, reason, message, kind, "kubelet"
+                self.store, obj, reason, message, kind, component="kubelet"
             ),
         )
         self.kubelets[name] = kubelet
@@ -263,7 +264,7 @@ class ClusterCore:
         return kubelet
 
     def kill_node(self, name: str) -> None:
-        """SIGKILL the node's pod processes and stop its heartbeats: it turns NotReady after the grace period."""
+        """SIGKILL the node's pod processes and stop its heartbeats (NotReady after the grace period)."""
         self._kubelet(name).kill()
 
     def cordon(self, name: str, *, unschedulable: bool = True) -> None:

@@ -6,6 +6,7 @@ unreachable, and its pods' Ready condition turns False). Decisions come from the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import datetime
 import logging
@@ -13,7 +14,7 @@ from typing import Any
 
 from localcluster import scheduler
 from localcluster.errors import ApiError
-from localcluster.store import Store, StorageKey, WatchEvent, now_iso
+from localcluster.store import StorageKey, Store, WatchEvent, now_iso
 
 log = logging.getLogger("localcluster.controllers")
 UNREACHABLE_TAINTS = [
@@ -28,6 +29,7 @@ def record_event(
     reason: str,
     message: str,
     kind: str = "Normal",
+    *,
     component: str = "localcluster",
 ) -> None:
     """Post a core/v1 Event about an object (best effort, never raises)."""
@@ -90,10 +92,8 @@ class Scheduler:
     async def run(self) -> None:
         """Schedule forever."""
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 1.0)
-            except TimeoutError:
-                pass
             self._wake.clear()
             try:
                 self.schedule_pending()
@@ -136,7 +136,12 @@ class Scheduler:
                     ]
                     self.store.update(pods_rt, ns, name, {**pod, "status": status}, subresource="status")
                     record_event(
-                        self.store, pod, "FailedScheduling", decision.message, "Warning", "default-scheduler"
+                        self.store,
+                        pod,
+                        "FailedScheduling",
+                        decision.message,
+                        "Warning",
+                        component="default-scheduler",
                     )
                 continue
             self._last_message.pop(pod["metadata"]["uid"], None)
@@ -149,7 +154,7 @@ class Scheduler:
                 "Scheduled",
                 f"Successfully assigned {ns}/{name} to {decision.node}",
                 "Normal",
-                "default-scheduler",
+                component="default-scheduler",
             )
 
 
@@ -183,7 +188,7 @@ class NodeLifecycle:
                 renewed = _parse_time(node["metadata"]["creationTimestamp"])
             if (now - renewed).total_seconds() <= self.grace_s:
                 continue
-            ready = next(
+            ready: dict[str, Any] = next(
                 (c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"),
                 {},
             )
@@ -233,7 +238,7 @@ class NodeLifecycle:
             "NodeNotReady",
             f"Node {name} status is now: NodeNotReady",
             "Normal",
-            "node-controller",
+            component="node-controller",
         )
         for pod in self.store.list(pods_rt, None)[0]:
             if (pod.get("spec") or {}).get("nodeName") != name:
@@ -259,4 +264,6 @@ class NodeLifecycle:
                 {**pod, "status": pod_status},
                 subresource="status",
             )
-            record_event(self.store, pod, "NodeNotReady", "Node is not ready", "Warning", "node-controller")
+            record_event(
+                self.store, pod, "NodeNotReady", "Node is not ready", "Warning", component="node-controller"
+            )

@@ -192,7 +192,7 @@ class Kubelet:
             with contextlib.suppress(ApiError):
                 node = self.store.get(nodes, "", self.node)
                 conditions = (node.get("status") or {}).get("conditions") or []
-                ready = next((c for c in conditions if c.get("type") == "Ready"), {})
+                ready: dict[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
                 if ready.get("status") != "True":
                     self._set_node_ready(node)
             await asyncio.sleep(self.heartbeat_interval_s)
@@ -294,7 +294,9 @@ class Kubelet:
         except Exception as exc:  # a kubelet bug must not take the node down; the pod shows it
             log.exception("pod %s/%s failed to run", *run.key)
             message = str(exc)
-            self._write_status(run, lambda s: s.update(phase="Failed", reason="KubeletError", message=message))
+            self._write_status(
+                run, lambda s: s.update(phase="Failed", reason="KubeletError", message=message)
+            )
         finally:
             if run.ip:
                 self.ips.release(run.ip)
@@ -351,12 +353,12 @@ class Kubelet:
             if code is None:
                 return await self._finish_deletion(run)
             if code != 0:
-                self._write_status(
-                    run,
-                    lambda s, c=code, n=launch.name: s.update(
-                        phase="Failed", reason="InitContainerFailed", message=f"init container {n} exited {c}"
-                    ),
-                )
+                failure = {
+                    "phase": "Failed",
+                    "reason": "InitContainerFailed",
+                    "message": f"init container {launch.name} exited {code}",
+                }
+                self._write_status(run, lambda s, f=failure: s.update(f))  # type: ignore[misc]
                 return
         self._write_status(
             run, lambda s: s.update(conditions=_conditions(now_iso(), initialized=True, ready=False))

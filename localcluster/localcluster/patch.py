@@ -64,7 +64,7 @@ def _pointer(path: str) -> list[str]:
 
 
 def _index(container: list[Any], token: str, *, for_add: bool) -> int:
-    if token == "-" and for_add:
+    if token == "-" and for_add:  # noqa: S105 - the JSON pointer end-of-array token
         return len(container)
     if not token.isdigit():
         raise PatchError(f"invalid array index {token!r}")

@@ -168,8 +168,8 @@ def plan_container(
             obj = lookup(plural, namespace, ref.get("name", ""))
             if obj is None and not ref.get("optional"):
                 raise PodSpecError(f"{kind} {ref.get('name')} not found")
-            for key, value in (_decoded(obj, secret=plural == "secrets") if obj else {}).items():
-                env[source.get("prefix", "") + key] = value.decode()
+            for key, raw in (_decoded(obj, secret=plural == "secrets") if obj else {}).items():
+                env[source.get("prefix", "") + key] = raw.decode()
     for spec in container.get("env") or []:
         value = _env_value(spec, pod, lookup, env)
         if value is not None:

@@ -104,14 +104,15 @@ def _type_ok(schema: dict[str, Any], value: Any) -> bool:
     return expected is None or expected not in checks or checks[expected](value)
 
 
-def _check(schema: dict[str, Any], value: Any, path: str, errors: list[FieldError]) -> None:
+def _check(schema: dict[str, Any], value: Any, path: str, errors: list[FieldError]) -> None:  # noqa: PLR0912
     if value is None:
         if not schema.get("nullable"):
             errors.append(
                 FieldError(
                     path,
                     "FieldValueTypeInvalid",
-                    f'Invalid value: "null": {path} in body must be of type {schema.get("type", "object")}: "null"',
+                    f'Invalid value: "null": {path} in body must be of type '
+                    f'{schema.get("type", "object")}: "null"',
                 )
             )
         return
@@ -165,7 +166,9 @@ def _check(schema: dict[str, Any], value: Any, path: str, errors: list[FieldErro
                 _check(items, item, f"{path}[{i}]", errors)
 
 
-def _check_scalar(schema: dict[str, Any], value: Any, path: str, errors: list[FieldError]) -> None:
+def _check_scalar(  # noqa: PLR0912 - one branch per keyword
+    schema: dict[str, Any], value: Any, path: str, errors: list[FieldError]
+) -> None:
     def fail(reason: str, message: str) -> None:
         errors.append(FieldError(path, reason, f"Invalid value: {_show(value)}: {message}"))
 

@@ -28,7 +28,9 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-per-node", default="32Gi", help="allocatable memory per node")
     parser.add_argument("--port", type=int, default=0, help="API server port (default: a free one)")
     parser.add_argument("--heartbeat", type=float, default=2.0, help="node lease renewal interval, seconds")
-    parser.add_argument("--node-grace", type=float, default=10.0, help="seconds without a lease renewal before NotReady")
+    parser.add_argument(
+        "--node-grace", type=float, default=10.0, help="seconds without a lease renewal before NotReady"
+    )
     parser.add_argument("--s3", action="store_true", help="also start a local S3 endpoint (moto)")
 
 
@@ -60,7 +62,12 @@ async def serve(config: ClusterConfig) -> None:
             "pid": os.getpid(),
             "url": core.url,
             "kubeconfig": core.kubeconfig,
-            "s3": {"url": core.s3_url, "accessKeyId": S3_ACCESS_KEY, "secretAccessKey": S3_SECRET_KEY, "region": S3_REGION}
+            "s3": {
+                "url": core.s3_url,
+                "accessKeyId": S3_ACCESS_KEY,
+                "secretAccessKey": S3_SECRET_KEY,
+                "region": S3_REGION,
+            }
             if core.s3_url
             else None,
         }

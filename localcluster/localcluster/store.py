@@ -9,6 +9,7 @@ readers and watch streams can hold references safely.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import collections
 import copy
 import datetime
@@ -246,7 +247,8 @@ class Store:
         if precondition_uid and precondition_uid != meta["uid"]:
             raise ApiError(
                 409,
-                f"Precondition failed: UID in precondition: {precondition_uid}, UID in object meta: {meta['uid']}",
+                f"Precondition failed: UID in precondition: {precondition_uid}, "
+                f"UID in object meta: {meta['uid']}",
             )
         if precondition_rv and precondition_rv != meta["resourceVersion"]:
             raise conflict(rt.group, rt.plural, name)
@@ -515,11 +517,11 @@ class Store:
     # ------------------------------------------------------------------ watch
     def watch(
         self, rt: ResourceType, since: int | None, initial: Iterable[dict[str, Any]] = ()
-    ) -> tuple[Watcher, list[WatchEvent]]:
+    ) -> tuple[Watcher, builtins.list[WatchEvent]]:
         """Subscribe to a resource. `since`: replay logged events after it (410 if compacted);
         None: start with synthetic ADDED events for `initial`."""
         watcher = Watcher()
-        backlog: list[WatchEvent]
+        backlog: builtins.list[WatchEvent]
         if since is None:
             backlog = [WatchEvent(int(o["metadata"]["resourceVersion"]), "ADDED", o, None) for o in initial]
         else:

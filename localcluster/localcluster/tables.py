@@ -12,7 +12,7 @@ _NAME_COLUMN = {"name": "Name", "type": "string", "format": "name", "description
 _AGE_COLUMN = {"name": "Age", "type": "string", "format": "", "description": "Age", "priority": 0}
 
 
-def human_age(timestamp: str | None, now: datetime.datetime) -> str:
+def human_age(timestamp: str | None, now: datetime.datetime) -> str:  # noqa: PLR0911 - one per unit
     """Like kubectl: `45s`, `3m12s`, `25m`, `5h3m`, `17h`, `9d`."""
     if not timestamp:
         return "<unknown>"

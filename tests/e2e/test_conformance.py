@@ -82,21 +82,37 @@ class Ctx:
 
     def configmap(self, name: str, labels: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
         body = {"metadata": {"name": name, "labels": labels or {}, **extra}, "data": {"k": "v"}}
-        result: dict[str, Any] = self.api.sanitize_for_serialization(self.core.create_namespaced_config_map(self.namespace, body))
+        result: dict[str, Any] = self.api.sanitize_for_serialization(
+            self.core.create_namespaced_config_map(self.namespace, body)
+        )
         return result
 
     def gadget(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
         body = {"apiVersion": f"{GROUP}/v1", "kind": "Gadget", "metadata": {"name": name}, "spec": spec}
-        result: dict[str, Any] = self.custom.create_namespaced_custom_object(GROUP, "v1", self.namespace, PLURAL, body)
+        result: dict[str, Any] = self.custom.create_namespaced_custom_object(
+            GROUP, "v1", self.namespace, PLURAL, body
+        )
         return result
 
-    def raw(self, method: str, path: str, *, body: Any = None, content_type: str = "application/json", accept: str = "application/json") -> Any:
+    def raw(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        content_type: str = "application/json",
+        accept: str = "application/json",
+    ) -> Any:
         """A request the typed client has no method for (other patch types, Tables, discovery)."""
         headers = {"Accept": accept, "Content-Type": content_type}
-        token = self.api.configuration.get_api_key_with_prefix("authorization") or self.api.configuration.get_api_key_with_prefix("BearerToken")
+        token = self.api.configuration.get_api_key_with_prefix(
+            "authorization"
+        ) or self.api.configuration.get_api_key_with_prefix("BearerToken")
         if token:
             headers["Authorization"] = token
-        response = self.api.rest_client.request(method, self.api.configuration.host + path, headers=headers, body=body)
+        response = self.api.rest_client.request(
+            method, self.api.configuration.host + path, headers=headers, body=body
+        )
         return json.loads(response.data)
 
 
@@ -132,26 +148,38 @@ def case_resource_version_grows(ctx: Ctx) -> None:
 def case_generation_counts_spec_changes_only(ctx: Ctx) -> None:
     name = ctx.name("gen")
     assert ctx.gadget(name, {"size": 1})["metadata"]["generation"] == 1
-    after_status = ctx.custom.patch_namespaced_custom_object_status(GROUP, "v1", ctx.namespace, PLURAL, name, {"status": {"phase": "x"}})
+    after_status = ctx.custom.patch_namespaced_custom_object_status(
+        GROUP, "v1", ctx.namespace, PLURAL, name, {"status": {"phase": "x"}}
+    )
     assert after_status["metadata"]["generation"] == 1
-    after_label = ctx.custom.patch_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, name, {"metadata": {"labels": {"a": "b"}}})
+    after_label = ctx.custom.patch_namespaced_custom_object(
+        GROUP, "v1", ctx.namespace, PLURAL, name, {"metadata": {"labels": {"a": "b"}}}
+    )
     assert after_label["metadata"]["generation"] == 1
-    after_spec = ctx.custom.patch_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, name, {"spec": {"size": 2}})
+    after_spec = ctx.custom.patch_namespaced_custom_object(
+        GROUP, "v1", ctx.namespace, PLURAL, name, {"spec": {"size": 2}}
+    )
     assert after_spec["metadata"]["generation"] == 2
 
 
 def case_status_subresource_separates_writes(ctx: Ctx) -> None:
     name = ctx.name("sub")
     ctx.gadget(name, {"size": 1})
-    main = ctx.custom.patch_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, name, {"status": {"phase": "ignored"}})
+    main = ctx.custom.patch_namespaced_custom_object(
+        GROUP, "v1", ctx.namespace, PLURAL, name, {"status": {"phase": "ignored"}}
+    )
     assert "phase" not in (main.get("status") or {})
-    status = ctx.custom.patch_namespaced_custom_object_status(GROUP, "v1", ctx.namespace, PLURAL, name, {"spec": {"size": 9}, "status": {"phase": "ok"}})
+    status = ctx.custom.patch_namespaced_custom_object_status(
+        GROUP, "v1", ctx.namespace, PLURAL, name, {"spec": {"size": 9}, "status": {"phase": "ok"}}
+    )
     assert status["status"]["phase"] == "ok" and status["spec"]["size"] == 1
 
 
 def case_stale_resource_version_conflicts(ctx: Ctx) -> None:
     name = ctx.name("stale")
-    old = ctx.core.create_namespaced_config_map(ctx.namespace, {"metadata": {"name": name}, "data": {"k": "1"}})
+    old = ctx.core.create_namespaced_config_map(
+        ctx.namespace, {"metadata": {"name": name}, "data": {"k": "1"}}
+    )
     ctx.core.patch_namespaced_config_map(name, ctx.namespace, {"data": {"k": "2"}})
     old.data = {"k": "3"}
     with pytest.raises(ApiException) as err:
@@ -171,7 +199,12 @@ def case_missing_object_is_status_404(ctx: Ctx) -> None:
     with pytest.raises(ApiException) as err:
         ctx.core.read_namespaced_config_map("does-not-exist", ctx.namespace)
     body = _status_of(err.value)
-    assert err.value.status == 404 and body["kind"] == "Status" and body["reason"] == "NotFound" and body["code"] == 404
+    assert (
+        err.value.status == 404
+        and body["kind"] == "Status"
+        and body["reason"] == "NotFound"
+        and body["code"] == 404
+    )
 
 
 def case_missing_namespace_is_404(ctx: Ctx) -> None:
@@ -214,9 +247,16 @@ def case_finalizers_hold_deletion(ctx: Ctx) -> None:
 
 def case_owner_references_cascade(ctx: Ctx) -> None:
     owner = ctx.configmap(ctx.name("owner"))
-    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"]}
+    ref = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+    }
     child = ctx.configmap(ctx.name("child"), ownerReferences=[ref])["metadata"]["name"]
-    ctx.core.delete_namespaced_config_map(owner["metadata"]["name"], ctx.namespace, propagation_policy="Background")
+    ctx.core.delete_namespaced_config_map(
+        owner["metadata"]["name"], ctx.namespace, propagation_policy="Background"
+    )
 
     def child_gone() -> bool:
         try:
@@ -231,10 +271,14 @@ def case_owner_references_cascade(ctx: Ctx) -> None:
 def case_label_selectors(ctx: Ctx) -> None:
     tag = uuid.uuid4().hex[:6]
     for i, tier in enumerate(["web", "db", "cache"]):
-        ctx.configmap(ctx.name(f"lbl{i}"), {"set": tag, "tier": tier, **({"extra": "1"} if tier == "db" else {})})
+        ctx.configmap(
+            ctx.name(f"lbl{i}"), {"set": tag, "tier": tier, **({"extra": "1"} if tier == "db" else {})}
+        )
 
     def names(selector: str) -> set[str]:
-        items = ctx.core.list_namespaced_config_map(ctx.namespace, label_selector=f"set={tag},{selector}").items
+        items = ctx.core.list_namespaced_config_map(
+            ctx.namespace, label_selector=f"set={tag},{selector}"
+        ).items
         return {i.metadata.labels["tier"] for i in items}
 
     assert names("tier=web") == {"web"}
@@ -250,21 +294,33 @@ def case_field_selectors(ctx: Ctx) -> None:
     ctx.configmap(name)
     by_name = ctx.core.list_namespaced_config_map(ctx.namespace, field_selector=f"metadata.name={name}").items
     assert [i.metadata.name for i in by_name] == [name]
-    all_ns = ctx.core.list_config_map_for_all_namespaces(field_selector=f"metadata.namespace={ctx.namespace},metadata.name={name}").items
+    all_ns = ctx.core.list_config_map_for_all_namespaces(
+        field_selector=f"metadata.namespace={ctx.namespace},metadata.name={name}"
+    ).items
     assert len(all_ns) == 1
-    assert ctx.core.list_namespaced_config_map(ctx.namespace, field_selector=f"metadata.name!={name}").items is not None
+    assert (
+        ctx.core.list_namespaced_config_map(ctx.namespace, field_selector=f"metadata.name!={name}").items
+        is not None
+    )
 
 
 def case_merge_and_json_patch(ctx: Ctx) -> None:
     name = ctx.name("patch")
-    ctx.core.create_namespaced_config_map(ctx.namespace, {"metadata": {"name": name}, "data": {"a": "1", "b": "2"}})
+    ctx.core.create_namespaced_config_map(
+        ctx.namespace, {"metadata": {"name": name}, "data": {"a": "1", "b": "2"}}
+    )
     merged = ctx.core.patch_namespaced_config_map(name, ctx.namespace, {"data": {"a": None, "c": "3"}})
     assert merged.data == {"b": "2", "c": "3"}
-    ops = [{"op": "replace", "path": "/data/b", "value": "20"}, {"op": "add", "path": "/data/d", "value": "4"}]
+    ops = [
+        {"op": "replace", "path": "/data/b", "value": "20"},
+        {"op": "add", "path": "/data/d", "value": "4"},
+    ]
     patched = ctx.core.patch_namespaced_config_map(name, ctx.namespace, ops)
     assert patched.data == {"b": "20", "c": "3", "d": "4"}
     with pytest.raises(ApiException) as err:
-        ctx.core.patch_namespaced_config_map(name, ctx.namespace, [{"op": "test", "path": "/data/b", "value": "nope"}])
+        ctx.core.patch_namespaced_config_map(
+            name, ctx.namespace, [{"op": "test", "path": "/data/b", "value": "nope"}]
+        )
     assert err.value.status in {409, 422}
 
 
@@ -273,12 +329,21 @@ def case_strategic_merge_keeps_other_list_items(ctx: Ctx) -> None:
     containers = [{"name": "a", "image": "busybox:1"}, {"name": "b", "image": "busybox:1"}]
     body = {
         "metadata": {"name": name},
-        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}}, "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": containers}}},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": containers}},
+        },
     }
     apps = client.AppsV1Api(ctx.api)
     apps.create_namespaced_deployment(ctx.namespace, body)
     patch = {"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "busybox:2"}]}}}}
-    ctx.raw("PATCH", f"/apis/apps/v1/namespaces/{ctx.namespace}/deployments/{name}", body=patch, content_type="application/strategic-merge-patch+json")
+    ctx.raw(
+        "PATCH",
+        f"/apis/apps/v1/namespaces/{ctx.namespace}/deployments/{name}",
+        body=patch,
+        content_type="application/strategic-merge-patch+json",
+    )
     got = apps.read_namespaced_deployment(name, ctx.namespace).spec.template.spec.containers
     assert [(c.name, c.image) for c in got] == [("a", "busybox:1"), ("b", "busybox:2")]
 
@@ -296,7 +361,9 @@ def case_server_side_apply(ctx: Ctx) -> None:
 def _collect(ctx: Ctx, rv: str, count: int, **kwargs: Any) -> list[tuple[str, str]]:
     seen: list[tuple[str, str]] = []
     w = watch.Watch()
-    for event in w.stream(ctx.core.list_namespaced_config_map, ctx.namespace, resource_version=rv, timeout_seconds=20, **kwargs):
+    for event in w.stream(
+        ctx.core.list_namespaced_config_map, ctx.namespace, resource_version=rv, timeout_seconds=20, **kwargs
+    ):
         seen.append((event["type"], event["object"].metadata.name))
         if len(seen) >= count:
             w.stop()
@@ -305,7 +372,9 @@ def _collect(ctx: Ctx, rv: str, count: int, **kwargs: Any) -> list[tuple[str, st
 
 def case_watch_from_resource_version_in_order(ctx: Ctx) -> None:
     tag = uuid.uuid4().hex[:6]
-    rv = ctx.core.list_namespaced_config_map(ctx.namespace, label_selector=f"w={tag}").metadata.resource_version
+    rv = ctx.core.list_namespaced_config_map(
+        ctx.namespace, label_selector=f"w={tag}"
+    ).metadata.resource_version
     names = [ctx.name("w") for _ in range(3)]
     for name in names:
         ctx.configmap(name, {"w": tag})
@@ -333,7 +402,15 @@ def case_watch_expired_resource_version_is_410(ctx: Ctx) -> None:
 def case_watch_timeout_ends_stream(ctx: Ctx) -> None:
     rv = ctx.core.list_namespaced_config_map(ctx.namespace).metadata.resource_version
     started = time.monotonic()
-    events = list(watch.Watch().stream(ctx.core.list_namespaced_config_map, ctx.namespace, resource_version=rv, timeout_seconds=1, label_selector="nothing=matches"))
+    events = list(
+        watch.Watch().stream(
+            ctx.core.list_namespaced_config_map,
+            ctx.namespace,
+            resource_version=rv,
+            timeout_seconds=1,
+            label_selector="nothing=matches",
+        )
+    )
     assert events == [] and time.monotonic() - started < 30
 
 
@@ -343,7 +420,13 @@ def case_discovery_lists_resources(ctx: Ctx) -> None:
     assert "po" in pods["shortNames"] and "watch" in pods["verbs"]
     assert any(r["name"] == "pods/status" for r in core["resources"])
     groups = {g["name"] for g in ctx.raw("GET", "/apis")["groups"]}
-    assert {"apps", "coordination.k8s.io", "rbac.authorization.k8s.io", "apiextensions.k8s.io", GROUP} <= groups
+    assert {
+        "apps",
+        "coordination.k8s.io",
+        "rbac.authorization.k8s.io",
+        "apiextensions.k8s.io",
+        GROUP,
+    } <= groups
     custom = ctx.raw("GET", f"/apis/{GROUP}/v1")
     gadgets = next(r for r in custom["resources"] if r["name"] == PLURAL)
     assert gadgets["shortNames"] == ["gdg"] and gadgets["kind"] == "Gadget"
@@ -365,13 +448,32 @@ def case_printer_columns_in_tables(ctx: Ctx) -> None:
 def case_leases_and_events(ctx: Ctx) -> None:
     leases = client.CoordinationV1Api(ctx.api)
     name = ctx.name("lease")
-    leases.create_namespaced_lease(ctx.namespace, {"metadata": {"name": name}, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 10}})
+    leases.create_namespaced_lease(
+        ctx.namespace,
+        {"metadata": {"name": name}, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 10}},
+    )
     updated = leases.patch_namespaced_lease(name, ctx.namespace, {"spec": {"holderIdentity": "b"}})
     assert updated.spec.holder_identity == "b"
     cm = ctx.configmap(ctx.name("evt"))
-    involved = {"kind": "ConfigMap", "name": cm["metadata"]["name"], "namespace": ctx.namespace, "uid": cm["metadata"]["uid"]}
-    ctx.core.create_namespaced_event(ctx.namespace, {"metadata": {"generateName": "evt-"}, "involvedObject": involved, "reason": "Tested", "message": "hi", "type": "Normal"})
-    found = ctx.core.list_namespaced_event(ctx.namespace, field_selector=f"involvedObject.uid={cm['metadata']['uid']}").items
+    involved = {
+        "kind": "ConfigMap",
+        "name": cm["metadata"]["name"],
+        "namespace": ctx.namespace,
+        "uid": cm["metadata"]["uid"],
+    }
+    ctx.core.create_namespaced_event(
+        ctx.namespace,
+        {
+            "metadata": {"generateName": "evt-"},
+            "involvedObject": involved,
+            "reason": "Tested",
+            "message": "hi",
+            "type": "Normal",
+        },
+    )
+    found = ctx.core.list_namespaced_event(
+        ctx.namespace, field_selector=f"involvedObject.uid={cm['metadata']['uid']}"
+    ).items
     assert [e.reason for e in found] == ["Tested"]
 
 

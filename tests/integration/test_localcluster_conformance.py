@@ -12,7 +12,9 @@ from kubernetes import config
 
 from localcluster import LocalCluster
 
-_spec = importlib.util.spec_from_file_location("conformance_suite", pathlib.Path(__file__).parents[1] / "e2e" / "test_conformance.py")
+_spec = importlib.util.spec_from_file_location(
+    "conformance_suite", pathlib.Path(__file__).parents[1] / "e2e" / "test_conformance.py"
+)
 assert _spec is not None and _spec.loader is not None
 suite = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = suite

@@ -21,7 +21,13 @@ GRACE_S = 3.0
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with LocalCluster(workdir=tmp_path_factory.mktemp("lc"), nodes=3, gpus_per_node=1, heartbeat_interval_s=HEARTBEAT_S, node_grace_s=GRACE_S) as lc:
+    with LocalCluster(
+        workdir=tmp_path_factory.mktemp("lc"),
+        nodes=3,
+        gpus_per_node=1,
+        heartbeat_interval_s=HEARTBEAT_S,
+        node_grace_s=GRACE_S,
+    ) as lc:
         yield lc
 
 
@@ -50,8 +56,16 @@ def until(check: Callable[[], Any], timeout: float = 30.0) -> Any:
 
 
 def pod(name: str, command: str, **spec: Any) -> dict[str, Any]:
-    container = {"name": "main", "image": "ignored", "command": ["sh", "-c", command], **spec.pop("container", {})}
-    return {"metadata": {"name": name, "labels": spec.pop("labels", {"app": name})}, "spec": {"containers": [container], **spec}}
+    container = {
+        "name": "main",
+        "image": "ignored",
+        "command": ["sh", "-c", command],
+        **spec.pop("container", {}),
+    }
+    return {
+        "metadata": {"name": name, "labels": spec.pop("labels", {"app": name})},
+        "spec": {"containers": [container], **spec},
+    }
 
 
 def phase(core: client.CoreV1Api, ns: str, name: str, wanted: str) -> Callable[[], Any]:
@@ -69,7 +83,9 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_node_kill_kills_processes_and_turns_node_not_ready(cluster: LocalCluster, core: client.CoreV1Api, namespace: str, tmp_path: pathlib.Path) -> None:
+def test_node_kill_kills_processes_and_turns_node_not_ready(
+    cluster: LocalCluster, core: client.CoreV1Api, namespace: str, tmp_path: pathlib.Path
+) -> None:
     pidfile = tmp_path / "child.pid"
     core.create_namespaced_pod(namespace, pod("victim", f"sleep 300 & echo $! > {pidfile}; wait"))
     running = until(phase(core, namespace, "victim", "Running"))
@@ -94,18 +110,37 @@ def test_node_kill_kills_processes_and_turns_node_not_ready(cluster: LocalCluste
     assert any(c.type == "Ready" and c.status == "False" for c in victim.status.conditions)
 
     cluster.add_node(node)  # the node comes back: Ready again, taints gone
-    until(lambda: any(c.type == "Ready" and c.status == "True" for c in core.read_node(node).status.conditions))
+    until(
+        lambda: any(c.type == "Ready" and c.status == "True" for c in core.read_node(node).status.conditions)
+    )
     assert not core.read_node(node).spec.taints
     core.delete_namespaced_pod("victim", namespace, grace_period_seconds=0)
 
 
-def test_gpus_and_anti_affinity_limit_one_worker_per_node(cluster: LocalCluster, core: client.CoreV1Api, namespace: str) -> None:
-    anti = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"role": "worker"}}, "topologyKey": "kubernetes.io/hostname"}]}}
-    ready_nodes = [n.metadata.name for n in core.list_node().items if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions)]
+def test_gpus_and_anti_affinity_limit_one_worker_per_node(
+    cluster: LocalCluster, core: client.CoreV1Api, namespace: str
+) -> None:
+    anti = {
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "labelSelector": {"matchLabels": {"role": "worker"}},
+                    "topologyKey": "kubernetes.io/hostname",
+                }
+            ]
+        }
+    }
+    ready_nodes = [
+        n.metadata.name
+        for n in core.list_node().items
+        if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions)
+    ]
     count = len(ready_nodes)
     for i in range(count + 1):
         gpu = {"resources": {"limits": {"nvidia.com/gpu": "1"}}}
-        core.create_namespaced_pod(namespace, pod(f"w{i}", "sleep 300", labels={"role": "worker"}, affinity=anti, container=gpu))
+        core.create_namespaced_pod(
+            namespace, pod(f"w{i}", "sleep 300", labels={"role": "worker"}, affinity=anti, container=gpu)
+        )
 
     def placed() -> list[str] | None:
         pods = core.list_namespaced_pod(namespace).items
@@ -114,9 +149,17 @@ def test_gpus_and_anti_affinity_limit_one_worker_per_node(cluster: LocalCluster,
 
     nodes = until(placed)
     assert sorted(nodes) == sorted(ready_nodes)
-    pending = until(lambda: [p for p in core.list_namespaced_pod(namespace).items if not p.spec.node_name and p.status.conditions])
+    pending = until(
+        lambda: [
+            p
+            for p in core.list_namespaced_pod(namespace).items
+            if not p.spec.node_name and p.status.conditions
+        ]
+    )
     message = pending[0].status.conditions[0].message
-    assert pending[0].status.conditions[0].reason == "Unschedulable" and "Insufficient nvidia.com/gpu" in message
+    assert (
+        pending[0].status.conditions[0].reason == "Unschedulable" and "Insufficient nvidia.com/gpu" in message
+    )
     new_node = cluster.add_node()
     until(lambda: core.read_namespaced_pod(pending[0].metadata.name, namespace).spec.node_name == new_node)
     core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
@@ -125,7 +168,11 @@ def test_gpus_and_anti_affinity_limit_one_worker_per_node(cluster: LocalCluster,
 def test_env_volumes_and_logs(core: client.CoreV1Api, namespace: str) -> None:
     core.create_namespaced_config_map(namespace, {"metadata": {"name": "cfg"}, "data": {"greeting": "hello"}})
     spec = {
-        "volumes": [{"name": "cfg", "configMap": {"name": "cfg"}}, {"name": "scratch", "emptyDir": {}}, {"name": "data", "hostPath": {"path": "/data/elastra"}}],
+        "volumes": [
+            {"name": "cfg", "configMap": {"name": "cfg"}},
+            {"name": "scratch", "emptyDir": {}},
+            {"name": "data", "hostPath": {"path": "/data/elastra"}},
+        ],
         "container": {
             "env": [
                 {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -136,17 +183,27 @@ def test_env_volumes_and_logs(core: client.CoreV1Api, namespace: str) -> None:
                 {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "greeting"}}},
                 {"name": "CKPT", "value": "/data/elastra/ckpt"},
             ],
-            "volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg"}, {"name": "scratch", "mountPath": "/scratch"}, {"name": "data", "mountPath": "/data/elastra"}],
+            "volumeMounts": [
+                {"name": "cfg", "mountPath": "/etc/cfg"},
+                {"name": "scratch", "mountPath": "/scratch"},
+                {"name": "data", "mountPath": "/data/elastra"},
+            ],
             "workingDir": "/scratch",
         },
         "restartPolicy": "Never",
         "labels": {"role": "worker"},
     }
-    script = 'echo "$POD_NAME $POD_NAMESPACE $NODE_NAME $POD_IP $ROLE $GREETING"; cat /etc/cfg/greeting; echo; pwd; mkdir -p $CKPT && touch $CKPT/marker && echo "$CKPT"'
+    script = (
+        'echo "$POD_NAME $POD_NAMESPACE $NODE_NAME $POD_IP $ROLE $GREETING"; '
+        "cat /etc/cfg/greeting; echo; pwd; "
+        'mkdir -p $CKPT && touch $CKPT/marker && echo "$CKPT"'
+    )
     core.create_namespaced_pod(namespace, pod("envpod", script, **spec))
     done = until(phase(core, namespace, "envpod", "Succeeded"))
     # the client (v36) returns str(bytes) for logs, for a real server too: read the raw body instead
-    lines = core.read_namespaced_pod_log("envpod", namespace, _preload_content=False).data.decode().splitlines()
+    lines = (
+        core.read_namespaced_pod_log("envpod", namespace, _preload_content=False).data.decode().splitlines()
+    )
     ip = done.status.pod_ip
     assert ip.startswith("127.") and ip != "127.0.0.1"
     assert lines[0] == f"envpod {namespace} {done.spec.node_name} {ip} worker hello"
@@ -157,18 +214,30 @@ def test_env_volumes_and_logs(core: client.CoreV1Api, namespace: str) -> None:
     assert done.status.container_statuses[0].state.terminated.exit_code == 0
 
 
-def test_exit_codes_restart_policy_and_graceful_delete(core: client.CoreV1Api, namespace: str, tmp_path: pathlib.Path) -> None:
+def test_exit_codes_restart_policy_and_graceful_delete(
+    core: client.CoreV1Api, namespace: str, tmp_path: pathlib.Path
+) -> None:
     core.create_namespaced_pod(namespace, pod("fails", "exit 3", restartPolicy="Never"))
     failed = until(phase(core, namespace, "fails", "Failed"))
     assert failed.status.container_statuses[0].state.terminated.exit_code == 3
 
     marker = tmp_path / "restarts"
-    core.create_namespaced_pod(namespace, pod("flaky", f'echo x >> {marker}; [ $(wc -l < {marker}) -ge 2 ]', restartPolicy="OnFailure"))
+    core.create_namespaced_pod(
+        namespace,
+        pod("flaky", f"echo x >> {marker}; [ $(wc -l < {marker}) -ge 2 ]", restartPolicy="OnFailure"),
+    )
     done = until(phase(core, namespace, "flaky", "Succeeded"))
     assert done.status.container_statuses[0].restart_count == 1
 
     termfile = tmp_path / "term"
-    core.create_namespaced_pod(namespace, pod("graceful", f"trap 'echo TERM > {termfile}; exit 0' TERM; while true; do sleep 0.1; done", terminationGracePeriodSeconds=10))
+    core.create_namespaced_pod(
+        namespace,
+        pod(
+            "graceful",
+            f"trap 'echo TERM > {termfile}; exit 0' TERM; while true; do sleep 0.1; done",
+            terminationGracePeriodSeconds=10,
+        ),
+    )
     until(phase(core, namespace, "graceful", "Running"))
     time.sleep(0.3)  # let the shell install its trap (process start, not a timing assertion)
     deleted = core.delete_namespaced_pod("graceful", namespace)
@@ -196,7 +265,9 @@ def test_cordon_and_drain(cluster: LocalCluster, core: client.CoreV1Api, namespa
         return not core.list_namespaced_pod(namespace, field_selector="metadata.name=resident").items
 
     until(gone)
-    core.create_namespaced_pod(namespace, pod("newcomer", "sleep 300", nodeSelector={"kubernetes.io/hostname": node}))
+    core.create_namespaced_pod(
+        namespace, pod("newcomer", "sleep 300", nodeSelector={"kubernetes.io/hostname": node})
+    )
     pending = until(lambda: core.read_namespaced_pod("newcomer", namespace).status.conditions)
     assert pending[0].reason == "Unschedulable"
     cluster.uncordon(node)

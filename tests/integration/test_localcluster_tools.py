@@ -100,12 +100,24 @@ def until(check: Callable[[], Any], timeout: float = 60.0) -> Any:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with LocalCluster(workdir=tmp_path_factory.mktemp("lc"), nodes=2, heartbeat_interval_s=0.5, node_grace_s=3) as lc:
+    with LocalCluster(
+        workdir=tmp_path_factory.mktemp("lc"), nodes=2, heartbeat_interval_s=0.5, node_grace_s=3
+    ) as lc:
         yield lc
 
 
-def kubectl(cluster: LocalCluster, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["kubectl", *args], input=stdin, capture_output=True, text=True, timeout=60, check=check, env={**os.environ, "KUBECONFIG": cluster.kubeconfig})
+def kubectl(
+    cluster: LocalCluster, *args: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["kubectl", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=check,
+        env={**os.environ, "KUBECONFIG": cluster.kubeconfig},
+    )
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
@@ -119,7 +131,12 @@ def test_kubectl_apply_get_watch_describe_logs_delete(cluster: LocalCluster, tmp
     invalid = kubectl(cluster, "apply", "-f", "-", stdin=widget.replace("size: 3", "size: 0"), check=False)
     assert invalid.returncode != 0 and "spec.size" in invalid.stderr
 
-    watcher = subprocess.Popen(["kubectl", "get", "pods", "-w", "--output-watch-events"], stdout=subprocess.PIPE, text=True, env={**os.environ, "KUBECONFIG": cluster.kubeconfig})
+    watcher = subprocess.Popen(
+        ["kubectl", "get", "pods", "-w", "--output-watch-events"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "KUBECONFIG": cluster.kubeconfig},
+    )
     pod = textwrap.dedent("""
         apiVersion: v1
         kind: Pod
@@ -149,26 +166,68 @@ def test_kubectl_apply_get_watch_describe_logs_delete(cluster: LocalCluster, tmp
     assert kinds[0] == "ADDED" and "MODIFIED" in kinds and kinds[-1] == "DELETED"
 
 
-def test_kopf_operator_watches_patches_status_and_posts_events(cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
+def test_kopf_operator_watches_patches_status_and_posts_events(
+    cluster: LocalCluster, tmp_path: pathlib.Path
+) -> None:
     api = config.new_client_from_config(config_file=cluster.kubeconfig)
     custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
     kubectl(cluster, "apply", "-f", "-", stdin=CRD)
     kubectl(cluster, "apply", "-f", "-", stdin=PEERING_CRD)
     until(lambda: "kopfpeerings" in kubectl(cluster, "api-resources", "--api-group=kopf.dev").stdout)
-    custom.create_namespaced_custom_object("kopf.dev", "v1", "default", "kopfpeerings", {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "test-peering"}})
+    custom.create_namespaced_custom_object(
+        "kopf.dev",
+        "v1",
+        "default",
+        "kopfpeerings",
+        {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "test-peering"}},
+    )
     (tmp_path / "op.py").write_text(OPERATOR)
     log = (tmp_path / "kopf.log").open("w")
-    operator = subprocess.Popen([sys.executable, "-m", "kopf", "run", "op.py", "--namespace", "default", "--verbose"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": cluster.kubeconfig})
+    operator = subprocess.Popen(
+        [sys.executable, "-m", "kopf", "run", "op.py", "--namespace", "default", "--verbose"],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "KUBECONFIG": cluster.kubeconfig},
+    )
     try:
-        custom.create_namespaced_custom_object("example.dev", "v1", "default", "widgets", {"apiVersion": "example.dev/v1", "kind": "Widget", "metadata": {"name": "kw"}, "spec": {"size": 4}})
-        core.create_namespaced_config_map("default", {"metadata": {"name": "watched", "labels": {"watch": "me"}}})
-        status = until(lambda: (custom.get_namespaced_custom_object("example.dev", "v1", "default", "widgets", "kw").get("status") or {}).get("double"))
+        custom.create_namespaced_custom_object(
+            "example.dev",
+            "v1",
+            "default",
+            "widgets",
+            {
+                "apiVersion": "example.dev/v1",
+                "kind": "Widget",
+                "metadata": {"name": "kw"},
+                "spec": {"size": 4},
+            },
+        )
+        core.create_namespaced_config_map(
+            "default", {"metadata": {"name": "watched", "labels": {"watch": "me"}}}
+        )
+        status = until(
+            lambda: (
+                custom.get_namespaced_custom_object("example.dev", "v1", "default", "widgets", "kw").get(
+                    "status"
+                )
+                or {}
+            ).get("double")
+        )
         assert status == 8
-        events = until(lambda: [e for e in core.list_namespaced_event("default", field_selector="involvedObject.name=kw").items if e.reason == "Seen"])
+        events = until(
+            lambda: [
+                e
+                for e in core.list_namespaced_event("default", field_selector="involvedObject.name=kw").items
+                if e.reason == "Seen"
+            ]
+        )
         assert events[0].message == "size 4"
         # kopf reports objects from its initial listing with type None, later ones as ADDED
         until(lambda: re.search(r"CONFIGMAP (None|ADDED) watched", (tmp_path / "kopf.log").read_text()))
-        peering = custom.get_namespaced_custom_object("kopf.dev", "v1", "default", "kopfpeerings", "test-peering")
+        peering = custom.get_namespaced_custom_object(
+            "kopf.dev", "v1", "default", "kopfpeerings", "test-peering"
+        )
         assert peering.get("status"), "kopf did not register itself in the peering object"
     finally:
         operator.terminate()
@@ -182,7 +241,8 @@ def test_helm_installs_upgrades_and_uninstalls_a_chart(cluster: LocalCluster, tm
     (chart / "templates").mkdir(parents=True)
     (chart / "Chart.yaml").write_text("apiVersion: v2\nname: tiny\nversion: 0.1.0\n")
     (chart / "values.yaml").write_text("greeting: hello\n")
-    (chart / "templates" / "all.yaml").write_text(textwrap.dedent("""
+    (chart / "templates" / "all.yaml").write_text(
+        textwrap.dedent("""
         apiVersion: v1
         kind: ConfigMap
         metadata: {name: "{{ .Release.Name }}-cfg"}
@@ -206,10 +266,13 @@ def test_helm_installs_upgrades_and_uninstalls_a_chart(cluster: LocalCluster, tm
           template:
             metadata: {labels: {app: tiny}}
             spec: {containers: [{name: op, image: ignored, command: [sleep, "300"]}]}
-    """))
+    """)
+    )
     core = client.CoreV1Api(config.new_client_from_config(config_file=cluster.kubeconfig))
     cfg = helm.Config(kubeconfig_path=cluster.kubeconfig, namespace="default")
-    release = cfg.install(helm.Chart.load(str(chart)), "demo", {"greeting": "hi"}, namespace="default", timeout=60)
+    release = cfg.install(
+        helm.Chart.load(str(chart)), "demo", {"greeting": "hi"}, namespace="default", timeout=60
+    )
     assert release["status"] == "deployed"
     assert core.read_namespaced_config_map("demo-cfg", "default").data == {"greeting": "hi"}
     assert [r["name"] for r in cfg.list()] == ["demo"]
@@ -223,12 +286,21 @@ def test_helm_installs_upgrades_and_uninstalls_a_chart(cluster: LocalCluster, tm
 def test_elastra_local_cli_up_node_status_down(tmp_path: pathlib.Path) -> None:
     def local(*args: str) -> subprocess.CompletedProcess[str]:
         code = "import sys; from elastra.cli import main; sys.exit(main(sys.argv[1:]))"
-        return subprocess.run([sys.executable, "-c", code, "local", *args], capture_output=True, text=True, timeout=90, cwd=ROOT)
+        return subprocess.run(
+            [sys.executable, "-c", code, "local", *args],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            cwd=ROOT,
+            check=False,
+        )
 
     state = tmp_path / "state"
     up = local("up", "--dir", str(state), "--nodes", "2", "--heartbeat", "0.5", "--node-grace", "3")
     assert up.returncode == 0, up.stderr
-    kubeconfig = next(line.split("=", 1)[1] for line in up.stdout.splitlines() if line.startswith("export KUBECONFIG="))
+    kubeconfig = next(
+        line.split("=", 1)[1] for line in up.stdout.splitlines() if line.startswith("export KUBECONFIG=")
+    )
     try:
         pid = json.loads((state / "state.json").read_text())["pid"]
         core = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))

@@ -42,7 +42,7 @@ from elastra.checkpoint.plan import Piece, RankWrites, SavePlan, checksum_chunks
 from elastra.checkpoint.reader import Sources, read_box, read_manifest
 from elastra.checkpoint.retention import apply_retention, committed_steps
 from elastra.checkpoint.staging import StagingBuffer
-from elastra.checkpoint.state import TensorLeaf, split_state, tensor_leaf, walk
+from elastra.checkpoint.state import TensorLeaf, is_tensor_value, split_state, walk
 from elastra.storage import LocalStorage, S3Options, StorageError, join_key, open_storage
 
 log = logging.getLogger(__name__)
@@ -387,7 +387,7 @@ class Checkpointer:
             for leaf, data in zip(leaves, restored, strict=True):
                 leaf.local.copy_(data.view(leaf.local.shape))
         for path, container, key, value in list(walk(state)):
-            if tensor_leaf(path, value) is None and path in manifest.values:
+            if not is_tensor_value(value) and path in manifest.values:
                 container[key] = manifest.values[path]  # type: ignore[index]
 
     def wait_quietly(self) -> None:

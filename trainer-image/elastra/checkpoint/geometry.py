@@ -5,6 +5,7 @@ Pure: no I/O, no torch. A box is a global offset and a shape; a 0-d tensor is th
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -85,3 +86,113 @@ def chunk_bounds(dim_size: int, num_chunks: int, index: int) -> tuple[int, int]:
     size = -(-dim_size // num_chunks) if dim_size else 0
     start = min(size * index, dim_size)
     return (start, min(start + size, dim_size))
+
+
+# ---------------------------------------------------------------- DTensor placements as boxes
+#
+# A DTensor's local tensor is what its placements cut out of the global tensor, mesh dim by mesh dim,
+# left to right. `Shard(dim)` keeps chunk `c` (torch.chunk) of the indices held so far along `dim`.
+# `_StridedShard(dim, split_factor=sf)` (FSDP2 sharding a dim that tensor parallelism already shards)
+# first chunks those indices into `sf` groups, then keeps chunk `c` of every group, concatenated. So
+# along each dim the local tensor holds a list of global index runs; the local tensor is the product of
+# its dims' runs: one box per combination, and a plain `Shard` leaves exactly one.
+
+
+@dataclass(frozen=True, slots=True)
+class ShardSpec:
+    """One mesh dim's placement, torch-free: `dim` is sharded across the mesh dim. `split_factor` 1 is
+    `Shard(dim)`; more is `_StridedShard(dim, split_factor)`. Replicate is `None` in a placement list."""
+
+    dim: int
+    """Tensor dim sharded across this mesh dim."""
+    split_factor: int = 1
+    """How many interleaved groups the indices held so far are cut into before chunking."""
+
+    def __post_init__(self) -> None:
+        if self.dim < 0 or self.split_factor < 1:
+            raise ValueError(f"invalid shard spec: dim {self.dim}, split factor {self.split_factor}")
+
+
+Run = tuple[int, int]
+"""A run of consecutive global indices along one dim: `(start, length)`."""
+
+
+def take(runs: tuple[Run, ...], start: int, end: int) -> tuple[Run, ...]:
+    """Local positions `[start, end)` of the index list that `runs` spell out, as runs."""
+    out: list[Run] = []
+    position = 0
+    for first, length in runs:
+        lo, hi = max(start, position), min(end, position + length)
+        if lo < hi:
+            out.append((first + lo - position, hi - lo))
+        position += length
+    return tuple(out)
+
+
+def merge(runs: tuple[Run, ...]) -> tuple[Run, ...]:
+    """Runs with neighbours that continue each other (globally and locally) joined, empty ones dropped."""
+    out: list[Run] = []
+    for first, length in runs:
+        if length == 0:
+            continue
+        if out and out[-1][0] + out[-1][1] == first:
+            out[-1] = (out[-1][0], out[-1][1] + length)
+        else:
+            out.append((first, length))
+    return tuple(out)
+
+
+def shard_runs(runs: tuple[Run, ...], spec: ShardSpec, num_chunks: int, index: int) -> tuple[Run, ...]:
+    """The runs kept by chunk `index` of `num_chunks` under `spec`, from the runs held before."""
+    total = sum(length for _, length in runs)
+    groups = [take(runs, *chunk_bounds(total, spec.split_factor, g)) for g in range(spec.split_factor)]
+    kept: list[Run] = []
+    for group in groups:
+        size = sum(length for _, length in group)
+        kept.extend(take(group, *chunk_bounds(size, num_chunks, index)))
+    return merge(tuple(kept))
+
+
+@dataclass(frozen=True, slots=True)
+class LocalPart:
+    """A box of the global tensor and where it sits in the local tensor (same shape)."""
+
+    box: Box
+    """Global offsets and shape."""
+    local_offsets: tuple[int, ...]
+    """Offsets of the same elements inside the local tensor."""
+
+
+def local_parts(
+    global_shape: tuple[int, ...],
+    mesh_shape: tuple[int, ...],
+    coordinate: tuple[int, ...],
+    placements: tuple[ShardSpec | None, ...],
+) -> tuple[LocalPart, ...]:
+    """The boxes of the global tensor held at mesh `coordinate`, in local-tensor order. Pure.
+
+    A rank that holds nothing gets one empty part (so every rank still describes the tensor)."""
+    if not len(mesh_shape) == len(coordinate) == len(placements):
+        raise ValueError(f"mesh {mesh_shape}, coordinate {coordinate}, placements {placements} disagree")
+    runs: list[tuple[Run, ...]] = [merge(((0, n),)) for n in global_shape]
+    for mesh_dim, spec in enumerate(placements):
+        if spec is None:
+            continue
+        if spec.dim >= len(global_shape):
+            raise ValueError(f"placement shards dim {spec.dim} of a {len(global_shape)}-d tensor")
+        runs[spec.dim] = shard_runs(runs[spec.dim], spec, mesh_shape[mesh_dim], coordinate[mesh_dim])
+    if any(not r for r in runs):
+        sizes = tuple(sum(length for _, length in r) for r in runs)
+        return (LocalPart(Box((0,) * len(sizes), sizes), (0,) * len(sizes)),)
+    per_dim = []  # per dim: (global start, length, local start) of each run
+    for dim_runs in runs:
+        placed, position = [], 0
+        for first, length in dim_runs:
+            placed.append((first, length, position))
+            position += length
+        per_dim.append(placed)
+    parts = []
+    for combo in itertools.product(*per_dim):
+        box = Box(tuple(first for first, _, _ in combo), tuple(length for _, length, _ in combo))
+        parts.append(LocalPart(box, tuple(local for _, _, local in combo)))
+    return tuple(parts)

@@ -2,7 +2,8 @@
 
 Walks the nested dicts and lists of a state, and for every tensor leaf works out the box of the global
 tensor this rank holds: plain tensors are replicated (the full box), DTensors use their mesh and
-placements (uneven shards included), `Flat` is a range of the flattened tensor. No I/O.
+placements (uneven shards included; a `_StridedShard` local tensor may be several boxes, one leaf
+each), `Flat` is a range of the flattened tensor. No I/O.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from elastra.checkpoint.geometry import Box
+from elastra.checkpoint.geometry import Box, ShardSpec, local_parts
 
 TORCH_TO_ST: dict[torch.dtype, str] = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -97,25 +98,49 @@ def _is_dtensor(value: object) -> bool:
     return isinstance(value, DTensor)
 
 
-def dtensor_leaf(path: str, value: Any) -> TensorLeaf:
-    """The box of a DTensor this rank holds, from its mesh and Shard/Replicate placements."""
+def shard_specs(path: str, placements: Any, ndim: int) -> tuple[ShardSpec | None, ...]:
+    """Torch placements as torch-free `ShardSpec`s (`None` for Replicate); TypeError for the others."""
     from torch.distributed.tensor import Replicate, Shard
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    from torch.distributed.tensor.placement_types import _StridedShard
 
-    for p in value.placements:
-        if type(p) not in (Shard, Replicate):
+    specs: list[ShardSpec | None] = []
+    for p in placements:
+        if isinstance(p, _StridedShard):  # before Shard: older torch makes it a Shard subclass
+            specs.append(ShardSpec(p.dim % max(ndim, 1), int(p.split_factor)))
+        elif isinstance(p, Shard):
+            specs.append(ShardSpec(p.dim % max(ndim, 1)))
+        elif isinstance(p, Replicate):
+            specs.append(None)
+        else:
             raise TypeError(
-                f"{path}: placement {p} is not supported (only Shard(dim) and Replicate); for FSDP2 with "
-                "tensor parallelism on the same dim, shard FSDP on another dim via shard_placement_fn"
+                f"{path}: placement {p} is not supported (only Shard(dim), _StridedShard and Replicate); "
+                "reduce Partial placements before saving"
             )
+    return tuple(specs)
+
+
+def dtensor_leaves(path: str, value: Any) -> list[TensorLeaf]:
+    """The boxes of a DTensor this rank holds, one leaf each: a `Shard`/`Replicate` local tensor is one
+    box, a `_StridedShard` one may be several (each leaf's `local` is a view of the local tensor)."""
     shape = tuple(value.shape)
-    local_shape, offsets = compute_local_shape_and_global_offset(shape, value.device_mesh, value.placements)
+    specs = shard_specs(path, value.placements, len(shape))
+    coordinate = value.device_mesh.get_coordinate()
+    if coordinate is None:
+        raise ValueError(f"{path}: this rank is not part of the DTensor's device mesh")
+    mesh_shape = tuple(value.device_mesh.shape)
+    parts = local_parts(shape, mesh_shape, tuple(coordinate), specs)
     local = value._local_tensor
-    if tuple(local.shape) != tuple(local_shape):
-        raise ValueError(f"{path}: local shard shape {tuple(local.shape)} != expected {tuple(local_shape)}")
-    sharding = f"mesh={tuple(value.device_mesh.shape)} {list(map(str, value.placements))}"
-    return TensorLeaf(path, local, _st_dtype(path, local.dtype), shape, "boxes", sharding,
-                      Box(tuple(offsets), tuple(local_shape)))  # fmt: skip
+    expected = tuple(max(p.local_offsets[d] + p.box.shape[d] for p in parts) for d in range(len(shape)))
+    if tuple(local.shape) != expected:
+        raise ValueError(f"{path}: local shard shape {tuple(local.shape)} != expected {expected}")
+    sharding = f"mesh={mesh_shape} {list(map(str, value.placements))}"
+    dtype = _st_dtype(path, local.dtype)
+    leaves = []
+    for part in parts:
+        index = tuple(slice(o, o + n) for o, n in zip(part.local_offsets, part.box.shape, strict=True))
+        view = local[index] if len(parts) > 1 else local
+        leaves.append(TensorLeaf(path, view, dtype, shape, "boxes", sharding, part.box))
+    return leaves
 
 
 def _st_dtype(path: str, dtype: torch.dtype) -> str:
@@ -124,17 +149,22 @@ def _st_dtype(path: str, dtype: torch.dtype) -> str:
     return TORCH_TO_ST[dtype]
 
 
-def tensor_leaf(path: str, value: object) -> TensorLeaf | None:
-    """The `TensorLeaf` of a tensor-like leaf, or None for a JSON value."""
+def is_tensor_value(value: object) -> bool:
+    """Whether a state leaf is tensor data (a tensor, a DTensor or `Flat`) rather than a JSON value."""
+    return isinstance(value, Flat | torch.Tensor)
+
+
+def tensor_leaves(path: str, value: object) -> list[TensorLeaf] | None:
+    """The `TensorLeaf`s of a tensor-like leaf (one per box held here), or None for a JSON value."""
     if isinstance(value, Flat):
-        return TensorLeaf(path, value.local, _st_dtype(path, value.local.dtype), value.shape, "flat", "flat",
-                          Box((value.offset,), (value.numel,)))  # fmt: skip
+        return [TensorLeaf(path, value.local, _st_dtype(path, value.local.dtype), value.shape, "flat", "flat",
+                           Box((value.offset,), (value.numel,)))]  # fmt: skip
     if _is_dtensor(value):
-        return dtensor_leaf(path, value)
+        return dtensor_leaves(path, value)
     if isinstance(value, torch.Tensor):
         shape = tuple(value.shape)
-        return TensorLeaf(path, value, _st_dtype(path, value.dtype), shape, "boxes", "replicated",
-                          Box((0,) * len(shape), shape))  # fmt: skip
+        return [TensorLeaf(path, value, _st_dtype(path, value.dtype), shape, "boxes", "replicated",
+                           Box((0,) * len(shape), shape))]  # fmt: skip
     return None
 
 
@@ -143,9 +173,9 @@ def split_state(state: object) -> tuple[list[TensorLeaf], dict[str, Any]]:
     tensors: list[TensorLeaf] = []
     values: dict[str, Any] = {}
     for path, _container, _key, value in walk(state):
-        leaf = tensor_leaf(path, value)
-        if leaf is not None:
-            tensors.append(leaf)
+        leaves = tensor_leaves(path, value)
+        if leaves is not None:
+            tensors.extend(leaves)
             continue
         try:
             json.dumps(value, allow_nan=False)

@@ -18,13 +18,12 @@ from elastra.api.membership import (
     MembershipPhase,
     RestorePoint,
 )
-from elastra.api.trainingjob import CleanPodPolicy, LastCheckpoint, MemberStatus, Phase, TrainingJobStatus
+from elastra.api.trainingjob import Phase, TrainingJobStatus
 
 from . import commits, manifests
 from .actions import (
     Action,
     CreateObject,
-    DeleteJob,
     DeletePod,
     Event,
     Observe,
@@ -32,7 +31,8 @@ from .actions import (
     WriteMembership,
 )
 from .checks import spec_problems
-from .status import changed, set_condition, status_body
+from .outcomes import after_finish, invalid
+from .status import build_status, changed, set_condition, status_body
 from .views import CheckpointView, JobView, NodeView, OperatorRecord, PodView
 
 
@@ -48,44 +48,10 @@ def plan(
         return ()
     problems = spec_problems(job)
     if problems:
-        return _invalid(job, problems, now)
+        return invalid(job, problems, now)
     if job.status.phase.finished:
-        return _after_finish(job, pods, now)
+        return after_finish(job, pods, now)
     return _Pass(job, pods, nodes, checkpoints, now).run()
-
-
-def _invalid(job: JobView, problems: list[str], now: dt.datetime) -> tuple[Action, ...]:
-    message = "; ".join(problems)
-    old = job.status.condition("Valid")
-    conditions = set_condition(
-        job.status.conditions, type_="Valid", status=False, reason="InvalidSpec", message=message, now=now
-    )
-    phase = job.status.phase if job.membership is not None else Phase.PENDING
-    status = job.status.model_copy(update={"conditions": conditions, "phase": phase})
-    if not changed(job.status, status):
-        return ()
-    actions: list[Action] = [PatchStatus(status=status_body(status))]
-    if old is None or old.status != "False" or old.message != message:
-        actions.append(Event(reason="InvalidSpec", message=f"the job cannot start: {message}", warning=True))
-    return tuple(actions)
-
-
-def _after_finish(job: JobView, pods: Sequence[PodView], now: dt.datetime) -> tuple[Action, ...]:
-    assert job.spec is not None
-    policy = job.spec.run_policy
-    actions: list[Action] = []
-    for pod in pods:
-        if pod.deleting:
-            continue
-        if policy.clean_pod_policy is CleanPodPolicy.ALL or (
-            policy.clean_pod_policy is CleanPodPolicy.RUNNING and pod.phase in ("Pending", "Running")
-        ):
-            actions.append(DeletePod(name=pod.name, reason=f"cleanPodPolicy {policy.clean_pod_policy}"))
-    done = job.status.completion_time
-    ttl = policy.ttl_seconds_after_finished
-    if done is not None and ttl is not None and (now - done).total_seconds() >= ttl:
-        actions.append(DeleteJob(reason=f"ttlSecondsAfterFinished ({ttl}s) passed"))
-    return tuple(actions)
 
 
 _READY = NodeView(name="", ready=True)
@@ -594,45 +560,16 @@ class _Pass:
         return (*actions, *self.events, *self.observations)
 
     def status(self) -> TrainingJobStatus:
-        m = self.new_m
-        steps = [
-            p.agent.step
-            for p in self.pods.values()
-            if p.agent is not None and p.agent.step is not None and m.member(p.name) is not None
-        ]
-        newest = self.ckpts[-1] if self.ckpts else None
-        last = (
-            LastCheckpoint(
-                name=newest.name,
-                step=newest.step,
-                tiers=newest.tiers,
-                bytes=newest.bytes,
-                time=newest.committed_at,
-            )
-            if newest is not None
-            else None
-        )
-        ready = self.phase is Phase.RUNNING
-        conditions = set_condition(
-            self.conditions, type_="Ready", status=ready, reason=self.phase.value, message="", now=self.now
-        )
-        return TrainingJobStatus(
+        return build_status(
+            previous=self.job.status,
+            membership=self.new_m,
+            record=self.new_r,
             phase=self.phase,
-            conditions=conditions,
-            world_size=m.world_size if m.phase is MembershipPhase.RUN else 0,
-            generation=m.generation,
-            members=tuple(
-                MemberStatus(
-                    pod=x.pod, node=x.node, ranks=tuple(range(x.rank_start, x.rank_start + x.nprocs))
-                )
-                for x in m.members
-            ),
-            step=max(steps, default=self.job.status.step),
-            last_checkpoint=last,
-            restarts=self.new_r.restarts,
-            failures=self.new_r.failures,
-            start_time=self.new_r.started_at,
-            completion_time=self.completion,
+            conditions=self.conditions,
+            pods=list(self.pods.values()),
+            checkpoints=self.ckpts,
+            completion=self.completion,
+            now=self.now,
         )
 
 

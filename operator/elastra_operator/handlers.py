@@ -15,6 +15,7 @@ from typing import Any
 
 import kopf
 import kubernetes
+from pydantic import ValidationError
 
 from elastra.api import GROUP, VERSION
 from elastra.api import checkpoint as ckpt_api
@@ -25,7 +26,7 @@ from . import storage
 from .kube import Conflict, Kube, checkpoint_view, job_view
 from .metrics import OperatorMetrics
 from .reconcile.actions import Event, PatchStatus
-from .reconcile.checks import deletion_refusal
+from .reconcile.checks import deletion_refusal, teardown
 from .reconcile.manifests import FINALIZER
 from .reconcile.plan import plan
 from .reconcile.status import status_body
@@ -94,10 +95,32 @@ def reconcile_job(*, namespace: str | None, name: str, **_: Any) -> None:
     _State.metrics.job_status(namespace, name, status)
 
 
-@kopf.on.delete(GROUP, VERSION, tj_api.PLURAL, optional=True)
-def forget_job(*, namespace: str | None, name: str, **_: Any) -> None:
+@kopf.on.delete(GROUP, VERSION, tj_api.PLURAL)
+def delete_job(*, namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> None:
+    """Finalizer: stop the workers, then delete every checkpoint under the job's root — including commits
+    made while it was going away, which no Checkpoint object covers."""
     assert namespace is not None
+    kube = _kube()
     _State.metrics.forget(namespace, name)
+    pods = kube.worker_pods(namespace, name)
+    if pods:
+        for pod, force in teardown(pods, kube.nodes()):
+            kube.delete_pod(namespace, pod, force=force)
+        raise kopf.TemporaryError(f"waiting for {len(pods)} worker pod(s) to exit", delay=2)
+    try:
+        parsed = tj_api.TrainingJobSpec.model_validate(dict(spec))
+    except ValidationError:
+        return  # it never ran: nothing was stored
+    s3 = parsed.checkpoint.s3
+    access = ckpt_api.StorageAccess(endpoint=s3.endpoint, region=s3.region) if s3 is not None else None
+    credentials = None
+    if s3 is not None and s3.credentials_secret and kube.secret_exists(namespace, s3.credentials_secret):
+        credentials = kube.s3_credentials(namespace, s3.credentials_secret)
+    try:
+        done = storage.delete_job_storage(parsed.checkpoint.root_uri(namespace, name), access, credentials)
+    except storage.StorageError as exc:
+        raise kopf.TemporaryError(str(exc), delay=15) from exc
+    log.info("job %s/%s deleted: %s", namespace, name, done)
 
 
 @kopf.on.delete(GROUP, VERSION, ckpt_api.PLURAL)

@@ -245,6 +245,18 @@ class Kube:
     def secret_exists(self, namespace: str, name: str) -> bool:
         return self._maybe(self.core.read_namespaced_secret, name, namespace) is not None
 
+    def worker_pods(self, namespace: str, job: str) -> tuple[PodView, ...]:
+        selector = f"{JOB_LABEL}={job},{ROLE_LABEL}=worker"
+        pods = self._raw(self.core.list_namespaced_pod, namespace, label_selector=selector)
+        return tuple(pod_view(p) for p in pods.get("items") or [])
+
+    def nodes(self) -> tuple[NodeView, ...]:
+        return tuple(node_view(n) for n in self._raw(self.core.list_node).get("items") or [])
+
+    def delete_pod(self, namespace: str, name: str, *, force: bool = False) -> None:
+        grace = 0 if force else None
+        self._ignore_404(self.core.delete_namespaced_pod, name, namespace, grace_period_seconds=grace)
+
     def observe(self, namespace: str, name: str) -> Observed | None:
         """Read one job and everything about it; None when the job is gone."""
         raw = self.get_job(namespace, name)
@@ -259,14 +271,10 @@ class Kube:
         secret = (spec.get("s3") or {}).get("credentialsSecret")
         missing = secret if secret and not self.secret_exists(namespace, secret) else None
         job = job_view(raw, cm, restore_from=restore_from, missing_secret=missing)
-        pods = self._raw(
-            self.core.list_namespaced_pod, namespace, label_selector=f"{JOB_LABEL}={name},{ROLE_LABEL}=worker"
-        )
-        nodes = self._raw(self.core.list_node)
         return Observed(
             job=job,
-            pods=tuple(pod_view(p) for p in pods.get("items") or []),
-            nodes=tuple(node_view(n) for n in nodes.get("items") or []),
+            pods=self.worker_pods(namespace, name),
+            nodes=self.nodes(),
             checkpoints=self.list_checkpoints(namespace, name),
         )
 
@@ -285,12 +293,7 @@ class Kube:
                     self._write_membership(job, action)
                 case DeletePod(name=name, reason=reason, force=force):
                     log.info("deleting pod %s/%s: %s", job.namespace, name, reason)
-                    self._ignore_404(
-                        self.core.delete_namespaced_pod,
-                        name,
-                        job.namespace,
-                        grace_period_seconds=0 if force else None,
-                    )
+                    self.delete_pod(job.namespace, name, force=force)
                 case DeleteCheckpoint(name=name, reason=reason):
                     log.info("deleting checkpoint %s/%s: %s", job.namespace, name, reason)
                     self._ignore_404(

@@ -109,3 +109,17 @@ def test_operator_restart_in_the_middle_of_a_rescale(make_harness: Callable[[int
     assert leaving not in h.live_pods("restart")
     m2 = h.membership("restart")
     assert m2 is not None and [x.rank_start for x in m2.members] == [0, 1]
+
+
+def test_killed_worker_is_replaced_and_counted_once(make_harness: Callable[[int], Harness]) -> None:  # noqa: F811
+    h = make_harness(2)
+    env = {"STUB_FAIL_POD": "oom-w-1", "STUB_FAIL_AT_STEP": "30", "STUB_FAIL_EXIT_CODE": "137"}
+    h.create_job("oom", env=env, replicas={"min": 2, "max": 2})
+    before = h.wait(h.running("oom", 2), 40, "the job to run")
+
+    after = h.wait(h.running("oom", 2, before["generation"]), 40, "a new generation with a replacement pod")
+    assert after["failures"] == 1
+    members = {m["pod"] for m in after["members"]}
+    assert "oom-w-1" not in members and len(members) == 2, "the dead pod is replaced, the survivor kept"
+    assert "oom-w-0" in members
+    assert metric_value(h.metrics(), "elastra_failures_total", job="oom", reason="ExitCode137") == 1

@@ -127,3 +127,20 @@ def test_checkpoint_finalizer_protects_newest_and_deletes_storage(
     assert pathlib.Path(newest["spec"]["uri"]).exists()
     h.wait(lambda: name not in {c["metadata"]["name"] for c in h.checkpoints("keep")}, 40, f"{name} to go")
     assert not pathlib.Path(newest["spec"]["uri"]).exists()
+
+
+def test_deleting_the_job_deletes_pods_checkpoints_and_storage(
+    make_harness: Callable[[int], Harness],  # noqa: F811
+) -> None:
+    h = make_harness(2)
+    h.create_job("gone")
+    h.wait(h.running("gone", 2), 40, "the job to run")
+    h.wait(lambda: len(h.checkpoints("gone")) >= 2, 30, "two committed checkpoints")
+    root = h.workdir / "ckpt" / NS / "gone"
+    assert any(root.iterdir())
+
+    h.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, "trainingjobs", "gone")
+
+    h.wait(lambda: not h.checkpoints("gone") and not h.pods("gone"), 40, "owned objects to be collected")
+    assert h.membership("gone") is None
+    h.wait(lambda: not root.exists(), 20, "the job's checkpoint root to be deleted")

@@ -43,14 +43,14 @@ def test_deletes_exactly_one_step_prefix(s3_server: Any) -> None:
         _spec(f"s3://{bucket}/ns/tj/step-10", s3_server.endpoint_url), credentials
     )
 
-    assert "the manifest and 4 other object(s)" in done
+    assert "1 manifest(s) and 4 other object(s)" in done
     assert _keys(client, bucket) == ["ns/tj/step-100/manifest.json"], (
         "step-100 shares the prefix text, not the dir"
     )
     again = storage.delete_checkpoint(
         _spec(f"s3://{bucket}/ns/tj/step-10", s3_server.endpoint_url), credentials
     )
-    assert "0 other object(s)" in again
+    assert "1 manifest(s) and 0 other object(s)" in again
 
 
 def test_unreachable_bucket_is_a_storage_error(s3_server: Any) -> None:
@@ -59,3 +59,23 @@ def test_unreachable_bucket_is_a_storage_error(s3_server: Any) -> None:
         storage.delete_checkpoint(
             _spec("s3://no-such-bucket/ns/tj/step-1", s3_server.endpoint_url), credentials
         )
+
+
+def test_job_root_deletion_takes_every_step_and_nothing_else(s3_server: Any) -> None:
+    bucket = s3_server.make_bucket("ckpt-job")
+    client = s3_server.client()
+    keys = [
+        "p/ns/tj/step-1/manifest.json",
+        "p/ns/tj/step-1/a.bin",
+        "p/ns/tj/step-2/b.bin",
+        "p/ns/tj/notes.txt",
+    ]
+    for key in [*keys, "p/ns/tj2/step-1/manifest.json"]:
+        client.put_object(Bucket=bucket, Key=key, Body=b"x")
+    credentials = {"AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key}
+    access = StorageAccess(endpoint=s3_server.endpoint_url)
+
+    done = storage.delete_job_storage(f"s3://{bucket}/p/ns/tj", access, credentials)
+
+    assert "1 manifest(s) and 2 other object(s)" in done
+    assert _keys(client, bucket) == ["p/ns/tj/notes.txt", "p/ns/tj2/step-1/manifest.json"]

@@ -61,3 +61,17 @@ def test_a_step_path_that_is_not_a_directory_is_a_storage_error(tmp_path: pathli
     with pytest.raises(storage.StorageError, match="cannot delete"):
         storage.delete_checkpoint(_spec(str(step)))
     assert step.read_text() == "not a directory"
+
+
+def test_job_root_deletion_takes_step_directories_only(tmp_path: pathlib.Path) -> None:
+    root = tmp_path / "ns" / "tj"
+    for name in ("step-1", "step-20"):
+        (root / name).mkdir(parents=True)
+        (root / name / "manifest.json").write_text("{}")
+    (root / "README").write_text("mine")
+    assert "2 checkpoint directories" in storage.delete_job_storage(str(root), None)
+    assert sorted(p.name for p in root.iterdir()) == ["README"]
+    (root / "README").unlink()
+    storage.delete_job_storage(str(root), None)
+    assert not root.exists(), "an emptied root goes too"
+    assert "already gone" in storage.delete_job_storage(str(root), None)

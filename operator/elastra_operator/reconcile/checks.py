@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from elastra.api.trainingjob import Phase
 
 from .manifests import gpu_request
-from .views import CheckpointView, JobView
+from .views import CheckpointView, JobView, NodeView, PodView
 
 
 def spec_problems(job: JobView) -> list[str]:
@@ -56,3 +56,15 @@ def deletion_refusal(
     if restoring and membership is not None and restore is not None and restore.checkpoint == checkpoint.name:
         return f"{checkpoint.name} is being restored by generation {membership.generation}"
     return None
+
+
+def teardown(pods: Sequence[PodView], nodes: Sequence[NodeView]) -> list[tuple[str, bool]]:
+    """Pure: the worker pods to delete while a job is being deleted, as (name, force). A pod already
+    deleting is deleted again with force only when its node is NotReady or gone (it would never finish)."""
+    ready = {n.name for n in nodes if n.ready}
+    out: list[tuple[str, bool]] = []
+    for pod in pods:
+        stranded = pod.node is not None and pod.node not in ready
+        if not pod.deleting or stranded:
+            out.append((pod.name, stranded))
+    return out

@@ -124,6 +124,7 @@ def test_rescale_4_to_3_matches_an_undisrupted_run(tmp_path: pathlib.Path) -> No
     assert _wait_all(resumed) == [0, 0, 0], _logs(run_dir)
 
     ref_loss, run_loss = _losses(ref_dir / "loss.jsonl"), _losses(run_dir / "loss.jsonl")
+    print(f"final loss: undisrupted {ref_loss[steps - 1]!r}, 4->3 at step 20 {run_loss[steps - 1]!r}")
     assert run_loss[steps - 1] == pytest.approx(ref_loss[steps - 1], rel=FINAL_LOSS_TOLERANCE)
     # Data order: the disrupted run trained on exactly the samples of the undisrupted one, none twice.
     ref_samples = _samples(ref_dir / "samples.jsonl", range(steps))

@@ -284,7 +284,8 @@ class Agent:
                 log.warning("workers did not finish the emergency checkpoint in %.0fs; killing", budget)
                 self.workers.stop(signal.SIGKILL, 1.0)
             self._read_statuses()
-        self._set_state(AgentState.STOPPED)
+        if self.state is not AgentState.SUCCEEDED:  # a finished pod being deleted stays Succeeded
+            self._set_state(AgentState.STOPPED)
         return 0
 
 

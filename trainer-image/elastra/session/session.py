@@ -281,30 +281,30 @@ class Session:
 
     # ------------------------------------------------------------------ saving
     def _save(self, completed: int, state: Mapping[str, Any], *, ack_request: str | None, wait: bool) -> None:
+        started = time.monotonic()
         handle = self.checkpointer.save(completed, _materialize(state))
         self._last_save_time = time.monotonic()
+        stall = self._last_save_time - started  # the state dicts (FSDP gathers metadata) count too
         self._last_saved_step = completed
-        record = SaveRecord(
-            step=completed, stall_seconds=handle.stall_seconds, skipped="skip" if handle.skipped else None
-        )
+        record = SaveRecord(step=completed, stall_seconds=stall, skipped="skip" if handle.skipped else None)
         with self._lock:
             self._saves.append(record)
             if ack_request is not None:
                 self._status = self._status.model_copy(update={"ack_request": ack_request})
         if wait:
-            self._await_commit(handle, ack_request)
+            self._await_commit(handle, ack_request, stall)
             self._publish(emergency_step=completed, force=True)
             return
         waiter = threading.Thread(
             target=self._await_commit,
-            args=(handle, ack_request),
+            args=(handle, ack_request, stall),
             name=f"elastra-commit-{completed}",
             daemon=True,
         )
         waiter.start()
         self._waiters = [t for t in self._waiters if t.is_alive()] + [waiter]
 
-    def _await_commit(self, handle: Any, ack_request: str | None) -> None:
+    def _await_commit(self, handle: Any, ack_request: str | None, stall: float) -> None:
         """Wait for one save to commit; on global rank 0, publish its commit report."""
         try:
             info = handle.wait()
@@ -325,7 +325,7 @@ class Session:
             world_size=info.world_size,
             format_version=info.format_version,
             generation=self.generation,
-            stall_seconds=info.stall_seconds,
+            stall_seconds=stall,
             commit_seconds=info.commit_seconds,
             request_id=ack_request,
             time=dt.datetime.now(dt.UTC),

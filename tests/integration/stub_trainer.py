@@ -5,7 +5,9 @@ It polls its job's membership ConfigMap, "trains" by counting steps while its ge
 reports `AgentReport` on its own pod, and — on the pod holding rank 0 — "commits" checkpoints as
 `<ELASTRA_CHECKPOINT_URI>/step-N/manifest.json` and reports `CommitReport`, on the interval and for each
 checkpoint request. Knobs (env): STUB_STEP_SECONDS (default 0.1), STUB_TOTAL_STEPS (0: forever),
-STUB_FAIL_AT_STEP with STUB_FAIL_EXIT_CODE and STUB_FAIL_POD (exit with that code at that step),
+STUB_FAIL_AT_STEP with STUB_FAIL_EXIT_CODE and STUB_FAIL_POD (once, at that step, a "worker" fails with
+that code: STUB_FAIL_MODE=report, the default, reports Failed and waits like an agent to restart in place;
+STUB_FAIL_MODE=exit kills the whole container with that code, unreported),
 STUB_REQUEST_DELAY_STEPS (answer a checkpoint request only after this many more steps).
 """
 
@@ -54,6 +56,10 @@ class Stub:
         self.fail_at = int(os.environ.get("STUB_FAIL_AT_STEP", "0"))
         self.fail_code = int(os.environ.get("STUB_FAIL_EXIT_CODE", "1"))
         self.fail_pod = os.environ.get("STUB_FAIL_POD", "")
+        self.fail_mode = os.environ.get("STUB_FAIL_MODE", "report")
+        self.failed_once = False
+        self.exit_code: int | None = None
+        self.reason: str | None = None
         self.request_delay = int(os.environ.get("STUB_REQUEST_DELAY_STEPS", "0"))
         self.request_seen: dict[str, int] = {}
         self.generation = -1
@@ -78,7 +84,8 @@ class Stub:
     def annotate(self, key: str, value: str) -> None:
         self.core.patch_namespaced_pod(self.pod, self.ns, {"metadata": {"annotations": {key: value}}})
 
-    def report(self, *, exit_code: int | None = None, reason: str | None = None, force: bool = False) -> None:
+    def report(self, *, force: bool = False) -> None:
+        exit_code, reason = self.exit_code, self.reason
         key = (self.generation, self.state, exit_code)
         if not force and key == self.reported and time.monotonic() - self.last_report < 1.0:
             return
@@ -137,20 +144,29 @@ class Stub:
             if m.generation != self.generation:  # a new generation: restart the "workers" in place
                 self.generation, self.rank0 = m.generation, me.rank_start == 0
                 self.step = m.restore.step if m.restore is not None else 0
-                self.state = AgentState.RESTORING
+                self.state, self.exit_code, self.reason = AgentState.RESTORING, None, None
                 self.report(force=True)
                 self.state = AgentState.RUNNING
                 self.report(force=True)
-            if self.state is AgentState.SUCCEEDED:
+            if self.state in (AgentState.SUCCEEDED, AgentState.FAILED):
                 self.report()
                 time.sleep(0.2)
                 continue
             time.sleep(self.step_seconds)
             self.step += 1
-            if self.fail_at and self.step >= self.fail_at and self.pod == self.fail_pod:
+            if (
+                self.fail_at
+                and self.step >= self.fail_at
+                and self.pod == self.fail_pod
+                and not self.failed_once
+            ):
+                self.failed_once = True
+                if self.fail_mode == "exit":
+                    return self.fail_code
                 self.state = AgentState.FAILED
-                self.report(exit_code=self.fail_code, reason=f"injected exit {self.fail_code}", force=True)
-                return self.fail_code
+                self.exit_code, self.reason = self.fail_code, f"injected exit {self.fail_code}"
+                self.report(force=True)
+                continue
             request = m.checkpoint_request
             due = request is not None and self.step >= self.request_seen.setdefault(
                 request.id, self.step + self.request_delay
@@ -162,8 +178,8 @@ class Stub:
             elif self.rank0 and self.every and self.step % self.every == 0:
                 self.commit(m, None)
             if self.total and self.step >= self.total:
-                self.state = AgentState.SUCCEEDED
-                self.report(exit_code=0, force=True)
+                self.state, self.exit_code = AgentState.SUCCEEDED, 0
+                self.report(force=True)
                 continue
             self.report()
 

@@ -113,7 +113,12 @@ def test_operator_restart_in_the_middle_of_a_rescale(make_harness: Callable[[int
 
 def test_killed_worker_is_replaced_and_counted_once(make_harness: Callable[[int], Harness]) -> None:  # noqa: F811
     h = make_harness(2)
-    env = {"STUB_FAIL_POD": "oom-w-1", "STUB_FAIL_AT_STEP": "30", "STUB_FAIL_EXIT_CODE": "137"}
+    env = {
+        "STUB_FAIL_POD": "oom-w-1",
+        "STUB_FAIL_AT_STEP": "30",
+        "STUB_FAIL_EXIT_CODE": "137",
+        "STUB_FAIL_MODE": "exit",
+    }
     h.create_job("oom", env=env, replicas={"min": 2, "max": 2})
     before = h.wait(h.running("oom", 2), 40, "the job to run")
 
@@ -123,3 +128,15 @@ def test_killed_worker_is_replaced_and_counted_once(make_harness: Callable[[int]
     assert "oom-w-1" not in members and len(members) == 2, "the dead pod is replaced, the survivor kept"
     assert "oom-w-0" in members
     assert metric_value(h.metrics(), "elastra_failures_total", job="oom", reason="ExitCode137") == 1
+
+
+def test_failed_worker_restarts_in_place_in_a_new_generation(make_harness: Callable[[int], Harness]) -> None:  # noqa: F811
+    h = make_harness(2)
+    env = {"STUB_FAIL_POD": "flaky-w-1", "STUB_FAIL_AT_STEP": "30", "STUB_FAIL_EXIT_CODE": "134"}
+    h.create_job("flaky", env=env, replicas={"min": 2, "max": 2})
+    before = h.wait(h.running("flaky", 2), 40, "the job to run")
+
+    after = h.wait(h.running("flaky", 2, before["generation"]), 40, "a new generation of the same pods")
+    assert after["failures"] == 1 and after["generation"] == before["generation"] + 1
+    assert [m["pod"] for m in after["members"]] == ["flaky-w-0", "flaky-w-1"], "no pod was recreated"
+    assert h.live_pods("flaky") == ["flaky-w-0", "flaky-w-1"]

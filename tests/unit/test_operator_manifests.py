@@ -27,6 +27,7 @@ def test_worker_pod_identity_and_placement() -> None:
     assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert env["ELASTRA_CHECKPOINT_URI"] == "/ck/ns/tj"
     assert env["ELASTRA_CHECKPOINT_EVERY_STEPS"] == "10" and env["ELASTRA_CHECKPOINT_KEEP"] == "2"
+    assert env["ELASTRA_TERMINATION_GRACE_SECONDS"] == "30"
 
 
 def test_worker_pod_keeps_the_template_and_adds_tiers() -> None:

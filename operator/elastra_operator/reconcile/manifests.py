@@ -112,6 +112,8 @@ def worker_pod(job: JobView, index: int) -> dict[str, Any]:
         },
     )
     env = _env(job, name)
+    grace = pod_spec.get("terminationGracePeriodSeconds", 30)
+    env.append({"name": "ELASTRA_TERMINATION_GRACE_SECONDS", "value": str(grace)})
     local = spec.checkpoint.local
     if local is not None:
         volumes = pod_spec.setdefault("volumes", [])

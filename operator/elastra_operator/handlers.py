@@ -72,7 +72,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 30
 
 
-@kopf.timer(GROUP, VERSION, tj_api.PLURAL, interval=RESYNC_SECONDS, sharp=False)
+@kopf.timer(
+    GROUP, VERSION, tj_api.PLURAL, interval=RESYNC_SECONDS, sharp=False, backoff=max(RESYNC_SECONDS, 1.0)
+)
 def reconcile_job(*, namespace: str | None, name: str, **_: Any) -> None:
     """One planning pass over one TrainingJob."""
     assert namespace is not None  # TrainingJobs are namespaced
@@ -95,7 +97,7 @@ def reconcile_job(*, namespace: str | None, name: str, **_: Any) -> None:
     _State.metrics.job_status(namespace, name, status)
 
 
-@kopf.on.delete(GROUP, VERSION, tj_api.PLURAL)
+@kopf.on.delete(GROUP, VERSION, tj_api.PLURAL, backoff=5)
 def delete_job(*, namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> None:
     """Finalizer: stop the workers, then delete every checkpoint under the job's root — including commits
     made while it was going away, which no Checkpoint object covers."""
@@ -123,7 +125,7 @@ def delete_job(*, namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -
     log.info("job %s/%s deleted: %s", namespace, name, done)
 
 
-@kopf.on.delete(GROUP, VERSION, ckpt_api.PLURAL)
+@kopf.on.delete(GROUP, VERSION, ckpt_api.PLURAL, backoff=5)
 def delete_checkpoint_storage(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> None:
     """Finalizer: delete the checkpoint's storage, unless it is its running job's restore point."""
     assert namespace is not None

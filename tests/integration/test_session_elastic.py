@@ -196,3 +196,24 @@ def test_request_is_taken_at_one_step_and_sigterm_saves(tmp_path: pathlib.Path) 
     (step,) = emergency
     assert step is not None and step > requested_step
     assert (ck / f"step-{step}" / "manifest.json").exists()
+
+
+def test_time_based_saves_are_taken_at_the_same_step_by_all_ranks(tmp_path: pathlib.Path) -> None:
+    """Each rank's clock starts when it comes up; the interval in seconds is agreed on, never split."""
+    control = tmp_path / "control"
+    control.mkdir()
+    env = {
+        "ELASTRA_CONTROL_DIR": str(control),
+        "ELASTRA_GENERATION": "1",
+        "ELASTRA_CHECKPOINT_EVERY_SECONDS": "0.4",
+    }
+    write_atomic(control / CONTROL_FILE, ControlMessage(generation=1))
+    args = [*COMMON, "--steps", "30", "--every-steps", "100000", "--step-sleep", "0.05",
+            "--checkpoint-uri", str(tmp_path / "ck")]  # fmt: skip
+    procs = _launch(2, args, tmp_path, env)
+    assert _wait_all(procs, timeout=90) == [0, 0], _logs(tmp_path)
+    saves = [
+        [s.step for s in (_status(control, r) or WorkerStatus(rank=r, generation=0)).saves] for r in (0, 1)
+    ]
+    assert saves[0] == saves[1], f"ranks saved at different steps: {saves}"
+    assert len(saves[0]) >= 2, "the time interval never triggered"

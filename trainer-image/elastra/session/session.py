@@ -215,14 +215,19 @@ class Session:
             self._tokens_since_status += tokens
         self._last_step_time = now
         completed = step + 1
-        request_time, stop = self._agree(completed)
-        requested = request_time > self._agreed_request_time
-        due = self.checkpointer is not None and save_due(
+        by_steps = save_due(
+            completed=completed, every_steps=self.config.every_steps, every_seconds=None, seconds_since_save=0
+        )
+        by_time = save_due(
             completed=completed,
-            every_steps=self.config.every_steps,
+            every_steps=None,
             every_seconds=self.config.every_seconds,
             seconds_since_save=now - self._last_save_time,
         )
+        # Clocks differ between ranks: a time-based save is agreed on like a request.
+        request_time, stop, by_time = self._agree(completed, by_time)
+        requested = request_time > self._agreed_request_time
+        due = self.checkpointer is not None and (by_steps or by_time)
         saved = False
         if self.checkpointer is not None and (due or requested or stop):
             ack = self._current_request_id() if requested else None
@@ -253,16 +258,19 @@ class Session:
         message = self._control.poll() if self._control else None
         return message.request_id if message else None
 
-    def _agree(self, completed: int) -> tuple[float, bool]:
-        """The newest checkpoint request any rank saw, and whether any rank must stop."""
+    def _agree(self, completed: int, time_due: bool) -> tuple[float, bool, bool]:
+        """Agreed by all ranks: the newest checkpoint request seen, whether to stop, whether a
+        time-based save is due. Steps between agreements (`agree_every`) take neither."""
         message = self._control.poll() if self._control else None
         request_time = message.request_time if message else 0.0
         stop = self._terminate.is_set() or bool(message and message.stop)
         if self.world_size == 1:
-            return request_time, stop
-        if completed % self.config.agree_every != 0 and not stop:
-            return 0.0, False
-        flags = torch.tensor([request_time * 1000.0, 1.0 if stop else 0.0], dtype=torch.float64)
+            return request_time, stop, time_due
+        if completed % self.config.agree_every != 0:  # every rank skips the same steps
+            return 0.0, False, False
+        flags = torch.tensor(
+            [request_time * 1000.0, 1.0 if stop else 0.0, 1.0 if time_due else 0.0], dtype=torch.float64
+        )
         if self.backend == "nccl":
             flags = flags.to(self.device)
         try:
@@ -270,7 +278,7 @@ class Session:
         except Exception as exc:  # gloo/nccl raise several types when a peer is gone
             self._peer_lost(exc)
         flags = flags.cpu()
-        return float(flags[0]) / 1000.0, bool(flags[1] > 0)
+        return float(flags[0]) / 1000.0, bool(flags[1] > 0), bool(flags[2] > 0)
 
     def _peer_lost(self, exc: BaseException) -> None:
         message = f"collective failed (a peer is gone?): {type(exc).__name__}: {exc}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import socket
 import sys
 import time
 import urllib.request
@@ -32,6 +33,16 @@ JOB, NS = "tj", "default"
 STEPS = 60
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# Pod IPs repeat across localclusters running side by side (other test runs): use our own ports.
+METRICS_PORT = _free_port()
+
+
 def _pod_manifest(name: str, node: str, ckpt: pathlib.Path, tmp: pathlib.Path) -> dict[str, Any]:
     field = lambda path: {"valueFrom": {"fieldRef": {"fieldPath": path}}}  # noqa: E731
     env = [
@@ -45,6 +56,7 @@ def _pod_manifest(name: str, node: str, ckpt: pathlib.Path, tmp: pathlib.Path) -
         {"name": "ELASTRA_REPORT_INTERVAL_SECONDS", "value": "1"},
         {"name": "ELASTRA_MEMBERSHIP_POLL_SECONDS", "value": "2"},
         {"name": "ELASTRA_COLLECTIVE_TIMEOUT_SECONDS", "value": "30"},
+        {"name": "ELASTRA_METRICS_PORT", "value": str(METRICS_PORT)},
         {"name": "OMP_NUM_THREADS", "value": "1"},
     ]
     command = [
@@ -152,7 +164,7 @@ def test_agent_runs_rescales_and_reports(tmp_path: pathlib.Path) -> None:
                 "worldSize": 2,
                 "nprocPerPod": 1,
                 "masterAddr": pod_a.status.pod_ip,
-                "masterPort": 29611,
+                "masterPort": _free_port(),
                 "members": [_member(pod_a, 0), _member(pod_b, 1)],
                 "restore": None,
             },
@@ -168,7 +180,9 @@ def test_agent_runs_rescales_and_reports(tmp_path: pathlib.Path) -> None:
         assert first["worldSize"] == 2 and first["generation"] == 1 and first["step"] % 10 == 0
 
         metrics = (
-            urllib.request.urlopen(f"http://{pod_a.status.pod_ip}:9400/metrics", timeout=5).read().decode()
+            urllib.request.urlopen(f"http://{pod_a.status.pod_ip}:{METRICS_PORT}/metrics", timeout=5)
+            .read()
+            .decode()
         )
         assert 'elastra_trainer_step{job="tj",pod="tj-w-0"}' in metrics
         assert "elastra_trainer_checkpoint_stall_seconds_count" in metrics
@@ -199,7 +213,7 @@ def test_agent_runs_rescales_and_reports(tmp_path: pathlib.Path) -> None:
                 "worldSize": 1,
                 "nprocPerPod": 1,
                 "masterAddr": pod_a.status.pod_ip,
-                "masterPort": 29612,
+                "masterPort": _free_port(),
                 "members": [_member(pod_a, 0)],
                 "restore": restore,
             },

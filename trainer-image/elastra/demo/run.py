@@ -15,6 +15,7 @@ import os
 import pathlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -127,10 +128,11 @@ NODE_HEARTBEAT_S, NODE_GRACE_S = 1.0, 4.0
 """localcluster node leases: a killed node turns NotReady after 4 s (real clusters: 40 s)."""
 
 
-def job_manifest(steps: int, s3_endpoint: str, step_sleep: float) -> dict[str, Any]:
-    """The example TrainingJob, pointed at the local S3 endpoint and this machine's Python."""
-    job = yaml.safe_load(JOB_YAML.read_text())
-    job = copy.deepcopy(job)
+def job_manifest(steps: int, s3_endpoint: str, step_sleep: float, metrics_port: int) -> dict[str, Any]:
+    """The example TrainingJob, pointed at the local S3 endpoint and this machine's Python.
+
+    The agents serve /metrics on `metrics_port` (pod IPs of side-by-side localclusters repeat)."""
+    job = copy.deepcopy(yaml.safe_load(JOB_YAML.read_text()))
     job["spec"]["checkpoint"]["s3"]["endpoint"] = s3_endpoint
     container = job["spec"]["template"]["spec"]["containers"][0]
     command = [sys.executable if part == "python" else part for part in container["command"]]
@@ -139,7 +141,17 @@ def job_manifest(steps: int, s3_endpoint: str, step_sleep: float) -> dict[str, A
         command[command.index("--steps") + 1] = str(steps)
     command += ["--step-sleep", str(step_sleep)]
     container["command"] = command
+    container["env"] = [
+        *container.get("env", []),
+        {"name": "ELASTRA_METRICS_PORT", "value": str(metrics_port)},
+    ]
     return dict(job)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _metric(text: str, name: str) -> float | None:
@@ -181,7 +193,8 @@ class Demo:
             aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
             region_name=creds["AWS_REGION"],
         )
-        job = job_manifest(self.steps, str(lc.s3_url), self.step_sleep)
+        self.metrics_port = _free_port()
+        job = job_manifest(self.steps, str(lc.s3_url), self.step_sleep, self.metrics_port)
         s3.create_bucket(Bucket=job["spec"]["checkpoint"]["s3"]["bucket"])
         self.core.create_namespaced_secret(
             "default",
@@ -229,7 +242,11 @@ class Demo:
         if not pod_ip:
             return None, None
         try:
-            text = urllib.request.urlopen(f"http://{pod_ip}:9400/metrics", timeout=1).read().decode()
+            text = (
+                urllib.request.urlopen(f"http://{pod_ip}:{self.metrics_port}/metrics", timeout=1)
+                .read()
+                .decode()
+            )
         except OSError:
             return None, None
         step = _metric(text, "elastra_trainer_step")

@@ -1,6 +1,6 @@
 """`elastra local ...`: start, inspect, disturb and stop a detached local cluster.
 
-    elastra local up [--nodes 4] [--gpus-per-node 1] [--dir D] [--s3]
+    elastra local up [--nodes 4] [--gpus-per-node 1] [--dir D] [--s3] [--no-validation-rules]
     elastra local node kill|add|cordon|uncordon|drain NAME
     elastra local status
     elastra local down
@@ -97,6 +97,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     argv += ["--heartbeat", str(args.heartbeat), "--node-grace", str(args.node_grace)]
     if args.s3:
         argv.append("--s3")
+    if not args.validation_rules:
+        argv.append("--no-validation-rules")
     log_path = directory / "localcluster.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(

@@ -64,6 +64,10 @@ class ClusterConfig:
     """Like etcd: every interval, watch history older than one interval is dropped (410 Gone)."""
     container_cwd: str | None = None
     """Working dir of containers without workingDir; None: the current directory."""
+    validation_rules: bool = False
+    """Evaluate CRD CEL rules (`x-kubernetes-validations`) like a real API server (422 on failure).
+    Off by default for now: integration tests create rule-breaking objects to test the operator's
+    own checks; `elastra local up` turns it on."""
 
     def __post_init__(self) -> None:
         if self.nodes < 0 or self.gpus_per_node < 0:
@@ -88,7 +92,7 @@ class ClusterCore:
     def __init__(self, config: ClusterConfig) -> None:
         self.config = config
         self.workdir = pathlib.Path(config.workdir).resolve()
-        self.store = Store()
+        self.store = Store(validation_rules=config.validation_rules)
         self.kubelets: dict[str, Kubelet] = {}
         self.ips = IpPool()
         self.api = ApiServer(

@@ -32,6 +32,12 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
         "--node-grace", type=float, default=10.0, help="seconds without a lease renewal before NotReady"
     )
     parser.add_argument("--s3", action="store_true", help="also start a local S3 endpoint (moto)")
+    parser.add_argument(
+        "--no-validation-rules",
+        dest="validation_rules",
+        action="store_false",
+        help="do not evaluate CRD CEL rules (x-kubernetes-validations)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ClusterConfig:
@@ -46,6 +52,7 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         heartbeat_interval_s=args.heartbeat,
         node_grace_s=args.node_grace,
         s3=args.s3,
+        validation_rules=args.validation_rules,
     )
 
 

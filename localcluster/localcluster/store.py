@@ -13,6 +13,7 @@ import builtins
 import collections
 import copy
 import datetime
+import logging
 import secrets
 import string
 import uuid
@@ -20,13 +21,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from localcluster import resources, schema
+from localcluster import celrules, resources, schema
 from localcluster.errors import ApiError, already_exists, conflict, not_found
 from localcluster.resources import ResourceType
 from localcluster.selectors import Requirement, fields_match, labels_match
 
 StorageKey = tuple[str, str]
 ObjectKey = tuple[str, str]  # (namespace or "", name)
+log = logging.getLogger(__name__)
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 
@@ -67,7 +69,9 @@ class Watcher:
 class Store:
     """In-memory objects of every served resource, with a monotonic resourceVersion."""
 
-    def __init__(self, *, history_per_resource: int = 50_000) -> None:
+    def __init__(self, *, history_per_resource: int = 50_000, validation_rules: bool = False) -> None:
+        self.validation_rules = validation_rules
+        """Whether CRD CEL rules are evaluated (`localcluster.celrules`)."""
         self.rv = 0
         self.types: dict[tuple[str, str, str], ResourceType] = {}
         self.objects: dict[StorageKey, dict[ObjectKey, dict[str, Any]]] = collections.defaultdict(dict)
@@ -79,6 +83,7 @@ class Store:
         self.watchers: dict[StorageKey, set[Watcher]] = collections.defaultdict(set)
         self.listeners: list[Callable[[StorageKey, WatchEvent], None]] = []
         self._dependents: dict[str, set[tuple[StorageKey, ObjectKey]]] = collections.defaultdict(set)
+        self._warned_rules: set[tuple[str, str, str]] = set()
         for rt in resources.BUILTIN_TYPES:
             self.types[(rt.group, rt.version, rt.plural)] = rt
         for ns in SYSTEM_NAMESPACES:
@@ -310,6 +315,8 @@ class Store:
         if rt.schema is not None:
             obj = schema.apply_defaults(rt.schema, obj)
             errors = schema.validate(rt.schema, obj)
+            if self.validation_rules:
+                errors += celrules.check(rt.schema, obj, old, skip_status=rt.has_status)
             if errors:
                 name = obj["metadata"].get("name", "")
                 summary = ", ".join(f"{e.field}: {e.message}" for e in errors)
@@ -344,12 +351,30 @@ class Store:
                     422, f'CustomResourceDefinition.apiextensions.k8s.io "{name}" is invalid: {exc}'
                 ) from exc
             obj["status"] = resources.crd_accepted_status(obj)
+            if self.validation_rules:
+                self._warn_unsupported_rules(obj["metadata"].get("name", ""), served)
             self._unregister(old)
             for served_type in served:
                 self.types[(served_type.group, served_type.version, served_type.plural)] = served_type
         elif rt.kind == "Service" and old is None:
             obj.setdefault("spec", {}).setdefault("clusterIP", "None")
         return obj
+
+    def _warn_unsupported_rules(self, crd_name: str, served: builtins.list[ResourceType]) -> None:
+        """Log, once per CRD and rule, each validation rule localcluster will not evaluate."""
+        for served_type in served:
+            for skipped in celrules.unsupported_rules(served_type.schema or {}):
+                key = (crd_name, skipped.field, skipped.rule)
+                if key not in self._warned_rules:
+                    self._warned_rules.add(key)
+                    log.warning(
+                        "CRD %s %s: validation rule %r at %s is not evaluated by localcluster: %s",
+                        crd_name,
+                        served_type.version,
+                        skipped.rule,
+                        skipped.field,
+                        skipped.reason,
+                    )
 
     def _unregister(self, crd: dict[str, Any] | None) -> None:
         if crd is None:

@@ -47,8 +47,15 @@ CRD = {
                                 "required": ["size"],
                                 "properties": {
                                     "size": {"type": "integer", "minimum": 1},
+                                    "maxSize": {"type": "integer"},
                                     "color": {"type": "string", "enum": ["blue", "red"], "default": "blue"},
                                 },
+                                "x-kubernetes-validations": [
+                                    {
+                                        "rule": "!has(self.maxSize) || self.size <= self.maxSize",
+                                        "message": "size must be <= maxSize",
+                                    }
+                                ],
                             },
                             "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
                         },
@@ -227,6 +234,24 @@ def case_crd_required_field(ctx: Ctx) -> None:
         ctx.gadget(ctx.name("req"), {"color": "red"})
     assert err.value.status == 422
     assert any(c["field"] == "spec.size" for c in _status_of(err.value)["details"]["causes"])
+
+
+def case_crd_validation_rule_422_with_its_message(ctx: Ctx) -> None:
+    with pytest.raises(ApiException) as err:
+        ctx.gadget(ctx.name("cel"), {"size": 3, "maxSize": 2})
+    body = _status_of(err.value)
+    assert err.value.status == 422 and body["reason"] == "Invalid"
+    causes = body["details"]["causes"]
+    assert [(c["field"], c["reason"]) for c in causes] == [("spec", "FieldValueInvalid")]
+    assert causes[0]["message"].endswith("size must be <= maxSize")
+    assert "spec: Invalid value" in body["message"] and "size must be <= maxSize" in body["message"]
+    name = ctx.name("cel")
+    ctx.gadget(name, {"size": 2, "maxSize": 2})
+    with pytest.raises(ApiException) as err:
+        ctx.custom.patch_namespaced_custom_object(
+            GROUP, "v1", ctx.namespace, PLURAL, name, {"spec": {"size": 5}}
+        )
+    assert err.value.status == 422 and "size must be <= maxSize" in err.value.body
 
 
 def case_crd_defaults(ctx: Ctx) -> None:
@@ -495,6 +520,7 @@ CASES = [
     pytest.param(case_missing_namespace_is_404, id="missing-namespace-404"),
     pytest.param(case_crd_validation_422_names_the_field, id="crd-validation-422-fields"),
     pytest.param(case_crd_required_field, id="crd-required-field"),
+    pytest.param(case_crd_validation_rule_422_with_its_message, id="crd-validation-rule-422-message"),
     pytest.param(case_crd_defaults, id="crd-defaults"),
     pytest.param(case_finalizers_hold_deletion, id="finalizers-hold-deletion"),
     pytest.param(case_owner_references_cascade, id="ownerrefs-cascade"),

@@ -27,7 +27,14 @@ from elastra_operator.reconcile.views import OperatorRecord
 M3 = membership(1, ["tj-w-0", "tj-w-1", "tj-w-2"])
 M3R = membership(2, ["tj-w-0", "tj-w-1", "tj-w-2"], restore=40)
 M2 = membership(1, ["tj-w-0", "tj-w-1"])
+M2R = membership(2, ["tj-w-0", "tj-w-1"], restore=40)
 STARTED = OperatorRecord(started_at=at(-500), last_rescale_at=at(-500), rescale_reason="Start")
+
+
+def peer_lost(*indices: int, ago: float) -> list[Any]:
+    reason = "PeerLost: worker rank 0 exited with code 75: collective failed"
+    report = {"exitCode": 75, "reason": reason, "time": at(-ago)}
+    return [pod(i, report=agent(1, "Failed", **report)) for i in indices]
 
 
 def running(*indices: int, generation: int = 1, state: str = "Running", **over: Any) -> list[Any]:
@@ -231,6 +238,38 @@ CASES = [
         [],
         {"failures": 1, "phase": "Rescaling"},
         id="peer-lost-error-beside-a-killed-rank-is-retryable",
+    ),
+    pytest.param(
+        job(m=M3, record=STARTED),
+        [*peer_lost(0, 1, ago=1), *running(2)],
+        nodes(3),
+        [ckpt(40)],
+        {"m": None, "phase": "Rescaling", "failures": 0},
+        id="only-peer-errors-wait-for-the-silent-member-to-report",
+    ),
+    pytest.param(
+        job(m=M3, record=STARTED),
+        [*peer_lost(0, 1, ago=10), *running(2)],
+        nodes(3),
+        [ckpt(40)],
+        {"m": (2, "Run", ["tj-w-0", "tj-w-1"]), "failures": 1, "deleted_pods": []},
+        id="only-peer-errors-after-settling-leave-the-silent-member-out",
+    ),
+    pytest.param(
+        job(m=M3, record=STARTED),
+        peer_lost(0, 1, 2, ago=10),
+        nodes(3),
+        [ckpt(40)],
+        {"m": (2, "Run", ["tj-w-0", "tj-w-1", "tj-w-2"]), "failures": 1},
+        id="everyone-lost-a-peer-restarts-everyone",
+    ),
+    pytest.param(
+        job(m=M2R, record=STARTED),
+        [*running(0, 1, generation=2), pod(2, report=agent(1, "Running"))],
+        nodes(3),
+        [],
+        {"m": None, "phase": "Running"},
+        id="member-still-running-an-old-generation-does-not-join",
     ),
     pytest.param(
         job(m=M3, record=STARTED),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from elastra.api.membership import (
     AgentState,
@@ -57,6 +58,17 @@ def plan(
 _READY = NodeView(name="", ready=True)
 PEER_LOST = "PeerLost"
 """Agent failure reason prefix for a worker that died because a peer did: never permanent."""
+PEER_SETTLE_SECONDS = 5.0
+"""After a first `PeerLost` report, how long live members get to report theirs."""
+_REASON_CHARS = 160
+
+
+class _Failure(NamedTuple):
+    pod: str
+    reason: str
+    permanent: bool
+    peer_since: dt.datetime | None = None
+    """When the agent reported `PeerLost` (only a symptom); None for a cause."""
 
 
 def _permanent(code: int | None, retryable: tuple[int, ...]) -> bool:
@@ -107,6 +119,7 @@ class _Pass:
         )
         self.completion: dt.datetime | None = job.status.completion_time
         self.creating = 0
+        self.suspects: set[str] = set()
         self.keep: list[PodView] = []
         self.leaving: list[PodView] = []
 
@@ -248,40 +261,69 @@ class _Pass:
         failed = self.failed_members(members)
         if failed and self.any_node_unsure(members):
             self.phase = Phase.RESCALING  # wait: the NotReady node is either back or lost within the timeout
-        elif failed and all(permanent for _, _, permanent in failed):
-            detail = ", ".join(f"{pod} ({why})" for pod, why, _ in failed)
+        elif failed and all(f.permanent for f in failed):
+            detail = ", ".join(f"{f.pod} ({f.reason})" for f in failed)
             self.finish("Failed", "WorkerFailed", f"permanent failure in user code: {detail}")
-        elif unplanned := [(pod, why) for pod, why, _ in failed if why != "Drained"]:
-            if not self.count_failure(unplanned):
+        elif unplanned := [(f.pod, f.reason) for f in failed if f.reason != "Drained"]:
+            if self.awaiting_culprit(members, failed):
+                self.phase = Phase.RESCALING
+            elif not self.count_failure(unplanned):
                 self.transition("Failure")
         elif failed:
             self.transition("Drain")
         else:
             self.planned_changes(members)
 
-    def failed_members(self, members: list[PodView | None]) -> list[tuple[str, str, bool]]:
-        """(pod, reason, permanent) for every member of the generation that is gone or failed."""
+    def failed_members(self, members: list[PodView | None]) -> list[_Failure]:
+        """Every member of the generation that is gone or failed."""
         retryable = self.spec.run_policy.retryable_exit_codes
-        failed: list[tuple[str, str, bool]] = []
+        failed: list[_Failure] = []
         for member, pod in zip(self.m.members, members, strict=True):
             if pod is None:
-                failed.append((member.pod, "PodDeleted", False))
+                failed.append(_Failure(member.pod, "PodDeleted", False))
             elif (loss := self.loss(pod)) is not None:
-                failed.append(
-                    (pod.name, loss, pod.phase == "Failed" and _permanent(pod.exit_code, retryable))
-                )
+                permanent = pod.phase == "Failed" and _permanent(pod.exit_code, retryable)
+                failed.append(_Failure(pod.name, loss, permanent))
             elif self.in_generation(pod, AgentState.FAILED):
                 assert pod.agent is not None
-                why = pod.agent.reason or f"exit code {pod.agent.exit_code}"
+                why = (pod.agent.reason or f"exit code {pod.agent.exit_code}")[:_REASON_CHARS]
                 peer = (pod.agent.reason or "").startswith(PEER_LOST)
                 permanent = not peer and _permanent(pod.agent.exit_code, retryable)
-                failed.append((pod.name, f"WorkerFailed: {why}", permanent))
+                failed.append(
+                    _Failure(pod.name, f"WorkerFailed: {why}", permanent, pod.agent.time if peer else None)
+                )
         return failed
+
+    def awaiting_culprit(self, members: list[PodView | None], failed: list[_Failure]) -> bool:
+        """Only symptoms (`PeerLost`) reported: the member that broke the collective is among the silent
+        ones. Give every live member `PEER_SETTLE_SECONDS` to report too; then leave the silent ones out
+        of the next generation (a dead pod's last report still says Running)."""
+        if any(f.peer_since is None for f in failed):
+            return False  # a cause is known
+        named = {f.pod for f in failed}
+        silent = {p.name for p in members if p is not None and p.name not in named}
+        if not silent:
+            return False
+        first = min(f.peer_since for f in failed if f.peer_since is not None)
+        if (self.now - first).total_seconds() < PEER_SETTLE_SECONDS:
+            return True
+        self.suspects = silent
+        return False
+
+    def stale(self, pod: PodView) -> bool:
+        """Its agent last said it runs an older generation: it missed the change (dead or cut off)."""
+        agent = pod.agent
+        running = (AgentState.RUNNING, AgentState.RESTORING)
+        return agent is not None and agent.generation < self.m.generation and agent.state in running
+
+    def candidate(self, pod: PodView) -> bool:
+        """May join the next generation: runs, and is not suspected dead."""
+        return self.running(pod) and not self.stale(pod) and pod.name not in self.suspects
 
     def planned_changes(self, members: list[PodView | None]) -> None:
         """No failure: suspend, shrink or grow when asked to, else keep running."""
         names = {m.pod for m in self.m.members}
-        joining = [p for p in self.keep if p.name not in names and self.running(p)]
+        joining = [p for p in self.keep if p.name not in names and self.candidate(p)]
         if self.spec.run_policy.suspend:
             self.planned("Suspend")
         elif any(p.name in names for p in self.leaving):
@@ -444,7 +486,7 @@ class _Pass:
 
     def transition(self, reason: str) -> None:
         """Write the next generation from the pods that run now, or Hold when they are too few."""
-        running = [p for p in self.keep if self.running(p)]
+        running = [p for p in self.keep if self.candidate(p)]
         pending = [p for p in self.keep if not self.running(p)]
         minimum = self.spec.replicas.min
         if self.spec.run_policy.suspend:

@@ -39,15 +39,18 @@ from elastra.checkpoint.format import (
 )  # fmt: skip
 from elastra.checkpoint.geometry import Box
 from elastra.checkpoint.plan import Piece, RankWrites, SavePlan, checksum_chunks, plan_save
-from elastra.checkpoint.reader import Sources, read_box, read_manifest
+from elastra.checkpoint.reader import Sources, fill_tasks, read_manifest, run_tasks
 from elastra.checkpoint.retention import apply_retention, committed_steps
 from elastra.checkpoint.staging import StagingBuffer
-from elastra.checkpoint.state import TensorLeaf, is_tensor_value, split_state, walk
+from elastra.checkpoint.state import ST_TO_TORCH, TensorLeaf, is_tensor_value, split_state, walk
 from elastra.storage import LocalStorage, S3Options, StorageError, join_key, open_storage
 
 log = logging.getLogger(__name__)
 
 BUSY_POLICIES = ("wait", "skip")
+READ_THREADS = 4
+"""Restore read tasks in flight per rank: reads and checksums release the GIL, and a few more
+threads than cores keep the disk queue full while others checksum."""
 
 
 class CheckpointError(RuntimeError):
@@ -360,8 +363,14 @@ class Checkpointer:
             try:
                 manifest = read_manifest(self._durable, candidate)
                 sources = Sources(manifest, self._durable, self._local)
-                with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                    restored = [read_box(sources, x.path, x.box, x.layout, pool) for x in leaves]
+                restored = [self._fill_target(x, manifest) for x in leaves]
+                tasks = [
+                    task
+                    for leaf, into in zip(leaves, restored, strict=True)
+                    for task in fill_tasks(sources, leaf.path, leaf.box, leaf.layout, into)
+                ]
+                with concurrent.futures.ThreadPoolExecutor(READ_THREADS) as pool:
+                    run_tasks(tasks, pool)
             except (FormatError, StorageError, ValueError) as exc:
                 error = f"rank {self.rank}: {exc}"
             errors = [e for e in self._all_gather(error, self._control) if e]
@@ -380,12 +389,24 @@ class Checkpointer:
         return None
 
     @staticmethod
+    def _fill_target(leaf: TensorLeaf, manifest: Manifest) -> torch.Tensor:
+        """Where the restore of `leaf` is read to: its own memory when it is a contiguous CPU tensor of
+        the saved dtype (no copy at all), else a scratch tensor that `_apply` copies over."""
+        entry = manifest.tensors.get(leaf.path)
+        dtype = ST_TO_TORCH[entry.dtype] if entry is not None else leaf.local.dtype
+        local = leaf.local
+        if local.device.type == "cpu" and local.is_contiguous() and local.dtype == dtype:
+            return local.detach().view(leaf.box.shape)
+        return torch.empty(leaf.box.shape, dtype=dtype)
+
+    @staticmethod
     def _apply(
         state: object, leaves: list[TensorLeaf], restored: list[torch.Tensor], manifest: Manifest
     ) -> None:
         with torch.no_grad():
             for leaf, data in zip(leaves, restored, strict=True):
-                leaf.local.copy_(data.view(leaf.local.shape))
+                if data.data_ptr() != leaf.local.data_ptr():  # not already read in place
+                    leaf.local.copy_(data.view(leaf.local.shape))
         for path, container, key, value in list(walk(state)):
             if not is_tensor_value(value) and path in manifest.values:
                 container[key] = manifest.values[path]  # type: ignore[index]

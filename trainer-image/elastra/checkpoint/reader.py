@@ -7,15 +7,18 @@ copy that fails its checksum is re-read from the durable tier.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import math
 import threading
 import warnings
-import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from elastra.checkpoint.checksum import crc32
 from elastra.checkpoint.format import (
     ITEMSIZE,
     MANIFEST,
@@ -25,12 +28,16 @@ from elastra.checkpoint.format import (
     parse_manifest,
     step_dir,
 )
-from elastra.checkpoint.geometry import Box, relative, row_major_strides
+from elastra.checkpoint.geometry import Box, covering_element_range, relative, row_major_strides
 from elastra.checkpoint.plan import Read, plan_reads
 from elastra.checkpoint.state import ST_TO_TORCH
 from elastra.storage import NotFoundError, Storage, StorageError, join_key
 
 log = logging.getLogger(__name__)
+
+READ_BYTES = 32 << 20
+"""Size of one read task (whole checksum chunks): small enough that reads and checksums of several
+tasks overlap on a few threads, large enough that per-task overhead does not show."""
 
 
 class ChecksumError(FormatError):
@@ -45,14 +52,15 @@ def read_manifest(storage: Storage, step: int) -> Manifest:
     return manifest
 
 
-def verify(data: bytes, fragment: Fragment, byte_start: int, chunk: int) -> None:
+def verify(data: bytes | bytearray | memoryview, fragment: Fragment, byte_start: int, chunk: int) -> None:
     """Check the chunk checksums of `data`, the fragment's bytes from chunk-aligned `byte_start`."""
-    for i, pos in enumerate(range(0, max(len(data), 1), chunk)):
+    view = memoryview(data).cast("B") if not isinstance(data, memoryview) or data.format != "B" else data
+    for i, pos in enumerate(range(0, max(view.nbytes, 1), chunk)):
         index = byte_start // chunk + i
-        if zlib.crc32(data[pos : pos + chunk]) != fragment.checksums[index]:
+        if crc32(view[pos : pos + chunk]) != fragment.checksums[index]:
             raise ChecksumError(
                 f"{fragment.file}: checksum mismatch in bytes [{fragment.offset + byte_start + pos}, "
-                f"+{min(chunk, len(data) - pos)}) of fragment {fragment.box}"
+                f"+{min(chunk, view.nbytes - pos)}) of fragment {fragment.box}"
             )
 
 
@@ -79,33 +87,41 @@ class Sources:
                     self._local_ok[file] = False
             return self._local_ok[file]
 
-    def fetch(self, fragment: Fragment, start: int, end: int) -> bytes:
+    def fetch(self, fragment: Fragment, start: int, end: int) -> bytearray:
         """Verified bytes `[start, end)` of a fragment (chunk-aligned `start`)."""
+        out = bytearray(end - start)
+        self.fetch_into(fragment, start, memoryview(out))
+        return out
+
+    def fetch_into(self, fragment: Fragment, start: int, out: memoryview) -> None:
+        """Fill `out` with the verified bytes of a fragment from chunk-aligned `start`.
+
+        On a checksum mismatch `out` holds the bad bytes and ChecksumError is raised (after the local
+        tier's copy failed, the durable tier's is read into `out` instead)."""
         key = join_key(step_dir(self.manifest.step), fragment.file)
-        absolute = (fragment.offset + start, fragment.offset + end)
+        absolute = fragment.offset + start
         if self._has_local(fragment.file):
             assert self.local is not None
             try:
-                data = self.local.get_range(key, *absolute)
-                verify(data, fragment, start, self.manifest.chunk_bytes)
-                self._count("local", len(data))
-                return data
+                self.local.read_into(key, absolute, out)
+                verify(out, fragment, start, self.manifest.chunk_bytes)
+                self._count("local", out.nbytes)
+                return
             except (StorageError, ChecksumError) as exc:
                 log.warning("local tier copy unusable, reading the durable tier instead: %s", exc)
         try:
-            data = self.durable.get_range(key, *absolute)
+            self.durable.read_into(key, absolute, out)
         except NotFoundError as exc:
             raise FormatError(f"committed checkpoint is missing a shard file: {exc}") from exc
-        verify(data, fragment, start, self.manifest.chunk_bytes)
-        self._count("durable", len(data))
-        return data
+        verify(out, fragment, start, self.manifest.chunk_bytes)
+        self._count("durable", out.nbytes)
 
     def _count(self, tier: str, n: int) -> None:
         with self._lock:
             self.bytes_by_tier[tier] += n
 
 
-def _as_tensor(data: bytes, dtype: str) -> torch.Tensor:
+def _as_tensor(data: bytes | bytearray, dtype: str) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a read-only buffer: we only read from it
         return (
@@ -115,7 +131,7 @@ def _as_tensor(data: bytes, dtype: str) -> torch.Tensor:
         )
 
 
-def place(dst: torch.Tensor, target: Box, read: Read, data: bytes, dtype: str) -> None:
+def place(dst: torch.Tensor, target: Box, read: Read, data: bytes | bytearray, dtype: str) -> None:
     """Copy the overlap of `read` from `data` into `dst`, the tensor holding `target`."""
     src_flat = _as_tensor(data, dtype)
     frag = read.fragment
@@ -130,8 +146,22 @@ def place(dst: torch.Tensor, target: Box, read: Read, data: bytes, dtype: str) -
     dst[index].copy_(src)
 
 
-def read_box(sources: Sources, path: str, target: Box, layout: str, pool: object = None) -> torch.Tensor:
-    """A new tensor (saved dtype, shaped like `target`) holding that box of tensor `path`, verified."""
+def _contiguous_range(shape: tuple[int, ...], box: Box, within: Box) -> tuple[int, int] | None:
+    """The flat element range `box` covers inside the row-major `within` (of `shape`), if contiguous."""
+    first, end = covering_element_range(shape, relative(box, within), box.shape)
+    return (first, end) if end - first == box.numel else None
+
+
+def fill_tasks(
+    sources: Sources, path: str, target: Box, layout: str, dst: torch.Tensor
+) -> list[Callable[[], None]]:
+    """Tasks that together fill `dst` (holding `target` of tensor `path`) with verified saved bytes.
+
+    `dst` must be a contiguous CPU tensor of the saved dtype. Where an overlap is one contiguous byte
+    run in both the saved fragment and `dst`, its whole checksum chunks are read straight into
+    `dst`'s memory and verified there (no intermediate copy); only partial chunks at its ends, and
+    overlaps that are not contiguous, go through a scratch buffer. The tasks write disjoint parts
+    of `dst`, so they may run in parallel; each raises FormatError/StorageError on bad input."""
     entry = sources.manifest.tensors.get(path)
     if entry is None:
         raise FormatError(f"checkpoint of step {sources.manifest.step} has no tensor {path!r}")
@@ -140,16 +170,76 @@ def read_box(sources: Sources, path: str, target: Box, layout: str, pool: object
     space = (math.prod(entry.shape),) if layout == "flat" else entry.shape
     if not target.within(space):
         raise FormatError(f"{path}: target slice {target} does not fit the saved shape {entry.shape}")
-    out = torch.empty(target.shape, dtype=ST_TO_TORCH[entry.dtype])
+    if dst.device.type != "cpu" or not dst.is_contiguous() or dst.dtype != ST_TO_TORCH[entry.dtype]:
+        raise ValueError(f"{path}: fill target must be a contiguous CPU {entry.dtype} tensor")
     in_space, reads = plan_reads(entry, target, layout, sources.manifest.chunk_bytes)
-    datas = (
-        list(pool.map(lambda r: sources.fetch(r.fragment, r.byte_start, r.byte_end), reads))  # type: ignore[attr-defined]
-        if pool is not None
-        else [sources.fetch(r.fragment, r.byte_start, r.byte_end) for r in reads]
-    )
-    for read, data in zip(reads, datas, strict=True):
-        place(out, in_space, read, data, entry.dtype)
+    raw: Any = dst.reshape(-1).view(torch.uint8).numpy()  # shares dst's memory
+    dst_bytes = memoryview(raw) if dst.numel() else memoryview(b"")
+    tasks: list[Callable[[], None]] = []
+    for read in reads:
+        tasks += _read_tasks(sources, in_space, read, dst=dst, dst_bytes=dst_bytes, dtype=entry.dtype)
+    return tasks
+
+
+def _read_tasks(
+    sources: Sources, in_space: Box, read: Read, *, dst: torch.Tensor, dst_bytes: memoryview, dtype: str
+) -> list[Callable[[], None]]:
+    frag, chunk, size = read.fragment, sources.manifest.chunk_bytes, ITEMSIZE[dtype]
+    in_fragment = _contiguous_range(frag.box.shape, read.overlap, frag.box)
+    in_dst = _contiguous_range(in_space.shape, read.overlap, in_space)
+
+    def generic() -> None:
+        place(dst, in_space, read, sources.fetch(frag, read.byte_start, read.byte_end), dtype)
+
+    if in_fragment is None or in_dst is None:
+        return [generic]
+    lo, hi, at = in_fragment[0] * size, in_fragment[1] * size, in_dst[0] * size
+    whole_lo = -(-lo // chunk) * chunk
+    whole_hi = hi if hi == frag.length else hi // chunk * chunk
+    if whole_lo >= whole_hi:
+        return [generic]
+
+    def partial(chunk_start: int, a: int, b: int) -> Callable[[], None]:
+        def run() -> None:  # a partial chunk: read and verify all of it, keep bytes [a, b)
+            data = sources.fetch(frag, chunk_start, min(chunk_start + chunk, frag.length))
+            dst_bytes[at + a - lo : at + b - lo] = memoryview(data)[a - chunk_start : b - chunk_start]
+
+        return run
+
+    def direct(a: int, b: int) -> Callable[[], None]:
+        return lambda: sources.fetch_into(frag, a, dst_bytes[at + a - lo : at + b - lo])
+
+    step = max(chunk, READ_BYTES // chunk * chunk)
+    tasks = [direct(a, min(a + step, whole_hi)) for a in range(whole_lo, whole_hi, step)]
+    if lo < whole_lo:
+        tasks.append(partial(whole_lo - chunk, lo, whole_lo))
+    if whole_hi < hi:
+        tasks.append(partial(whole_hi, whole_hi, hi))
+    return tasks
+
+
+def read_box(
+    sources: Sources, path: str, target: Box, layout: str, pool: concurrent.futures.Executor | None = None
+) -> torch.Tensor:
+    """A new tensor (saved dtype, shaped like `target`) holding that box of tensor `path`, verified."""
+    entry = sources.manifest.tensors.get(path)
+    if entry is None:
+        raise FormatError(f"checkpoint of step {sources.manifest.step} has no tensor {path!r}")
+    out = torch.empty(target.shape, dtype=ST_TO_TORCH[entry.dtype])
+    run_tasks(fill_tasks(sources, path, target, layout, out), pool)
     return out
+
+
+def run_tasks(tasks: list[Callable[[], None]], pool: concurrent.futures.Executor | None) -> None:
+    """Run `tasks` (on `pool` when given) and re-raise the first failure once all have finished."""
+    if pool is None:
+        for task in tasks:
+            task()
+        return
+    futures = [pool.submit(task) for task in tasks]
+    concurrent.futures.wait(futures)
+    for future in futures:
+        future.result()
 
 
 def verify_all(sources: Sources) -> list[str]:

@@ -40,6 +40,11 @@ class Storage(Protocol):
         """Bytes `[start, end)` of `key`; raises `NotFoundError`, or `StorageError` on a short read."""
         ...
 
+    def read_into(self, key: str, start: int, out: memoryview) -> None:
+        """Fill `out` (writable bytes) with bytes `[start, start + len(out))` of `key`, copying nothing
+        on the way where the tier can; `NotFoundError`, or `StorageError` on a short read."""
+        ...
+
     def get(self, key: str) -> bytes:
         """The whole object."""
         ...

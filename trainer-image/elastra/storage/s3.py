@@ -153,6 +153,13 @@ class S3Storage:
             raise StorageError(f"S3 ranged GET {key}: got {len(data)} bytes, wanted {end - start}")
         return data
 
+    def read_into(self, key: str, start: int, out: memoryview) -> None:
+        view = out.cast("B") if out.format != "B" else out
+        if view.nbytes == 0:
+            return
+        data = self.get_range(key, start, start + view.nbytes)
+        view[:] = data
+
     def get(self, key: str) -> bytes:
         try:
             data: bytes = self._client.get_object(Bucket=self._bucket, Key=self._key(key))["Body"].read()

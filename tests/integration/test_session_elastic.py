@@ -153,7 +153,8 @@ def test_request_is_taken_at_one_step_and_sigterm_saves(tmp_path: pathlib.Path) 
     control = tmp_path / "control"
     control.mkdir()
     ck = tmp_path / "ck"
-    env = {"ELASTRA_CONTROL_DIR": str(control), "ELASTRA_GENERATION": "2"}
+    local = tmp_path / "local"
+    env = {"ELASTRA_CONTROL_DIR": str(control), "ELASTRA_GENERATION": "2", "ELASTRA_LOCAL_DIR": str(local)}
     write_atomic(control / CONTROL_FILE, ControlMessage(generation=2))
     procs = _launch(
         2, [*COMMON, "--steps", "100000", "--every-steps", "100000", "--step-sleep", "0.05",
@@ -175,6 +176,7 @@ def test_request_is_taken_at_one_step_and_sigterm_saves(tmp_path: pathlib.Path) 
         assert report["requestId"] == "r-1"
         assert report["worldSize"] == 2 and report["generation"] == 2
         assert report["manifestDigest"].startswith("sha256:")
+        assert report["tiers"] == ["local", "durable"]
         requested_step = report["step"]
         assert (ck / f"step-{requested_step}" / "manifest.json").exists()
         _wait_for(lambda: all((_status(control, r) or WorkerStatus(rank=r, generation=0)).ack_request == "r-1"
@@ -196,6 +198,9 @@ def test_request_is_taken_at_one_step_and_sigterm_saves(tmp_path: pathlib.Path) 
     (step,) = emergency
     assert step is not None and step > requested_step
     assert (ck / f"step-{step}" / "manifest.json").exists()
+    assert (local / f"step-{step}" / "manifest.json").exists(), (
+        "the emergency checkpoint is not in the local tier"
+    )
 
 
 def test_time_based_saves_are_taken_at_the_same_step_by_all_ranks(tmp_path: pathlib.Path) -> None:

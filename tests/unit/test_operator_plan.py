@@ -236,7 +236,7 @@ CASES = [
         ],
         nodes(3),
         [],
-        {"failures": 1, "phase": "Rescaling"},
+        {"failures": 1, "phase": "Rescaling", "failure_reason": "ExitCode137"},
         id="peer-lost-error-beside-a-killed-rank-is-retryable",
     ),
     pytest.param(
@@ -252,7 +252,12 @@ CASES = [
         [*peer_lost(0, 1, ago=10), *running(2)],
         nodes(3),
         [ckpt(40)],
-        {"m": (2, "Run", ["tj-w-0", "tj-w-1"]), "failures": 1, "deleted_pods": []},
+        {
+            "m": (2, "Run", ["tj-w-0", "tj-w-1"]),
+            "failures": 1,
+            "deleted_pods": [],
+            "failure_reason": "Unresponsive",
+        },
         id="only-peer-errors-after-settling-leave-the-silent-member-out",
     ),
     pytest.param(
@@ -260,7 +265,7 @@ CASES = [
         peer_lost(0, 1, 2, ago=10),
         nodes(3),
         [ckpt(40)],
-        {"m": (2, "Run", ["tj-w-0", "tj-w-1", "tj-w-2"]), "failures": 1},
+        {"m": (2, "Run", ["tj-w-0", "tj-w-1", "tj-w-2"]), "failures": 1, "failure_reason": "PeerLost"},
         id="everyone-lost-a-peer-restarts-everyone",
     ),
     pytest.param(
@@ -710,6 +715,8 @@ def _check(out: Summary, expect: dict[str, Any]) -> None:
             assert out.status is not None and out.status["worldSize"] == want
         elif key == "last_checkpoint":
             assert out.status is not None and out.status["lastCheckpoint"]["name"] == want
+        elif key == "failure_reason":
+            assert out.failure_labels == [want]
         elif key == "nothing":
             assert out == Summary()
         else:

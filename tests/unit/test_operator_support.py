@@ -202,6 +202,7 @@ class Summary:
     events: list[str] = field(default_factory=list)
     observed: list[str] = field(default_factory=list)
     job_deleted: bool = False
+    failure_labels: list[str] = field(default_factory=list)
     pod_manifests: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -232,8 +233,10 @@ def summarize(actions: tuple[Action, ...]) -> Summary:
                 out.status = status
             case Event(reason=reason):
                 out.events.append(reason)
-            case Observe(metric=metric):
+            case Observe(metric=metric, labels=labels):
                 out.observed.append(metric)
+                if metric == "failures":
+                    out.failure_labels.append(labels["reason"])
             case DeleteJob():
                 out.job_deleted = True
     return out

@@ -355,6 +355,8 @@ class _Pass:
             }
         )
         detail = ", ".join(f"{pod} ({why})" for pod, why in unplanned)
+        if self.suspects:
+            detail += f"; left out, silent since: {', '.join(sorted(self.suspects))}"
         limit = self.spec.run_policy.backoff_limit
         self.events.append(
             Event(
@@ -364,12 +366,20 @@ class _Pass:
                 warning=True,
             )
         )
-        for _, why in unplanned:
-            self.observations.append(Observe(metric="failures", labels={"reason": why.split(":")[0]}))
+        self.observations.append(Observe(metric="failures", labels={"reason": self.failure_label(unplanned)}))
         if failures > limit:
             self.finish("Failed", "BackoffLimitExceeded", f"{failures} failures, backoffLimit is {limit}")
             return True
         return False
+
+    def failure_label(self, unplanned: list[tuple[str, str]]) -> str:
+        """One low-cardinality cause for the metric: the first real cause, else who went silent."""
+        causes = [
+            why.split(":")[0] for _, why in unplanned if not why.startswith(f"WorkerFailed: {PEER_LOST}")
+        ]
+        if causes:
+            return causes[0]
+        return "Unresponsive" if self.suspects else PEER_LOST
 
     def gang_ready(self) -> bool:
         """Every kept pod runs, or the ones that do not have had startTimeoutSeconds to do so."""

@@ -11,14 +11,14 @@ import contextlib
 import json
 import logging
 import pathlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 from aiohttp import web
 
-from localcluster import discovery, protobuf, tables
+from localcluster import discovery, openapi, protobuf, schema, tables
 from localcluster.errors import ApiError
 from localcluster.patch import (
     APPLY_PATCH,
@@ -66,6 +66,21 @@ def _static(make: Callable[[], Any]) -> Callable[[web.Request], Awaitable[web.St
     return handler
 
 
+def _strict_fields(rt: ResourceType, query: Mapping[str, str], obj: Any) -> None:
+    """`fieldValidation=Strict` (kubectl's default): a custom resource with fields its schema would
+    prune is refused, as the real server does. Built-in kinds have no schema here and pass."""
+    if query.get("fieldValidation") != "Strict" or rt.schema is None or not isinstance(obj, dict):
+        return
+    unknown = schema.unknown_fields(rt.schema, obj)
+    if unknown:
+        listed = ", ".join(f'unknown field "{path}"' for path in unknown)
+        raise ApiError(
+            400,
+            f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: '
+            f"strict decoding error: {listed}",
+        )
+
+
 def _json(obj: Any, status: int = 200) -> web.Response:
     return web.Response(body=_dumps(obj), status=status, content_type="application/json")
 
@@ -107,6 +122,7 @@ class ApiServer:
         for path, make in static.items():
             self.app.router.add_get(path, _static(make))
         self.app.router.add_get("/openapi/v3/{path:.*}", self._openapi_v3)
+        self.app.router.add_get("/openapi/v2", self._openapi_v2)
         self.app.router.add_route("*", "/api/{path:.*}", self._dispatch)
         self.app.router.add_route("*", "/apis/{path:.*}", self._dispatch)
 
@@ -121,6 +137,14 @@ class ApiServer:
             return _json(exc.status(), exc.code)
         except (SelectorError, json.JSONDecodeError, yaml.YAMLError, ValueError, TypeError, KeyError) as exc:
             return _json(ApiError(400, f"bad request: {exc}").status(), 400)
+
+    async def _openapi_v2(self, request: web.Request) -> web.Response:
+        """Swagger 2.0: the gnostic protobuf when asked for (client-go asks for nothing else), else JSON."""
+        document = openapi.v2_document(self.store.served(), discovery.VERSION_INFO["gitVersion"])
+        if openapi.PROTOBUF_V2 in request.headers.get("Accept", ""):
+            # the real server answers protobuf as octet-stream ('@' is not valid in a Content-Type)
+            return web.Response(body=openapi.v2_protobuf(document), content_type="application/octet-stream")
+        return _json(document)
 
     async def _openapi_v3(self, request: web.Request) -> web.Response:
         parts = request.match_info["path"].split("/")
@@ -199,6 +223,7 @@ class ApiServer:
             return _json(obj)
         if method == "POST" and t.name is None:
             body = await self._body(request)
+            _strict_fields(t.rt, q, body)
             if q.get("dryRun"):
                 return _json(body, 201)
             return _json(self._versioned(t.rt, self.store.create(t.rt, ns, body)), 201)
@@ -206,6 +231,7 @@ class ApiServer:
             return _json(await self._pod_action(request, t), 201)
         if method == "PUT" and t.name is not None:
             body = await self._body(request)
+            _strict_fields(t.rt, q, body)
             return _json(
                 self._versioned(t.rt, self.store.update(t.rt, ns, t.name, body, subresource=t.subresource))
             )
@@ -294,6 +320,7 @@ class ApiServer:
             raise ApiError(409 if exc.conflict else 422, str(exc)) from exc
         if not isinstance(patched, dict):
             raise ApiError(422, "the patch did not produce an object")
+        _strict_fields(t.rt, request.query, patched)
         return _json(
             self._versioned(t.rt, self.store.update(t.rt, ns, t.name, patched, subresource=t.subresource))
         )

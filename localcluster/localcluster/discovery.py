@@ -5,10 +5,12 @@ kubectl reads to learn that the server validates fields itself. Pure: built from
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections import defaultdict
 from typing import Any
 
+from localcluster import openapi
 from localcluster.resources import VERBS, ResourceType
 
 VERSION_INFO = {
@@ -122,16 +124,20 @@ def openapi_v3_root(types: list[ResourceType]) -> dict[str, Any]:
     paths = {}
     for gv in sorted({(rt.group, rt.version) for rt in types}):
         doc = openapi_v3_group_version(types, *gv)
-        digest = hashlib.sha256(repr(sorted(doc["paths"])).encode()).hexdigest()[:16].upper()
+        canonical = json.dumps(doc, sort_keys=True).encode()  # kubectl caches each document by this hash
+        digest = hashlib.sha256(canonical).hexdigest()[:16].upper()
         paths[_gv_path(*gv)] = {"serverRelativeURL": f"/openapi/v3/{_gv_path(*gv)}?hash={digest}"}
     return {"paths": paths}
 
 
 def openapi_v3_group_version(types: list[ResourceType], group: str, version: str) -> dict[str, Any]:
     """One group/version's document: a PATCH operation per resource that names its kind and accepts
-    `fieldValidation`, so kubectl leaves validation to the server. No component schemas: kubectl then
-    computes apply patches from its built-in types (core kinds) or as merge patches (CRDs)."""
+    `fieldValidation`, so kubectl leaves validation to the server; component schemas for the kinds that
+    have one (CRDs: `kubectl explain`). A custom resource's PATCH lists its request body types, without
+    strategic merge, and built-in kinds list none: kubectl then computes apply patches from its built-in
+    types (core kinds) or as merge patches (CRDs), as it does against a real server."""
     paths: dict[str, Any] = {}
+    schemas: dict[str, Any] = {}
     for rt in types:
         if rt.group != group or rt.version != version:
             continue
@@ -146,18 +152,30 @@ def openapi_v3_group_version(types: list[ResourceType], group: str, version: str
             {"name": p, "in": "query", "schema": {"type": "string", "uniqueItems": True}}
             for p in ("dryRun", "fieldManager", "fieldValidation", "force")
         ]
+        patch: dict[str, Any] = {
+            "operationId": f"patch{rt.kind}",
+            "x-kubernetes-group-version-kind": gvk,
+            "parameters": params,
+            "responses": {},
+        }
+        schema = openapi.kind_schema(rt, v2=False)
+        if schema is not None:
+            name = openapi.definition_name(rt)
+            schemas[name] = schema
+            ref = {"schema": {"$ref": f"#/components/schemas/{name}"}}
+            patch["requestBody"] = {
+                "content": {
+                    media: {"schema": {"type": "object"}} for media in openapi.CUSTOM_RESOURCE_PATCH_TYPES
+                }
+            }
+            patch["responses"] = {"200": {"description": "OK", "content": {"application/json": ref}}}
         paths[path] = {
-            "patch": {
-                "operationId": f"patch{rt.kind}",
-                "x-kubernetes-group-version-kind": gvk,
-                "parameters": params,
-                "responses": {},
-            },
+            "patch": patch,
             "get": {"operationId": f"read{rt.kind}", "x-kubernetes-group-version-kind": gvk, "responses": {}},
         }
     return {
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": VERSION_INFO["gitVersion"]},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": schemas},
     }

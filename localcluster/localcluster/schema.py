@@ -76,6 +76,31 @@ def _default_and_prune(schema: dict[str, Any], value: Any) -> Any:
     return value
 
 
+def unknown_fields(schema: dict[str, Any], obj: Any, path: str = "") -> list[str]:
+    """Paths of the fields `apply_defaults` would prune (what `fieldValidation=Strict` refuses)."""
+    found: list[str] = []
+    if isinstance(obj, dict):
+        props = schema.get("properties")
+        additional = schema.get("additionalProperties")
+        keeps = _keeps_unknown(schema) or additional is True
+        for key, value in obj.items():
+            if not path and key in _SYSTEM_FIELDS:
+                continue
+            sub_path = f"{path}.{key}" if path else key
+            if props is not None and key in props:
+                found += unknown_fields(props[key], value, sub_path)
+            elif isinstance(additional, dict):
+                found += unknown_fields(additional, value, sub_path)
+            elif keeps:
+                continue
+            elif not path or props is not None or (schema.get("type") == "object" and additional is None):
+                found.append(sub_path)
+    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(obj):
+            found += unknown_fields(schema["items"], item, f"{path}[{i}]")
+    return found
+
+
 def validate(schema: dict[str, Any], obj: dict[str, Any]) -> list[FieldError]:
     """All validation failures of an object against a CRD version's openAPIV3Schema."""
     errors: list[FieldError] = []

@@ -235,6 +235,36 @@ def test_kopf_operator_watches_patches_status_and_posts_events(
         log.close()
 
 
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kubectl_explain_and_strict_apply_use_the_published_schemas(
+    cluster: LocalCluster, tmp_path: pathlib.Path
+) -> None:
+    kubectl(cluster, "apply", "-f", str(ROOT / "crds"))
+    explained = {
+        version: kubectl(cluster, "explain", "trainingjob.spec.replicas", *flags).stdout
+        for version, flags in (("v3", ()), ("v2", ("--output=plaintext-openapiv2",)))
+    }
+    for version, text in explained.items():
+        fields = dict(re.findall(r"^\s+(min|max)\s+(<\w+> -required-)", text, re.MULTILINE))
+        assert fields == {"min": "<integer> -required-", "max": "<integer> -required-"}, (version, text)
+        assert "Worker pod count range." in text, version
+
+    job = (ROOT / "examples" / "gpt_tiny" / "trainingjob.yaml").read_text().replace("gpt-tiny", "explained")
+    assert "created" in kubectl(cluster, "apply", "--validate=strict", "-f", "-", stdin=job).stdout
+    again = kubectl(cluster, "apply", "-f", "-", "-v=8", stdin=job.replace("max: 4", "max: 3"))
+    assert "Content-Type: application/merge-patch+json" in again.stderr  # as against a real server
+    bogus = job.replace("  nprocPerPod: 1", "  nprocPerPod: 1\n  bogusField: 2")
+    refused = kubectl(cluster, "apply", "-f", "-", stdin=bogus, check=False)
+    assert refused.returncode != 0 and 'unknown field "spec.bogusField"' in refused.stderr
+    kubectl(cluster, "apply", "--validate=false", "-f", "-", stdin=bogus)  # pruned, not refused
+    custom = client.CustomObjectsApi(config.new_client_from_config(config_file=cluster.kubeconfig))
+    stored = custom.get_namespaced_custom_object(
+        "elastra.dev", "v1alpha1", "default", "trainingjobs", "explained"
+    )
+    assert "bogusField" not in stored["spec"] and stored["spec"]["replicas"]["max"] == 4
+    custom.delete_namespaced_custom_object("elastra.dev", "v1alpha1", "default", "trainingjobs", "explained")
+
+
 def test_helm_installs_upgrades_and_uninstalls_a_chart(cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
     helm = pytest.importorskip("helm_python")
     chart = tmp_path / "tiny"

@@ -100,7 +100,7 @@ def test_quick_demo_shrinks_grows_and_reports(tmp_path: pathlib.Path) -> None:
     assert proc.returncode == 0, output[-5000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["phase"] == "Succeeded"
-    assert summary["final_step"] == 120
+    assert summary["final_step"] == 150
     assert summary["final_loss"] is not None and summary["final_loss"] < 3.0
     sizes = [size for _, size in summary["world_sizes"]]
     assert sizes == [4, 3, 4], summary["world_sizes"]

@@ -44,7 +44,7 @@ class DemoError(RuntimeError):
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="elastra demo", description=__doc__)
     p.add_argument("--out", default="demo-out", help="where summary.json, report.png and logs go")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 400; 120 with --quick)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 400; 150 with --quick)")
     p.add_argument(
         "--step-sleep",
         type=float,
@@ -165,7 +165,7 @@ class Demo:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.quick = bool(args.quick)
-        self.steps = args.steps or (120 if self.quick else 400)
+        self.steps = args.steps or (150 if self.quick else 400)
         self.step_sleep = args.step_sleep if args.step_sleep is not None else (0.3 if self.quick else 0.12)
         self.timeout = args.timeout or 280.0
         self.out = pathlib.Path(args.out).resolve()

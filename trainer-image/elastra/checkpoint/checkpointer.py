@@ -1,12 +1,13 @@
 """The `Checkpointer`: asynchronous sharded save, commit, retention, and reshard-on-restore.
 
 Save, per rank: agree on a save plan (one small collective on the training thread), **stage** the
-pieces this rank writes into a reusable host buffer (the only blocking part), then on a background
-thread **persist** the shard file to the local tier (tmp, fsync, rename), **upload** it to the durable
-tier, and **commit**: rank 0 gathers every rank's shard index and writes `manifest.json` only when
-every shard is durable. Checkpoint collectives run on two private gloo groups, one used only by the
-training thread and one only by the background thread, so they never interleave with training
-collectives or with each other.
+pieces this rank writes into a reusable host buffer (the only blocking part; with lazy staging it runs
+on the background thread too, and only the next mutation waits for it: `fence()` / `guard()`), then
+on a background thread **persist** the shard file to the local tier (tmp, fsync, rename), **upload**
+it to the durable tier, and **commit**: rank 0 gathers every rank's shard index and writes
+`manifest.json` only when every shard is durable. Checkpoint collectives run on two private gloo
+groups, one used only by the training thread and one only by the background thread, so they never
+interleave with training collectives or with each other.
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ import hashlib
 import json
 import logging
 import time
-import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.utils.hooks import RemovableHandle
 
 from elastra.checkpoint import faults
+from elastra.checkpoint.checksum import crc32
 from elastra.checkpoint.format import (
     CHUNK_BYTES,
     FORMAT_VERSION,
@@ -41,13 +43,14 @@ from elastra.checkpoint.geometry import Box
 from elastra.checkpoint.plan import Piece, RankWrites, SavePlan, checksum_chunks, plan_save
 from elastra.checkpoint.reader import Sources, fill_tasks, read_manifest, run_tasks
 from elastra.checkpoint.retention import apply_retention, committed_steps
-from elastra.checkpoint.staging import StagingBuffer
+from elastra.checkpoint.staging import StagingBuffer, StagingJob
 from elastra.checkpoint.state import ST_TO_TORCH, TensorLeaf, is_tensor_value, split_state, walk
 from elastra.storage import LocalStorage, S3Options, StorageError, join_key, open_storage
 
 log = logging.getLogger(__name__)
 
 BUSY_POLICIES = ("wait", "skip")
+STAGING_MODES = ("eager", "lazy")
 READ_THREADS = 4
 """Restore read tasks in flight per rank: reads and checksums release the GIL, and a few more
 threads than cores keep the disk queue full while others checksum."""
@@ -76,19 +79,32 @@ class CommitInfo:
 
 
 class SaveHandle:
-    """One `save()`: staging is done when you hold it; `wait()` blocks until it is committed."""
+    """One `save()`. `staged()` blocks until the state has been copied (at once for eager staging);
+    `wait()` blocks until the checkpoint is committed."""
 
     def __init__(
-        self, step: int, stall_seconds: float, future: concurrent.futures.Future[CommitInfo] | None
+        self,
+        step: int,
+        stall_seconds: float,
+        future: concurrent.futures.Future[CommitInfo] | None,
+        staging: concurrent.futures.Future[None] | None = None,
     ) -> None:
         self.step = step
         self.stall_seconds = stall_seconds
+        """Time `save()` blocked the caller (for lazy staging, without the later `staged()` wait)."""
         self.skipped = future is None
         """True when the save was skipped because the previous one was still in flight (policy `skip`)."""
         self._future = future
+        self._staging = staging
 
     def done(self) -> bool:
         return self._future is None or self._future.done()
+
+    def staged(self, timeout: float | None = None) -> None:
+        """Block until the state has been copied out (or the save failed before that); after this the
+        caller may mutate the state. A failure is not raised here: `wait()` reports it."""
+        if self._staging is not None:
+            concurrent.futures.wait([self._staging], timeout)
 
     def wait(self, timeout: float | None = None) -> CommitInfo | None:
         """The commit, or None for a skipped save; raises CheckpointError if the save failed."""
@@ -187,8 +203,16 @@ class Checkpointer:
         return [json.loads(t) for t in out]
 
     # ------------------------------------------------------------------ save
-    def save(self, step: int, state: object) -> SaveHandle:
-        """Stage `state` and return; persisting, uploading and committing continue in the background."""
+    def save(self, step: int, state: object, *, staging: str = "eager") -> SaveHandle:
+        """Stage `state`; persisting, uploading and committing continue in the background.
+
+        `staging="eager"` (the default) returns once the state has been copied: the caller may
+        mutate it at once. `staging="lazy"` returns right after the plan is agreed and copies on the
+        background thread, overlapping the caller's next forward and backward pass: the caller must
+        call `fence()` (or `handle.staged()`) before it next mutates the state, which `guard(optimizer)`
+        does before every optimizer step."""
+        if staging not in STAGING_MODES:
+            raise ValueError(f"staging must be one of {STAGING_MODES}, got {staging!r}")
         started = time.perf_counter()
         previous = self._inflight
         busy = previous is not None and not previous.done()
@@ -206,7 +230,7 @@ class Checkpointer:
             log.info("checkpoint of step %d skipped: the previous save is still in flight", step)
             return SaveHandle(step, time.perf_counter() - started, None)
         if self._plan_cache is not None and all(g["sig"] == self._plan_cache[0] for g in gathered):
-            plan = self._plan_cache[1]
+            plan = self._plan_cache[1]  # the layout is unchanged everywhere: no second collective
         else:
             everyone = self._all_gather([p.to_json() for p in pieces], self._control)
             plan = plan_save([[Piece.from_json(raw) for raw in rank_pieces] for rank_pieces in everyone])
@@ -215,21 +239,55 @@ class Checkpointer:
         faults.crash_point("stage", self.rank)
         mine = plan.writes[self.rank]
         by_key = {(x.path, x.box.offsets, x.box.shape): x for x in leaves}
-        staged = self._staging.stage(mine, by_key)
-        stall = time.perf_counter() - started
-        future = self._executor.submit(
-            self._persist_and_commit,
-            step=step,
-            plan=plan,
-            mine=mine,
-            staged=staged,
-            values=values,
-            stall=stall,
-            started=started,
-        )
-        handle = SaveHandle(step, stall, future)
+        job = self._staging.prepare(mine, by_key)
+        staged_future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        common: dict[str, Any] = {"step": step, "plan": plan, "mine": mine, "values": values,
+                                  "started": started}  # fmt: skip
+        if staging == "eager":
+            staged = self._staging.copy(job)
+            staged_future.set_result(None)
+            stall = time.perf_counter() - started
+            future = self._executor.submit(self._persist_and_commit, staged=staged, stall=stall, **common)
+        else:
+            stall = time.perf_counter() - started
+            future = self._executor.submit(self._stage_persist_and_commit, job, staged_future, stall, common)
+        handle = SaveHandle(step, stall, future, staged_future)
         self._inflight = handle
         return handle
+
+    def _stage_persist_and_commit(
+        self, job: StagingJob, staged_future: concurrent.futures.Future[None], stall: float,
+        common: dict[str, Any],
+    ) -> CommitInfo:  # fmt: skip
+        """Lazy staging, on the background thread: copy, release `fence()`, then persist as usual.
+
+        A failed copy still takes part in the commit round (as this rank's error), so the other ranks
+        learn the step failed instead of waiting for this one."""
+        staged: memoryview | str
+        try:
+            staged = self._staging.copy(job)
+        except Exception as exc:
+            log.exception("checkpoint step %d: staging failed", common["step"])
+            staged = f"rank {self.rank}: staging failed: {exc}"
+        finally:
+            staged_future.set_result(None)  # on failure too: nothing will read the state any more
+        return self._persist_and_commit(staged=staged, stall=stall, **common)
+
+    def fence(self) -> None:
+        """Block until the in-flight save (if any) has copied the state; then it is safe to mutate it.
+
+        Needed only after `save(..., staging="lazy")`; cheap otherwise."""
+        if self._inflight is not None:
+            self._inflight.staged()
+
+    def guard(self, optimizer: torch.optim.Optimizer) -> RemovableHandle:
+        """Call `fence()` before every `optimizer.step()`, so lazy staging never sees a half-updated
+        state. Returns the hook's handle (`.remove()` undoes it)."""
+
+        def before_step(_optimizer: object, _args: object, _kwargs: object) -> None:
+            self.fence()
+
+        return optimizer.register_step_pre_hook(before_step)
 
     def wait(self) -> None:
         """Block until the in-flight save is committed; raises CheckpointError if it failed."""
@@ -238,10 +296,15 @@ class Checkpointer:
 
     def _persist_and_commit(
         self,
-        *, step: int, plan: SavePlan, mine: RankWrites, staged: memoryview, values: dict[str, Any],
+        *, step: int, plan: SavePlan, mine: RankWrites, staged: memoryview | str, values: dict[str, Any],
         stall: float, started: float,
     ) -> CommitInfo:  # fmt: skip
-        report = self._write_shard(step, mine, staged)
+        """`staged` is the staged bytes, or why staging failed (then this rank reports that error)."""
+        report = (
+            self._write_shard(step, mine, staged)
+            if isinstance(staged, memoryview)
+            else {"ok": False, "error": staged}
+        )
         faults.crash_point("commit", self.rank)
         reports = self._all_gather(report, self._commit)
         failures = [r["error"] for r in reports if not r["ok"]]
@@ -292,7 +355,7 @@ class Checkpointer:
             fragments = []
             for placed in mine.pieces:
                 data = staged[placed.data_offset : placed.data_offset + placed.piece.nbytes]
-                crcs = [zlib.crc32(data[s:e]) for s, e in checksum_chunks(len(data), self.chunk_bytes)]
+                crcs = [crc32(data[s:e]) for s, e in checksum_chunks(len(data), self.chunk_bytes)]
                 box = placed.piece.box
                 start = len(header) + placed.data_offset
                 fragments.append(

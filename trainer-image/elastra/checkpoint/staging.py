@@ -1,18 +1,36 @@
 """Staging: copy the pieces a rank writes into one reusable, preallocated host buffer.
 
-This is the only part of a save that blocks the training loop. The buffer is allocated (and touched,
-so its pages are resident) once and grown only when a save needs more, so steady-state saves do no
-allocation and RSS stays flat. On CUDA the buffer is pinned and copies run on a side stream.
+The copy is the only part of a save that must happen before the training loop mutates its state. The
+buffer is allocated (and touched, so its pages are resident) once and grown only when a save needs
+more, so steady-state saves do no allocation and RSS stays flat. On CUDA the buffer is pinned and
+copies run on a side stream that first waits for the training thread's current stream.
+
+Staging is split in two so that the copy can run off the training thread (lazy staging):
+`prepare` runs on the training thread (buffer, stream ordering), `copy` anywhere, once.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from elastra.checkpoint.plan import RankWrites
 from elastra.checkpoint.state import ST_TO_TORCH, TensorLeaf
+
+
+@dataclass(frozen=True, slots=True)
+class StagingJob:
+    """One prepared copy: what to copy where, and the CUDA stream (if any) it runs on."""
+
+    writes: RankWrites
+    sources: tuple[torch.Tensor, ...]
+    """The live tensors, in `writes.pieces` order."""
+    buffer: torch.Tensor
+    """The (pinned, on CUDA) uint8 host buffer the pieces are copied into."""
+    stream: torch.cuda.Stream | None
+    """Side stream already ordered after the training thread's work; None on CPU."""
 
 
 class StagingBuffer:
@@ -31,34 +49,48 @@ class StagingBuffer:
             self.allocations += 1
         return self._buffer
 
+    def prepare(
+        self, writes: RankWrites, leaves: dict[tuple[str, tuple[int, ...], tuple[int, ...]], TensorLeaf]
+    ) -> StagingJob:
+        """On the training thread: the buffer for `writes`, and on CUDA a side stream that will copy
+        only after the work already queued on the current stream (the step that produced the state)."""
+        sources = tuple(leaves[placed.piece.key].local for placed in writes.pieces)
+        on_cuda = any(t.is_cuda for t in sources)
+        buffer = self._ensure(writes.data_bytes, pin=on_cuda)
+        stream = None
+        if on_cuda:
+            if self._stream is None:
+                self._stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+            self._stream.wait_stream(torch.cuda.current_stream())
+            stream = self._stream
+        return StagingJob(writes=writes, sources=sources, buffer=buffer, stream=stream)
+
+    @staticmethod
+    def copy(job: StagingJob) -> memoryview:
+        """Copy every piece into the buffer at its data offset (any thread); returns the bytes staged.
+
+        When this returns, the copies are complete: the caller may mutate its tensors."""
+        if job.stream is not None:
+            with torch.cuda.stream(job.stream):
+                StagingBuffer._copy(job, non_blocking=True)
+            job.stream.synchronize()
+        else:
+            StagingBuffer._copy(job, non_blocking=False)
+        array: Any = job.buffer.numpy()
+        return memoryview(array)[: job.writes.data_bytes]
+
     def stage(
         self, writes: RankWrites, leaves: dict[tuple[str, tuple[int, ...], tuple[int, ...]], TensorLeaf]
     ) -> memoryview:
-        """Copy every piece of `writes` into the buffer at its data offset; returns the bytes staged.
-
-        When this returns, the copies are complete: the caller may mutate its tensors."""
-        sources = [leaves[placed.piece.key].local for placed in writes.pieces]
-        on_cuda = any(t.is_cuda for t in sources)
-        buffer = self._ensure(writes.data_bytes, pin=on_cuda)
-        if on_cuda and self._stream is None:
-            self._stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
-        if on_cuda and self._stream is not None:
-            self._stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self._stream):
-                self._copy(writes, sources, buffer, non_blocking=True)
-            self._stream.synchronize()
-        else:
-            self._copy(writes, sources, buffer, non_blocking=False)
-        array: Any = buffer.numpy()
-        return memoryview(array)[: writes.data_bytes]
+        """`prepare` then `copy` on the calling thread (eager staging)."""
+        return self.copy(self.prepare(writes, leaves))
 
     @staticmethod
-    def _copy(
-        writes: RankWrites, sources: list[torch.Tensor], buffer: torch.Tensor, non_blocking: bool
-    ) -> None:
-        for placed, source in zip(writes.pieces, sources, strict=True):
-            piece = placed.piece
-            dst = buffer[placed.data_offset : placed.data_offset + piece.nbytes]
-            dst.view(ST_TO_TORCH[piece.dtype]).view(piece.box.shape).copy_(
-                source.detach(), non_blocking=non_blocking
-            )
+    def _copy(job: StagingJob, non_blocking: bool) -> None:
+        with torch.no_grad():
+            for placed, source in zip(job.writes.pieces, job.sources, strict=True):
+                piece = placed.piece
+                dst = job.buffer[placed.data_offset : placed.data_offset + piece.nbytes]
+                dst.view(ST_TO_TORCH[piece.dtype]).view(piece.box.shape).copy_(
+                    source.detach(), non_blocking=non_blocking
+                )

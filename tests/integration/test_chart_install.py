@@ -67,9 +67,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 def helm_config(cluster: LocalCluster, namespace: str) -> helm.Config:
-    # Release records go to the "memory" driver (they live as long as this Config): localcluster's API
-    # server answers JSON only, and Helm's Secret storage driver sends protobuf.
-    return helm.Config(kubeconfig_path=cluster.kubeconfig, namespace=namespace, storage_driver="memory")
+    # Helm's default storage driver: release records are Secrets in the release namespace (client-go
+    # sends them as protobuf; localcluster decodes those).
+    return helm.Config(kubeconfig_path=cluster.kubeconfig, namespace=namespace)
 
 
 def install(
@@ -113,6 +113,36 @@ def test_install_creates_every_object(
         "elastra",
         "operator",
     ]
+
+
+def release_secrets(api: Api, namespace: str, release: str) -> list[str]:
+    found = api.get(f"/api/v1/namespaces/{namespace}/secrets?labelSelector=owner%3Dhelm%2Cname%3D{release}")
+    assert found is not None
+    return sorted(item["metadata"]["name"] for item in found["items"])
+
+
+def test_release_records_live_in_secrets_through_upgrade_and_uninstall(cluster: LocalCluster) -> None:
+    api = Api(cluster.kubeconfig)
+    release = namespace = "stored"
+    values = {"scope": "namespaced", "peering": {"name": release}}
+    with helm_config(cluster, namespace) as config:
+        install(config, release, namespace, values)
+    assert release_secrets(api, namespace, release) == [f"sh.helm.release.v1.{release}.v1"]
+    with helm_config(cluster, namespace) as config:  # a new client finds the release in the cluster
+        assert [r["name"] for r in config.list()] == [release]
+        upgraded = config.upgrade(CHART, release, {**values, "replicaCount": 1}, namespace=namespace)
+        assert upgraded["revision"] == 2 and upgraded["status"] == "deployed"
+    deployment = api.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{release}-elastra")
+    assert deployment is not None and deployment["spec"]["replicas"] == 1
+    assert release_secrets(api, namespace, release) == [
+        f"sh.helm.release.v1.{release}.v1",
+        f"sh.helm.release.v1.{release}.v2",
+    ]
+    with helm_config(cluster, namespace) as config:
+        assert [h["revision"] for h in config.history(release)] == [1, 2]
+        config.uninstall(release)
+        assert config.list() == []
+    assert release_secrets(api, namespace, release) == []
 
 
 def test_uninstall_removes_the_templates_and_keeps_the_crds(cluster: LocalCluster) -> None:

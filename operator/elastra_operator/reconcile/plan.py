@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from elastra.api.membership import (
     AgentState,
@@ -32,6 +31,7 @@ from .actions import (
     WriteMembership,
 )
 from .checks import spec_problems
+from .facts import PEER_LOST, PEER_SETTLE_SECONDS, Facts, Failure
 from .outcomes import after_finish, invalid
 from .status import build_status, changed, set_condition, status_body
 from .views import CheckpointView, JobView, NodeView, OperatorRecord, PodView
@@ -53,27 +53,6 @@ def plan(
     if job.status.phase.finished:
         return after_finish(job, pods, now)
     return _Pass(job, pods, nodes, checkpoints, now).run()
-
-
-_READY = NodeView(name="", ready=True)
-PEER_LOST = "PeerLost"
-"""Agent failure reason prefix for a worker that died because a peer did: never permanent."""
-PEER_SETTLE_SECONDS = 5.0
-"""After a first `PeerLost` report, how long live members get to report theirs."""
-_REASON_CHARS = 160
-
-
-class _Failure(NamedTuple):
-    pod: str
-    reason: str
-    permanent: bool
-    peer_since: dt.datetime | None = None
-    """When the agent reported `PeerLost` (only a symptom); None for a cause."""
-
-
-def _permanent(code: int | None, retryable: tuple[int, ...]) -> bool:
-    """Exit codes 1-127 come from user code and are permanent unless listed; 128+ are signals: retryable."""
-    return code is not None and 1 <= code <= 127 and code not in retryable
 
 
 class _Pass:
@@ -120,58 +99,17 @@ class _Pass:
         self.completion: dt.datetime | None = job.status.completion_time
         self.creating = 0
         self.suspects: set[str] = set()
+        self.facts = Facts(nodes=self.nodes, membership=self.m, spec=self.spec, now=now)
         self.keep: list[PodView] = []
         self.leaving: list[PodView] = []
-
-    # ------------------------------------------------------------------ facts about pods and nodes
-    def node_lost(self, pod: PodView) -> bool:
-        if pod.node is None:
-            return False
-        node = self.nodes.get(pod.node)
-        if node is None:
-            return True
-        if node.ready or node.not_ready_since is None:
-            return False
-        return (
-            self.now - node.not_ready_since
-        ).total_seconds() >= self.spec.elastic.node_loss_timeout_seconds
-
-    def cordoned(self, pod: PodView) -> bool:
-        node = self.nodes.get(pod.node or "")
-        return node is not None and node.unschedulable
-
-    def loss(self, pod: PodView) -> str | None:
-        """Why the pod is gone for good (None while it can still train)."""
-        if pod.deleting:
-            return "Drained" if self.cordoned(pod) else "PodDeleted"
-        if pod.reason == "Evicted":
-            return "Evicted"
-        if self.node_lost(pod):
-            return "NodeLost"
-        if pod.phase == "Failed":
-            return f"ExitCode{pod.exit_code}" if pod.exit_code is not None else "PodFailed"
-        if pod.phase == "Unknown":
-            return "PodUnknown"
-        return None
-
-    def usable(self, pod: PodView) -> bool:
-        return self.loss(pod) is None and pod.phase in ("Pending", "Running")
-
-    def running(self, pod: PodView) -> bool:
-        return pod.phase == "Running" and bool(pod.ip) and bool(pod.node)
-
-    def in_generation(self, pod: PodView, state: AgentState) -> bool:
-        return (
-            pod.agent is not None and pod.agent.generation == self.m.generation and pod.agent.state is state
-        )
 
     # ------------------------------------------------------------------ the pass
     def run(self) -> tuple[Action, ...]:
         self.record_commits()
         members = [self.pods.get(m.pod) for m in self.m.members]
-        usable = sorted((p for p in self.pods.values() if self.usable(p)), key=self._order)
+        usable = sorted((p for p in self.pods.values() if self.facts.usable(p)), key=self._order)
         suspend = self.spec.run_policy.suspend
-        leaving = [p for p in usable if suspend or self.cordoned(p)]
+        leaving = [p for p in usable if suspend or self.facts.cordoned(p)]
         keep = [p for p in usable if p not in leaving]
         leaving += keep[self.spec.replicas.max :]
         keep = keep[: self.spec.replicas.max]
@@ -179,10 +117,10 @@ class _Pass:
         if not suspend:
             self.create_pods(usable)
         for pod in self.pods.values():
-            gone = not self.usable(pod) and pod.phase != "Succeeded"
-            if gone and (not pod.deleting or self.node_lost(pod)):
-                why = self.loss(pod) or pod.phase
-                self.deletes.append(DeletePod(name=pod.name, reason=why, force=self.node_lost(pod)))
+            gone = not self.facts.usable(pod) and pod.phase != "Succeeded"
+            if gone and (not pod.deleting or self.facts.node_lost(pod)):
+                why = self.facts.loss(pod) or pod.phase
+                self.deletes.append(DeletePod(name=pod.name, reason=why, force=self.facts.node_lost(pod)))
         if not self.check_deadline():
             if self.m.phase is MembershipPhase.RUN and self.m.members:
                 self.run_generation(members)
@@ -253,13 +191,13 @@ class _Pass:
     # ------------------------------------------------------------------ a running generation
     def run_generation(self, members: list[PodView | None]) -> None:
         if all(
-            p is not None and (p.phase == "Succeeded" or self.in_generation(p, AgentState.SUCCEEDED))
+            p is not None and (p.phase == "Succeeded" or self.facts.in_generation(p, AgentState.SUCCEEDED))
             for p in members
         ):
             self.finish("Succeeded", "AllRanksSucceeded", f"all {self.m.world_size} ranks exited 0")
             return
-        failed = self.failed_members(members)
-        if failed and self.any_node_unsure(members):
+        failed = self.facts.failed_members(members)
+        if failed and self.facts.any_node_unsure(members):
             self.phase = Phase.RESCALING  # wait: the NotReady node is either back or lost within the timeout
         elif failed and all(f.permanent for f in failed):
             detail = ", ".join(f"{f.pod} ({f.reason})" for f in failed)
@@ -274,27 +212,7 @@ class _Pass:
         else:
             self.planned_changes(members)
 
-    def failed_members(self, members: list[PodView | None]) -> list[_Failure]:
-        """Every member of the generation that is gone or failed."""
-        retryable = self.spec.run_policy.retryable_exit_codes
-        failed: list[_Failure] = []
-        for member, pod in zip(self.m.members, members, strict=True):
-            if pod is None:
-                failed.append(_Failure(member.pod, "PodDeleted", False))
-            elif (loss := self.loss(pod)) is not None:
-                permanent = pod.phase == "Failed" and _permanent(pod.exit_code, retryable)
-                failed.append(_Failure(pod.name, loss, permanent))
-            elif self.in_generation(pod, AgentState.FAILED):
-                assert pod.agent is not None
-                why = (pod.agent.reason or f"exit code {pod.agent.exit_code}")[:_REASON_CHARS]
-                peer = (pod.agent.reason or "").startswith(PEER_LOST)
-                permanent = not peer and _permanent(pod.agent.exit_code, retryable)
-                failed.append(
-                    _Failure(pod.name, f"WorkerFailed: {why}", permanent, pod.agent.time if peer else None)
-                )
-        return failed
-
-    def awaiting_culprit(self, members: list[PodView | None], failed: list[_Failure]) -> bool:
+    def awaiting_culprit(self, members: list[PodView | None], failed: list[Failure]) -> bool:
         """Only symptoms (`PeerLost`) reported: the member that broke the collective is among the silent
         ones. Give every live member `PEER_SETTLE_SECONDS` to report too; then leave the silent ones out
         of the next generation (a dead pod's last report still says Running)."""
@@ -310,15 +228,9 @@ class _Pass:
         self.suspects = silent
         return False
 
-    def stale(self, pod: PodView) -> bool:
-        """Its agent last said it runs an older generation: it missed the change (dead or cut off)."""
-        agent = pod.agent
-        running = (AgentState.RUNNING, AgentState.RESTORING)
-        return agent is not None and agent.generation < self.m.generation and agent.state in running
-
     def candidate(self, pod: PodView) -> bool:
         """May join the next generation: runs, and is not suspected dead."""
-        return self.running(pod) and not self.stale(pod) and pod.name not in self.suspects
+        return self.facts.running(pod) and not self.facts.stale(pod) and pod.name not in self.suspects
 
     def planned_changes(self, members: list[PodView | None]) -> None:
         """No failure: suspend, shrink or grow when asked to, else keep running."""
@@ -332,13 +244,6 @@ class _Pass:
             self.planned("ScaleUp")
         else:
             self.steady(members)
-
-    def any_node_unsure(self, members: list[PodView | None]) -> bool:
-        """A member sits on a NotReady node not yet declared lost: a peer's error may be its symptom."""
-        return any(
-            p is not None and not self.node_lost(p) and not self.nodes.get(p.node or "", _READY).ready
-            for p in members
-        )
 
     def count_failure(self, unplanned: list[tuple[str, str]]) -> bool:
         """Count this generation's failure once; True when the backoff limit is now exceeded."""
@@ -386,7 +291,9 @@ class _Pass:
         if self.creating:
             return False
         timeout = self.spec.elastic.start_timeout_seconds
-        return all(self.running(p) or (self.now - p.created_at).total_seconds() >= timeout for p in self.keep)
+        return all(
+            self.facts.running(p) or (self.now - p.created_at).total_seconds() >= timeout for p in self.keep
+        )
 
     def cooled_down(self) -> bool:
         last = self.r.last_rescale_at
@@ -439,7 +346,7 @@ class _Pass:
             >= self.spec.elastic.checkpoint_deadline_seconds
         ):
             self.new_m = self.new_m.model_copy(update={"checkpoint_request": None})
-        if all(p is not None and self.in_generation(p, AgentState.RUNNING) for p in members):
+        if all(p is not None and self.facts.in_generation(p, AgentState.RUNNING) for p in members):
             self.phase = Phase.RUNNING
             self.resumed(members)
         elif self.m.restore is not None:
@@ -479,7 +386,7 @@ class _Pass:
 
     # ------------------------------------------------------------------ generation changes
     def hold_generation(self) -> None:
-        running = [p for p in self.keep if self.running(p)]
+        running = [p for p in self.keep if self.facts.running(p)]
         if self.spec.run_policy.suspend:
             self.phase = Phase.SUSPENDED
             self.deletes.extend(DeletePod(name=p.name, reason="suspended") for p in self.leaving)
@@ -497,7 +404,7 @@ class _Pass:
     def transition(self, reason: str) -> None:
         """Write the next generation from the pods that run now, or Hold when they are too few."""
         running = [p for p in self.keep if self.candidate(p)]
-        pending = [p for p in self.keep if not self.running(p)]
+        pending = [p for p in self.keep if not self.facts.running(p)]
         minimum = self.spec.replicas.min
         if self.spec.run_policy.suspend:
             self.write_generation(MembershipPhase.HOLD, [], reason="Suspend")

@@ -1,0 +1,123 @@
+"""Pure facts about a job's pods and nodes at one instant: lost, usable, running, failed, stale."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from elastra.api.membership import AgentState, Membership
+from elastra.api.trainingjob import TrainingJobSpec
+
+from .views import NodeView, PodView
+
+READY = NodeView(name="", ready=True)
+PEER_LOST = "PeerLost"
+"""Agent failure reason prefix for a worker that died because a peer did: never permanent."""
+PEER_SETTLE_SECONDS = 5.0
+"""After a first `PeerLost` report, how long live members get to report theirs."""
+REASON_CHARS = 160
+
+
+class Failure(NamedTuple):
+    """A member of the running generation that is gone or failed."""
+
+    pod: str
+    reason: str
+    permanent: bool
+    peer_since: dt.datetime | None = None
+    """When the agent reported `PeerLost` (only a symptom); None for a cause."""
+
+
+def permanent_exit(code: int | None, retryable: tuple[int, ...]) -> bool:
+    """Exit codes 1-127 come from user code and are permanent unless listed; 128+ are signals: retryable."""
+    return code is not None and 1 <= code <= 127 and code not in retryable
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Facts:
+    """Judgements of pods against the nodes, the current generation and the spec's timeouts."""
+
+    nodes: Mapping[str, NodeView]
+    """Nodes by name."""
+    membership: Membership
+    """The current generation."""
+    spec: TrainingJobSpec
+    now: dt.datetime
+
+    def node_lost(self, pod: PodView) -> bool:
+        if pod.node is None:
+            return False
+        node = self.nodes.get(pod.node)
+        if node is None:
+            return True
+        if node.ready or node.not_ready_since is None:
+            return False
+        return (
+            self.now - node.not_ready_since
+        ).total_seconds() >= self.spec.elastic.node_loss_timeout_seconds
+
+    def cordoned(self, pod: PodView) -> bool:
+        node = self.nodes.get(pod.node or "")
+        return node is not None and node.unschedulable
+
+    def loss(self, pod: PodView) -> str | None:
+        """Why the pod is gone for good (None while it can still train)."""
+        if pod.deleting:
+            return "Drained" if self.cordoned(pod) else "PodDeleted"
+        if pod.reason == "Evicted":
+            return "Evicted"
+        if self.node_lost(pod):
+            return "NodeLost"
+        if pod.phase == "Failed":
+            return f"ExitCode{pod.exit_code}" if pod.exit_code is not None else "PodFailed"
+        if pod.phase == "Unknown":
+            return "PodUnknown"
+        return None
+
+    def usable(self, pod: PodView) -> bool:
+        return self.loss(pod) is None and pod.phase in ("Pending", "Running")
+
+    def running(self, pod: PodView) -> bool:
+        return pod.phase == "Running" and bool(pod.ip) and bool(pod.node)
+
+    def in_generation(self, pod: PodView, state: AgentState) -> bool:
+        return (
+            pod.agent is not None
+            and pod.agent.generation == self.membership.generation
+            and pod.agent.state is state
+        )
+
+    def failed_members(self, members: list[PodView | None]) -> list[Failure]:
+        """Every member of the generation that is gone or failed."""
+        retryable = self.spec.run_policy.retryable_exit_codes
+        failed: list[Failure] = []
+        for member, pod in zip(self.membership.members, members, strict=True):
+            if pod is None:
+                failed.append(Failure(member.pod, "PodDeleted", False))
+            elif (loss := self.loss(pod)) is not None:
+                permanent = pod.phase == "Failed" and permanent_exit(pod.exit_code, retryable)
+                failed.append(Failure(pod.name, loss, permanent))
+            elif self.in_generation(pod, AgentState.FAILED):
+                assert pod.agent is not None
+                why = (pod.agent.reason or f"exit code {pod.agent.exit_code}")[:REASON_CHARS]
+                peer = (pod.agent.reason or "").startswith(PEER_LOST)
+                permanent = not peer and permanent_exit(pod.agent.exit_code, retryable)
+                failed.append(
+                    Failure(pod.name, f"WorkerFailed: {why}", permanent, pod.agent.time if peer else None)
+                )
+        return failed
+
+    def stale(self, pod: PodView) -> bool:
+        """Its agent last said it runs an older generation: it missed the change (dead or cut off)."""
+        agent = pod.agent
+        running = (AgentState.RUNNING, AgentState.RESTORING)
+        return agent is not None and agent.generation < self.membership.generation and agent.state in running
+
+    def any_node_unsure(self, members: list[PodView | None]) -> bool:
+        """A member sits on a NotReady node not yet declared lost: a peer's error may be its symptom."""
+        return any(
+            p is not None and not self.node_lost(p) and not self.nodes.get(p.node or "", READY).ready
+            for p in members
+        )

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from localcluster.apiserver import ApiServer
 from localcluster.controllers import NodeLifecycle, Scheduler, record_event
+from localcluster.deployments import DeploymentController
 from localcluster.errors import ApiError
 from localcluster.kubelet import IpPool, Kubelet
 from localcluster.store import StorageKey, Store, WatchEvent, now_iso
@@ -121,6 +122,7 @@ class ClusterCore:
         self._tasks = [
             asyncio.create_task(Scheduler(self.store).run()),
             asyncio.create_task(NodeLifecycle(self.store, grace_s=self.config.node_grace_s).run()),
+            asyncio.create_task(DeploymentController(self.store).run()),
         ]
         if self.config.s3:
             from moto.server import ThreadedMotoServer

@@ -265,6 +265,41 @@ def test_kubectl_explain_and_strict_apply_use_the_published_schemas(
     custom.delete_namespaced_custom_object("elastra.dev", "v1alpha1", "default", "trainingjobs", "explained")
 
 
+def test_deployment_runs_replaces_scales_and_removes_its_pods(cluster: LocalCluster) -> None:
+    api = config.new_client_from_config(config_file=cluster.kubeconfig)
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    template = {
+        "metadata": {"labels": {"app": "sleeper"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "main", "image": "ignored", "command": ["sleep", "120"]}],
+        },
+    }
+    spec = {"replicas": 2, "selector": {"matchLabels": {"app": "sleeper"}}, "template": template}
+    apps.create_namespaced_deployment("default", {"metadata": {"name": "sleeper"}, "spec": spec})
+
+    def running() -> list[str]:
+        pods = core.list_namespaced_pod("default", label_selector="app=sleeper").items
+        return sorted(
+            p.metadata.name for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp
+        )
+
+    def ready(count: int) -> bool:
+        status = apps.read_namespaced_deployment("sleeper", "default").status
+        return (status.ready_replicas or 0) == count and len(running()) == count
+
+    until(lambda: ready(2))
+    first = running()
+    pod = core.read_namespaced_pod(first[0], "default")
+    assert pod.metadata.owner_references[0].kind == "Deployment" and pod.metadata.labels["app"] == "sleeper"
+    core.delete_namespaced_pod(first[0], "default")
+    until(lambda: ready(2) and first[0] not in running())
+    apps.patch_namespaced_deployment("sleeper", "default", {"spec": {"replicas": 1}})
+    until(lambda: ready(1))
+    apps.delete_namespaced_deployment("sleeper", "default")
+    until(lambda: not core.list_namespaced_pod("default", label_selector="app=sleeper").items)
+
+
 def test_helm_installs_upgrades_and_uninstalls_a_chart(cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
     helm = pytest.importorskip("helm_python")
     chart = tmp_path / "tiny"

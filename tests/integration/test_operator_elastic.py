@@ -140,3 +140,21 @@ def test_failed_worker_restarts_in_place_in_a_new_generation(make_harness: Calla
     assert after["failures"] == 1 and after["generation"] == before["generation"] + 1
     assert [m["pod"] for m in after["members"]] == ["flaky-w-0", "flaky-w-1"], "no pod was recreated"
     assert h.live_pods("flaky") == ["flaky-w-0", "flaky-w-1"]
+
+
+def test_two_operators_at_once_neither_duplicate_pods_nor_generations(
+    make_harness: Callable[[int], Harness],  # noqa: F811
+) -> None:
+    # No peering: the worst case. Deterministic names and conditional membership writes keep them honest.
+    h = make_harness(3)
+    h.start_operator(metrics=False)
+    h.create_job("twin")
+    before = h.wait(h.running("twin", 3), 40, "the job to run on 3 nodes")
+    assert before["generation"] == 1 and h.live_pods("twin") == ["twin-w-0", "twin-w-1", "twin-w-2"]
+    m = h.membership("twin")
+    assert m is not None
+    h.cluster.cordon(h.node_of(m.members[-1].pod))
+
+    after = h.wait(h.running("twin", 2, before["generation"]), 40, "one shrink")
+    assert after["generation"] == 2 and after["failures"] == 0
+    h.wait(lambda: len(h.live_pods("twin")) == 2, 20, "two pods")

@@ -59,32 +59,35 @@ class Harness:
         for crd in sorted((ROOT / "crds").glob("*.yaml")):
             ext.create_custom_resource_definition(yaml.safe_load(crd.read_text()))
         self.metrics_port = _free_port()
-        self.operator: subprocess.Popen[bytes] | None = None
+        self.operators: list[subprocess.Popen[bytes]] = []
         self.log = workdir / "operator.log"
         self.start_operator()
 
     # ------------------------------------------------------------------ the operator process
-    def start_operator(self) -> None:
+    def start_operator(self, *, metrics: bool = True) -> None:
+        """One more operator process (the first serves metrics on `metrics_port`)."""
         env = {**os.environ, "ELASTRA_RESYNC_SECONDS": "0.3"}
         argv = [str(ELASTRA), "operator", "--kubeconfig", self.cluster.kubeconfig, "--standalone"]
-        argv += ["--metrics-port", str(self.metrics_port)]
+        argv += ["--metrics-port", str(self.metrics_port if metrics else 0)]
         with self.log.open("ab") as log:
-            self.operator = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.operators.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
 
     def kill_operator(self) -> None:
-        """SIGKILL: no clean shutdown, exactly like a crashed or evicted operator pod."""
-        assert self.operator is not None
-        self.operator.send_signal(signal.SIGKILL)
-        self.operator.wait(10)
+        """SIGKILL every operator: no clean shutdown, exactly like a crashed or evicted operator pod."""
+        for proc in self.operators:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
 
     def close(self) -> None:
-        if self.operator is not None and self.operator.poll() is None:
-            self.operator.terminate()
-            try:
-                self.operator.wait(10)
-            except subprocess.TimeoutExpired:
-                self.operator.kill()
-                self.operator.wait(5)
+        for proc in self.operators:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
         self.cluster.stop()
 
     # ------------------------------------------------------------------ jobs

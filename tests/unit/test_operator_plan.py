@@ -428,6 +428,22 @@ CASES = [
         id="cordon-after-commit-shrinks-and-deletes-pod",
     ),
     pytest.param(
+        job(m=membership(1, ["tj-w-0", "tj-w-1"], request=request("ScaleDown", ago=5)), record=STARTED),
+        running(0, 1),
+        [node(0), node(1, unschedulable=True)],
+        [ckpt(50, committed=-1)],
+        {"m": (2, "Hold", []), "deleted_pods": ["tj-w-1"], "phase": "Pending", "failures": 0},
+        id="cordon-at-min-holds-and-deletes-the-leaving-pod",
+    ),
+    pytest.param(
+        job(m=hold(2), record=STARTED),
+        [*running(0, generation=2, state="Stopped"), pod(1)],
+        [node(0), node(1, unschedulable=True)],
+        [ckpt(50)],
+        {"m": None, "deleted_pods": ["tj-w-1"], "phase": "Pending"},
+        id="held-job-deletes-a-pod-on-a-cordoned-node",
+    ),
+    pytest.param(
         job(m=M3, record=STARTED, replicas={"max": 2}),
         running(0, 1, 2),
         nodes(3),

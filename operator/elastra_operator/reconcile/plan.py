@@ -386,10 +386,12 @@ class _Pass:
 
     # ------------------------------------------------------------------ generation changes
     def hold_generation(self) -> None:
-        running = [p for p in self.keep if self.facts.running(p)]
+        """Nobody trains: pods that leave go now; start when enough run."""
+        running = [p for p in self.keep if self.candidate(p)]
+        why = "suspended" if self.spec.run_policy.suspend else "leaves the job (held)"
+        self.deletes.extend(DeletePod(name=p.name, reason=why) for p in self.leaving)
         if self.spec.run_policy.suspend:
             self.phase = Phase.SUSPENDED
-            self.deletes.extend(DeletePod(name=p.name, reason="suspended") for p in self.leaving)
             return
         if len(running) >= self.spec.replicas.min and self.gang_ready():
             if self.r.started_at is None:
@@ -419,6 +421,9 @@ class _Pass:
             self.phase = Phase.RESTORING if self.new_m.restore is not None else Phase.STARTING
             return
         if len(running) + len(pending) + self.creating < minimum:
+            self.deletes.extend(
+                DeletePod(name=p.name, reason=f"leaves the job ({reason})") for p in self.leaving
+            )
             if self.m.phase is not MembershipPhase.HOLD or self.m.members:
                 self.write_generation(MembershipPhase.HOLD, [], reason=reason)
                 self.events.append(

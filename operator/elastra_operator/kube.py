@@ -116,6 +116,11 @@ def node_view(raw: dict[str, Any]) -> NodeView:
         unschedulable=bool((raw.get("spec") or {}).get("unschedulable")),
         labels=dict(raw["metadata"].get("labels") or {}),
         gpus=int(gpus),
+        taints=tuple(
+            (t.get("key") or "", t.get("value") or "", t.get("effect") or "")
+            for t in (raw.get("spec") or {}).get("taints") or []
+            if t.get("effect") in ("NoSchedule", "NoExecute")
+        ),
     )
 
 

@@ -110,3 +110,29 @@ def test_gpu_request(template: dict[str, Any], gpus: int) -> None:
 )
 def test_pod_index(name: str, index: int | None) -> None:
     assert manifests.pod_index("tj", name) == index
+
+
+@pytest.mark.parametrize(
+    ("tolerations", "taint", "ok"),
+    [
+        pytest.param([], ("gpu", "h100", "NoSchedule"), False, id="none"),
+        pytest.param(
+            [{"key": "gpu", "value": "h100"}], ("gpu", "h100", "NoSchedule"), True, id="equal-any-effect"
+        ),
+        pytest.param(
+            [{"key": "gpu", "value": "a100"}], ("gpu", "h100", "NoSchedule"), False, id="other-value"
+        ),
+        pytest.param(
+            [{"key": "gpu", "operator": "Exists"}], ("gpu", "h100", "NoExecute"), True, id="exists-key"
+        ),
+        pytest.param([{"operator": "Exists"}], ("anything", "", "NoSchedule"), True, id="exists-all"),
+        pytest.param(
+            [{"key": "gpu", "operator": "Exists", "effect": "NoExecute"}],
+            ("gpu", "", "NoSchedule"),
+            False,
+            id="other-effect",
+        ),
+    ],
+)
+def test_tolerates(tolerations: list[dict[str, str]], taint: tuple[str, str, str], ok: bool) -> None:
+    assert manifests.tolerates({"spec": {"tolerations": tolerations}}, taint) is ok

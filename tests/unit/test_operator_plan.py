@@ -105,6 +105,26 @@ CASES = [
     pytest.param(
         job(),
         [],
+        [node(0), node(1, taints=(("dedicated", "infer", "NoSchedule"),)), node(2)],
+        [],
+        {"created_pods": ["tj-w-0", "tj-w-1"]},
+        id="tainted-node-without-toleration-gets-no-pod",
+    ),
+    pytest.param(
+        job(
+            template={
+                "spec": {"containers": [{"name": "t", "image": "i"}], "tolerations": [{"operator": "Exists"}]}
+            }
+        ),
+        [],
+        [node(0), node(1, taints=(("dedicated", "infer", "NoSchedule"),)), node(2)],
+        [],
+        {"created_pods": ["tj-w-0", "tj-w-1", "tj-w-2"]},
+        id="tolerated-taint-is-capacity",
+    ),
+    pytest.param(
+        job(),
+        [],
         nodes(1),
         [],
         {

@@ -153,3 +153,17 @@ def test_job_view_with_unreadable_membership_starts_over_but_keeps_version() -> 
 def test_checkpoint_view_refuses_a_bad_spec() -> None:
     raw = {"metadata": {"name": "c"}, "spec": {"job": "tj", "step": 1, "uri": "/etc"}}
     assert checkpoint_view(raw) is None
+
+
+def test_node_view_keeps_only_scheduling_taints() -> None:
+    raw = {
+        "metadata": {"name": "n0"},
+        "spec": {
+            "taints": [
+                {"key": "a", "effect": "NoSchedule"},
+                {"key": "b", "value": "v", "effect": "PreferNoSchedule"},
+            ]
+        },
+        "status": {},
+    }
+    assert node_view(raw).taints == (("a", "", "NoSchedule"),)

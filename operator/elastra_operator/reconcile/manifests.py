@@ -56,6 +56,20 @@ def gpu_request(template: dict[str, Any]) -> int:
     return total
 
 
+def tolerates(template: dict[str, Any], taint: tuple[str, str, str]) -> bool:
+    """Pure: whether the pod template tolerates a node taint (Kubernetes toleration matching)."""
+    key, value, effect = taint
+    for tol in (template.get("spec") or {}).get("tolerations") or []:
+        if tol.get("effect") and tol["effect"] != effect:
+            continue
+        if tol.get("operator") == "Exists":
+            if not tol.get("key") or tol["key"] == key:
+                return True
+        elif tol.get("key") == key and (tol.get("value") or "") == value:
+            return True
+    return False
+
+
 def _env(job: JobView, name: str) -> list[dict[str, Any]]:
     spec = job.spec
     assert spec is not None

@@ -152,6 +152,7 @@ class _Pass:
             and n.name not in occupied
             and all(n.labels.get(k) == v for k, v in selector.items())
             and n.gpus >= gpus
+            and all(manifests.tolerates(self.spec.template, taint) for taint in n.taints)
         ]
         unscheduled = sum(1 for p in self.keep if p.node is None)
         want = min(self.spec.replicas.max - len(self.keep), len(free) - unscheduled)

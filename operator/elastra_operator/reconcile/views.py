@@ -87,6 +87,8 @@ class NodeView:
     labels: Mapping[str, str] = field(default_factory=dict)
     gpus: int = 0
     """Allocatable `nvidia.com/gpu`."""
+    taints: tuple[tuple[str, str, str], ...] = ()
+    """(key, value, effect) of its NoSchedule / NoExecute taints."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -21,6 +21,12 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip setuptools wheel
 	$(PIP) install --quiet "$(TORCH_SPEC)"
 	$(PIP) install --quiet -e ".[$(EXTRAS)]"
+	@# The three source roots also go on sys.path through a .pth file. setuptools' editable finder runs
+	@# after the path finder, so from the repository root the top-level `localcluster/` folder would
+	@# otherwise shadow the package as an empty namespace package (`python -m …`, `python -c …`).
+	$(PY) -c 'import pathlib, sysconfig; root = pathlib.Path.cwd(); \
+	  pth = pathlib.Path(sysconfig.get_paths()["purelib"]) / "elastra-source-roots.pth"; \
+	  pth.write_text("".join(f"{root / d}\n" for d in ("operator", "trainer-image", "localcluster")))'
 	@touch $(STAMP)
 
 # Debian packages some integration tests use (Prometheus for the scrape tests). Best effort: the
@@ -29,16 +35,16 @@ system-deps:
 	@bash .ci/system-deps.sh
 
 test: venv
-	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)
+	$(VENV)/bin/pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 unit: venv
-	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
 integration: venv
-	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+	$(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
 
 e2e: venv
-	$(PY) -m pytest tests/e2e --kubeconfig "$${KUBECONFIG:?set KUBECONFIG to a real cluster}" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest tests/e2e --kubeconfig "$${KUBECONFIG:?set KUBECONFIG to a real cluster}" $(PYTEST_ARGS)
 
 demo: venv
 	$(VENV)/bin/elastra demo --out demo-out

@@ -32,6 +32,10 @@ COLUMNS = 1024
 LAYERS = 4
 ENTRIES = ("weight", "exp_avg", "exp_avg_sq")
 """Per layer: a parameter and its two AdamW moments, as an optimizer-carrying state dict has."""
+COMPUTE_SIZE = 2048
+COMPUTE_MATMULS = 4
+"""The loop's forward/backward stand-in: this many [COMPUTE_SIZE]^2 float32 matmuls on the rank's one
+intra-op thread (about 0.4 s on the reference machine), the same fixed work for every method."""
 VALUE_MODULUS = 65521
 """Base values are (global element index mod this prime) + tensor index: exact in float32, and a
 resharding bug (wrong offset) shows as a mismatch."""
@@ -136,9 +140,12 @@ def fsync_path(path: pathlib.Path) -> None:
 class Saver:
     """How one method saves."""
 
-    save: Callable[[int, dict[str, DTensor]], Callable[[], object]]
+    save: Callable[[int, dict[str, DTensor]], Callable[[], float]]
     """save(step, state) blocks the training loop exactly as long as the method does and returns a
-    waiter that blocks until the checkpoint is durable (fsynced)."""
+    waiter that blocks until the checkpoint is durable (fsynced) and returns the seconds from the
+    save call until it was."""
+    fence: Callable[[], object] = lambda: None
+    """What the loop must call before it next mutates the state (Elastra's lazy staging only)."""
     finish: Callable[[], object] = lambda: None
     """Called once after the last save: wait for anything in flight, stop background threads."""
 
@@ -147,80 +154,169 @@ def make_saver(method: str, root: pathlib.Path, rank: int) -> Saver:
     """The Saver of `method`, writing its checkpoints under `root`."""
     if method == "torch_save":
 
-        def save_torch(step: int, state: dict[str, DTensor]) -> Callable[[], None]:
+        def save_torch(step: int, state: dict[str, DTensor]) -> Callable[[], float]:
+            start = time.perf_counter()
             path = root / f"step-{step}" / f"rank-{rank}.pt"
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save({k: v.to_local() for k, v in state.items()}, path)
-            # torch.save does not fsync; the durable time adds the fsync a careful caller would do.
-            return lambda: fsync_path(path)
+            saved = time.perf_counter() - start
+
+            def durable() -> float:
+                # torch.save does not fsync; the durable time adds the fsync a careful caller would do.
+                began = time.perf_counter()
+                fsync_path(path)
+                return saved + time.perf_counter() - began
+
+            return durable
 
         return Saver(save=save_torch)
     if method == "dcp_save":
 
-        def save_dcp(step: int, state: dict[str, DTensor]) -> Callable[[], None]:
+        def save_dcp(step: int, state: dict[str, DTensor]) -> Callable[[], float]:
             # FileSystemWriter's default sync_files=True fsyncs every file before save() returns.
+            start = time.perf_counter()
             dcp.save(state, checkpoint_id=str(root / f"step-{step}"))
-            return lambda: None
+            done = time.perf_counter() - start
+            return lambda: done
 
         return Saver(save=save_dcp)
     if method == "dcp_async_save":
 
-        def save_dcp_async(step: int, state: dict[str, DTensor]) -> Callable[[], object]:
+        def save_dcp_async(step: int, state: dict[str, DTensor]) -> Callable[[], float]:
+            start = time.perf_counter()
             response = dcp.async_save(state, checkpoint_id=str(root / f"step-{step}"))
             future = getattr(response, "upload_completion", response)
-            return future.result
+            finished: list[float] = []
+            future.add_done_callback(lambda _f: finished.append(time.perf_counter()))
+
+            def durable() -> float:
+                future.result()
+                while not finished:  # the callback runs right after the result is set
+                    time.sleep(0.001)
+                return finished[0] - start
+
+            return durable
 
         return Saver(save=save_dcp_async)
-    if method == "elastra":
+    if method in ("elastra", "elastra_lazy"):
         from elastra.checkpoint import Checkpointer
 
         checkpointer = Checkpointer(str(root), local_dir=None, keep=3, process_group=None)
+        staging = "lazy" if method == "elastra_lazy" else "eager"
 
-        def save_elastra(step: int, state: dict[str, DTensor]) -> Callable[[], object]:
-            return checkpointer.save(step, state).wait
+        def save_elastra(step: int, state: dict[str, DTensor]) -> Callable[[], float]:
+            handle = checkpointer.save(step, state, staging=staging)
+
+            def durable() -> float:
+                info = handle.wait()
+                assert info is not None
+                return info.commit_seconds  # save() called -> manifest committed, the engine's clock
+
+            return durable
 
         def finish() -> None:
             checkpointer.wait()
             checkpointer.close()
 
-        return Saver(save=save_elastra, finish=finish)
+        return Saver(save=save_elastra, fence=checkpointer.fence, finish=finish)
     raise ValueError(f"unknown method {method!r}")
 
 
+class Compute:
+    """The fixed compute phase of the loop (forward + backward stand-in)."""
+
+    def __init__(self) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.a = torch.randn(COMPUTE_SIZE, COMPUTE_SIZE, generator=gen)
+        self.b = torch.randn(COMPUTE_SIZE, COMPUTE_SIZE, generator=gen)
+        self.out = torch.empty(COMPUTE_SIZE, COMPUTE_SIZE)
+
+    def run(self) -> None:
+        for _ in range(COMPUTE_MATMULS):
+            torch.mm(self.a, self.b, out=self.out)
+
+
 def run_saves(args: argparse.Namespace, mesh: DeviceMesh) -> dict[str, Any]:
-    """`args.saves` rounds of: a training step (every value += 1), save, wait until durable."""
+    """Two phases on one state; every save is checked later against the increments it claims.
+
+    Saves alone (`args.saves` rounds): a mutation (every value += 1), save, wait until durable: the
+    durable time and the RSS after each save. Then the loop (`args.loop_rounds` rounds), each round a
+    pair of iterations on the same fixed work: without a save (compute, mutate) and with one (save,
+    compute, fence, mutate). The stall is the time the loop is blocked in the save call plus the fence
+    before the mutation; the loop overhead is (iteration with a save) - (iteration without).
+    """
     layout = state_layout(args.state_bytes, args.world)
     state = build_state(layout, mesh, args.rank, args.world, empty=False)
     root = pathlib.Path(args.dir)
     saver = make_saver(args.method, root, args.rank)
-    rss_before = rss_bytes()
-    stalls, durables, rss_after = [], [], []
-    for step in range(1, args.saves + 1):
+    increments = 0
+
+    def mutate() -> None:
+        nonlocal increments
         for tensor in state.values():
             tensor.to_local().add_(1.0)
-        dist.barrier()
-        start = time.perf_counter()
-        wait_durable = saver.save(step, state)
-        staged = time.perf_counter()
-        wait_durable()
-        durable = time.perf_counter()
-        stalls.append(staged - start)
-        durables.append(durable - start)
-        rss_after.append(rss_bytes())
+        increments += 1
+
+    def settle(step: int, wait_durable: Callable[[], float]) -> float:
+        durable = wait_durable()
         dist.barrier()
         # Peers keep every step; drop the one before (outside the timed region) to bound the disk.
         previous = root / f"step-{step - 1}"
-        if args.method != "elastra" and args.rank == 0 and previous.exists():
+        if not args.method.startswith("elastra") and args.rank == 0 and previous.exists():
             shutil.rmtree(previous)
+        return durable
+
+    rss_before = rss_bytes()
+    calls, durables, rss_after, saved_increments = [], [], [], {}
+    for step in range(1, args.saves + 1):
+        mutate()
+        dist.barrier()
+        start = time.perf_counter()
+        wait_durable = saver.save(step, state)
+        calls.append(time.perf_counter() - start)
+        saver.fence()
+        saved_increments[step] = increments
+        durables.append(settle(step, wait_durable))
+        rss_after.append(rss_bytes())
+    compute = Compute()
+    compute.run()  # warm up
+    stalls, overheads, plain_iterations = [], [], []
+    for round_ in range(args.loop_rounds):
+        step = args.saves + round_ + 1
+        dist.barrier()
+        start = time.perf_counter()
+        compute.run()
+        mutate()
+        plain = time.perf_counter() - start
+        dist.barrier()
+        start = time.perf_counter()
+        wait_durable = saver.save(step, state)
+        returned = time.perf_counter()
+        saved_increments[step] = increments
+        compute.run()
+        fenced = time.perf_counter()
+        saver.fence()
+        mutating = time.perf_counter()
+        mutate()
+        end = time.perf_counter()
+        stalls.append((returned - start) + (mutating - fenced))
+        overheads.append((end - start) - plain)
+        plain_iterations.append(plain)
+        settle(step, wait_durable)
     saver.finish()
     dist.barrier()
+    last = args.saves + args.loop_rounds
     return {
         "stall_s": stalls,
+        "loop_overhead_s": overheads,
+        "loop_iteration_s": plain_iterations,
+        "save_call_alone_s": calls,
         "durable_s": durables,
         "rss_after_each_save_bytes": rss_after,
         "rss_before_saves_bytes": rss_before,
         "peak_rss_bytes": peak_rss_bytes(),
-        "last_step": args.saves,
+        "last_step": last,
+        "last_increments": saved_increments[last],
     }
 
 
@@ -252,7 +348,7 @@ def run_restore(args: argparse.Namespace, mesh: DeviceMesh) -> dict[str, Any]:
         times.append(time.perf_counter() - start)
         if restored != step:
             raise RuntimeError(f"{args.method}: restored step {restored}, expected the newest {step}")
-        check_restored(args, saved_layout, state, shards, step)
+        check_restored(args, saved_layout, state, shards, args.last_increments)
         del shards
     return {"restore_s": times, "peak_rss_bytes": peak_rss_bytes(), "checkpoint_dir_bytes": evicted}
 
@@ -262,9 +358,9 @@ def check_restored(
     layout: list[TensorSpec],
     state: dict[str, DTensor],
     shards: list[dict[str, torch.Tensor]],
-    step: int,
+    increments: int,
 ) -> None:
-    """Raise unless every restored value equals what step `step` saved."""
+    """Raise unless every restored value equals the base values plus `increments` (what was saved)."""
     columns = COLUMNS // args.world
     for spec in layout:
         if shards:
@@ -275,7 +371,7 @@ def check_restored(
             mine = full[:, args.rank * columns : (args.rank + 1) * columns]
             pieces = [(state[spec.name].to_local(), mine)]
         for got, base in pieces:
-            if not torch.equal(got, base + step):
+            if not torch.equal(got, base + increments):
                 raise RuntimeError(f"{args.method}: restored {spec.name} differs from what was saved")
 
 
@@ -358,6 +454,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--io-rounds", type=int, default=3, help="floors: rounds of raw write and read")
     parser.add_argument("--rounds", type=int, default=3, help="restore: rounds (median)")
     parser.add_argument("--last-step", type=int, default=0)
+    parser.add_argument("--last-increments", type=int, default=0, help="restore: mutations before it")
+    parser.add_argument("--loop-rounds", type=int, default=5, help="save: rounds of the training loop")
     parser.add_argument("--dir", required=True, help="checkpoint root of this method")
     parser.add_argument("--result", required=True, help="where this rank writes its JSON")
     parser.add_argument("--threads", type=int, default=1)

@@ -6,9 +6,11 @@
 One run measures, on the same synthetic state (4 layers x weight + 2 AdamW moments, as DTensors
 sharded by rows over 2 gloo ranks) and the same disk:
 
-- per method, in a fresh 2-rank process group: the stall of each save (median), the time until it is
-  durable (fsynced; median), and the peak RSS of the ranks; for Elastra over 20 saves, with the RSS
-  after each;
+- per method, in a fresh 2-rank process group: saves alone (the time until each is durable, fsynced;
+  median; and the RSS after each; 20 saves for Elastra), then rounds of a training loop (a fixed
+  compute phase, then the mutation) with and without a save: the stall is the time the loop is
+  blocked (the save call plus, for Elastra's lazy staging, the fence before the mutation), and the
+  loop overhead is how much longer the iteration with a save took; medians; the peak RSS of the ranks;
 - per method, in a fresh 1-rank process: the restore of the newest checkpoint onto 1 rank (2→1),
   with the page cache of the checkpoint files evicted first, checked value for value; and for the
   methods that can reshard, in a fresh 2-rank group sharded by columns instead of rows (2→2);
@@ -128,18 +130,29 @@ def measure_floors(work: pathlib.Path, state_bytes: int, saves: int) -> dict[str
     }
 
 
-def measure_method(method: str, work: pathlib.Path, state_bytes: int, saves: int) -> dict[str, Any]:
+def measure_method(
+    method: str, work: pathlib.Path, state_bytes: int, saves: int, loop_rounds: int
+) -> dict[str, Any]:
     root = work / method
     root.mkdir(parents=True, exist_ok=True)
     common = [f"--state-bytes={state_bytes}", f"--dir={root}"]
-    ranks = launch("save", method, RANKS, work, [*common, f"--saves={saves}"])
+    ranks = launch("save", method, RANKS, work, [*common, f"--saves={saves}", f"--loop-rounds={loop_rounds}"])
     stalls = _report.slowest_rank_per_round([r["stall_s"] for r in ranks])
+    overheads = _report.slowest_rank_per_round([r["loop_overhead_s"] for r in ranks])
+    iterations = _report.slowest_rank_per_round([r["loop_iteration_s"] for r in ranks])
+    calls = _report.slowest_rank_per_round([r["save_call_alone_s"] for r in ranks])
     durables = _report.slowest_rank_per_round([r["durable_s"] for r in ranks])
     log(
-        f"  {method}: {saves} saves, stall median {_report.median(stalls):.3f} s, "
-        f"durable median {_report.median(durables):.3f} s; restoring 2→1"
+        f"  {method}: loop stall median {_report.median(stalls):.3f} s, loop overhead median "
+        f"{_report.median(overheads):.3f} s (iteration {_report.median(iterations):.3f} s), durable "
+        f"median {_report.median(durables):.3f} s; restoring 2→1"
     )
-    restore_args = [*common, f"--saved-world={RANKS}", f"--last-step={ranks[0]['last_step']}"]
+    restore_args = [
+        *common,
+        f"--saved-world={RANKS}",
+        f"--last-step={ranks[0]['last_step']}",
+        f"--last-increments={ranks[0]['last_increments']}",
+    ]
     restore = launch("restore", method, 1, work, restore_args)[0]
     resharded: list[float] | None = None
     if method != "torch_save":  # torch.save files cannot be resharded
@@ -152,7 +165,10 @@ def measure_method(method: str, work: pathlib.Path, state_bytes: int, saves: int
     ]
     entry: dict[str, Any] = {
         "stall_s": _report.median(stalls),
+        "loop_overhead_s": _report.median(overheads),
+        "loop_iteration_s": _report.median(iterations),
         "durable_s": _report.median(durables),
+        "save_call_alone_s": _report.median(calls),
         "restore_s": _report.median(restore["restore_s"]),
         "restore_samples_s": restore["restore_s"],
         "restore_resharded_s": None if resharded is None else _report.median(resharded),
@@ -162,10 +178,14 @@ def measure_method(method: str, work: pathlib.Path, state_bytes: int, saves: int
         "checkpoint_dir_bytes": restore["checkpoint_dir_bytes"],
         "rss_before_saves_bytes": max(r["rss_before_saves_bytes"] for r in ranks),
         "saves": saves,
+        "loop_rounds": loop_rounds,
         "stall_samples_s": stalls,
+        "loop_overhead_samples_s": overheads,
+        "loop_iteration_samples_s": iterations,
+        "save_call_alone_samples_s": calls,
         "durable_samples_s": durables,
     }
-    if method == "elastra":
+    if method.startswith("elastra"):
         entry["rss_after_each_save_bytes"] = rss_series
         entry["rss_growth_bytes"] = _report.rss_growth(rss_series)
     return entry
@@ -235,7 +255,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         default=int(os.environ.get("ELASTRA_BENCH_STATE_MB", FULL_STATE_MB)),
         help=f"MiB of state per rank (default {FULL_STATE_MB}; env ELASTRA_BENCH_STATE_MB)",
     )
-    parser.add_argument("--saves", type=int, default=5, help="saves per peer method (median over these)")
+    parser.add_argument(
+        "--saves", type=int, default=5, help="saves per peer method, and loop rounds per method (medians)"
+    )
     parser.add_argument("--methods", default=",".join(_report.METHODS), help="comma-separated subset")
     parser.add_argument("--work-dir", default=None, help="scratch directory (default: a temp dir in /tmp)")
     parser.add_argument("--out", default=None, help="also write the results JSON here (any run)")
@@ -280,15 +302,15 @@ def main(argv: list[str] | None = None) -> int:
             f"read {floors['disk_read_s']:.3f} s"
         )
         for method in args.methods.split(","):
-            if method == "elastra" and (problem := elastra_problem()) is not None:
-                log(f"elastra: MISSING — {problem}")
-                results["methods"]["elastra"] = {"missing": problem}
-                failures.append(f"elastra: {problem}")
+            if method.startswith("elastra") and (problem := elastra_problem()) is not None:
+                log(f"{method}: MISSING — {problem}")
+                results["methods"][method] = {"missing": problem}
+                failures.append(f"{method}: {problem}")
                 continue
-            saves = ELASTRA_SAVES if method == "elastra" else args.saves
-            log(f"{method}: saving ({saves} saves)")
+            saves = ELASTRA_SAVES if method.startswith("elastra") else args.saves
+            log(f"{method}: saving ({saves} saves, then {args.saves} rounds of the training loop)")
             try:
-                results["methods"][method] = measure_method(method, work, state_bytes, saves)
+                results["methods"][method] = measure_method(method, work, state_bytes, saves, args.saves)
             except (BenchError, KeyError, ValueError) as exc:
                 log(f"{method}: FAILED — {exc}")
                 results["methods"][method] = {"failed": str(exc)}

@@ -95,6 +95,7 @@ def pod_view(raw: dict[str, Any]) -> PodView:
         ip=status.get("podIP") or None,
         created_at=created,
         deleting=meta.get("deletionTimestamp") is not None,
+        deletion_deadline=_time(meta.get("deletionTimestamp")),
         reason=status.get("reason"),
         exit_code=exit_code,
         agent=_report(AgentReport, annotations.get(AGENT_ANNOTATION), name),

@@ -158,3 +158,20 @@ def test_two_operators_at_once_neither_duplicate_pods_nor_generations(
     after = h.wait(h.running("twin", 2, before["generation"]), 40, "one shrink")
     assert after["generation"] == 2 and after["failures"] == 0
     h.wait(lambda: len(h.live_pods("twin")) == 2, 20, "two pods")
+
+
+def test_drain_rescales_without_counting_a_failure(make_harness: Callable[[int], Harness]) -> None:  # noqa: F811
+    h = make_harness(3)
+    h.create_job("drain")
+    before = h.wait(h.running("drain", 3), 40, "the job to run on 3 nodes")
+    m = h.membership("drain")
+    assert m is not None
+    leaving = m.members[-1].pod
+
+    evicted = h.cluster.drain(h.node_of(leaving))
+
+    assert f"default/{leaving}" in evicted
+    after = h.wait(h.running("drain", 2, before["generation"]), 40, "a generation without the drained node")
+    assert after["failures"] == 0 and after["generation"] == before["generation"] + 1
+    assert "Failure" not in h.events("drain")
+    assert leaving not in {x["pod"] for x in after["members"]}

@@ -479,6 +479,38 @@ CASES = [
         {"m": (2, "Run", ["tj-w-0", "tj-w-1"]), "failures": 0, "reason": "Drain"},
         id="drained-pod-rescales-without-counting-failure",
     ),
+    pytest.param(
+        job(m=M3, record=STARTED),
+        [*running(0, 1), pod(2, deleting=True, deletion_deadline=at(20))],
+        [node(0), node(1), node(2, unschedulable=True)],
+        [ckpt(40)],
+        {"m": None, "phase": "Rescaling", "failures": 0},
+        id="drain-waits-for-the-evicted-pods-emergency-checkpoint",
+    ),
+    pytest.param(
+        job(m=M3, record=STARTED),
+        [*peer_lost(0, 1, ago=3), pod(2, deleting=True, deletion_deadline=at(-1))],
+        [node(0), node(1), node(2, unschedulable=True)],
+        [ckpt(40)],
+        {"m": (2, "Run", ["tj-w-0", "tj-w-1"]), "failures": 0, "reason": "Drain"},
+        id="drain-peer-errors-are-not-failures",
+    ),
+    pytest.param(
+        job(m=M3, record=STARTED),
+        running(0, 1),
+        [node(0), node(1), node(2, unschedulable=True)],
+        [ckpt(40)],
+        {"m": (2, "Run", ["tj-w-0", "tj-w-1"]), "failures": 0, "reason": "Drain"},
+        id="member-gone-from-a-cordoned-node-was-drained",
+    ),
+    pytest.param(
+        job(m=M3, record=STARTED),
+        running(0, 1),
+        nodes(3),
+        [ckpt(40)],
+        {"failures": 1, "failure_reason": "PodDeleted", "created_pods": ["tj-w-3"], "phase": "Rescaling"},
+        id="member-gone-from-a-schedulable-node-is-a-failure-and-replaced",
+    ),
     # ------------------------------------------------------------------ suspend / resume
     pytest.param(
         job(m=M3, record=STARTED, runPolicy={"suspend": True}),

@@ -94,8 +94,10 @@ class Facts:
         retryable = self.spec.run_policy.retryable_exit_codes
         failed: list[Failure] = []
         for member, pod in zip(self.membership.members, members, strict=True):
-            if pod is None:
-                failed.append(Failure(member.pod, "PodDeleted", False))
+            if pod is None:  # already gone: a drain if it was on a node now cordoned
+                node = self.nodes.get(member.node)
+                drained = node is not None and node.unschedulable
+                failed.append(Failure(member.pod, "Drained" if drained else "PodDeleted", False))
             elif (loss := self.loss(pod)) is not None:
                 permanent = pod.phase == "Failed" and permanent_exit(pod.exit_code, retryable)
                 failed.append(Failure(pod.name, loss, permanent))

@@ -156,7 +156,9 @@ class _Pass:
         ]
         unscheduled = sum(1 for p in self.keep if p.node is None)
         want = min(self.spec.replicas.max - len(self.keep), len(free) - unscheduled)
-        taken = {manifests.pod_index(self.job.name, name) for name in self.pods}
+        # A name of the current generation is never reused: a new pod must not pass for a member.
+        names = [*self.pods, *(m.pod for m in self.m.members)]
+        taken = {manifests.pod_index(self.job.name, name) for name in names}
         index = 0
         self.creating = max(want, 0)
         for _ in range(self.creating):
@@ -203,15 +205,37 @@ class _Pass:
         elif failed and all(f.permanent for f in failed):
             detail = ", ".join(f"{f.pod} ({f.reason})" for f in failed)
             self.finish("Failed", "WorkerFailed", f"permanent failure in user code: {detail}")
-        elif unplanned := [(f.pod, f.reason) for f in failed if f.reason != "Drained"]:
+        elif unplanned := self.unplanned(failed):
             if self.awaiting_culprit(members, failed):
                 self.phase = Phase.RESCALING
             elif not self.count_failure(unplanned):
                 self.transition("Failure")
         elif failed:
-            self.transition("Drain")
+            self.drain(members)
         else:
             self.planned_changes(members)
+
+    def unplanned(self, failed: list[Failure]) -> list[tuple[str, str]]:
+        """The failures that count: not a drained pod, and, beside one, not its peers' `PeerLost`."""
+        drained = any(f.reason == "Drained" for f in failed)
+        return [(f.pod, f.reason) for f in failed if f.reason != "Drained" and not (drained and f.peer_since)]
+
+    def drain(self, members: list[PodView | None]) -> None:
+        """A member is being evicted (drain): its agent has the grace period for an emergency checkpoint.
+        Wait until it is gone or its grace period is over, then rescale from the newest commit."""
+        saving = [
+            p
+            for p in members
+            if p is not None
+            and p.deleting
+            and p.phase == "Running"
+            and p.deletion_deadline is not None
+            and self.now < p.deletion_deadline
+        ]
+        if saving:
+            self.phase = Phase.RESCALING
+            return
+        self.transition("Drain")
 
     def awaiting_culprit(self, members: list[PodView | None], failed: list[Failure]) -> bool:
         """Only symptoms (`PeerLost`) reported: the member that broke the collective is among the silent

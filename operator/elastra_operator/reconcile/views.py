@@ -63,6 +63,8 @@ class PodView:
     """metadata.creationTimestamp."""
     deleting: bool = False
     """metadata.deletionTimestamp is set."""
+    deletion_deadline: dt.datetime | None = None
+    """metadata.deletionTimestamp: when the kubelet kills what still runs (end of the grace period)."""
     reason: str | None = None
     """status.reason (`Evicted`, …)."""
     exit_code: int | None = None

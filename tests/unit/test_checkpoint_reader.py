@@ -13,7 +13,7 @@ from elastra.checkpoint.checksum import crc32
 from elastra.checkpoint.format import Fragment, Manifest, TensorEntry, shard_file
 from elastra.checkpoint.geometry import Box
 from elastra.checkpoint.plan import checksum_chunks
-from elastra.checkpoint.reader import ChecksumError, Sources, fill_tasks, read_box, run_tasks
+from elastra.checkpoint.reader import ChecksumError, Sources, fill_tasks, read_box, run_reads
 from elastra.storage import NotFoundError, StorageError
 
 CHUNK = 32
@@ -32,14 +32,17 @@ class MemoryTier:
     def size(self, key: str) -> int | None:
         return len(self.files[key]) if key in self.files else None
 
-    def read_into(self, key: str, start: int, out: memoryview) -> None:
+    def read_into(self, key: str, start: int, parts: list[memoryview]) -> None:
         if key not in self.files:
             raise NotFoundError(key)
-        data = self.files[key][start : start + out.nbytes]
-        if len(data) != out.nbytes:
+        total = sum(p.nbytes for p in parts)
+        data = self.files[key][start : start + total]
+        if len(data) != total:
             raise StorageError(f"short read of {key}")
-        out[:] = data
-        self.reads.append(out.nbytes)
+        for part in parts:
+            part[:] = data[: part.nbytes]
+            data = data[part.nbytes :]
+        self.reads.append(total)
 
 
 def saved(shape: tuple[int, ...], row_splits: int, pad: int = 12) -> tuple[torch.Tensor, Manifest, bytes]:
@@ -90,7 +93,8 @@ def test_contiguous_overlap_is_read_into_the_target_and_only_the_needed_chunks()
     target = Box((8, 0), (32, 8))  # rows 8..39: exactly chunks 8..39 of the one fragment
     dst = torch.zeros(32, 8)
     pointer = dst.data_ptr()
-    run_tasks(fill_tasks(Sources(manifest, tier), "t", target, "boxes", dst), None)
+    sources = Sources(manifest, tier)
+    run_reads(sources, fill_tasks(sources, "t", target, "boxes", dst), None)
     assert dst.data_ptr() == pointer and torch.equal(dst, full[8:40])
     assert sum(tier.reads) == 32 * 8 * 4  # not a byte outside the slice: it is chunk-aligned
 

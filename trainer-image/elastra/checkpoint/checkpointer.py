@@ -41,7 +41,7 @@ from elastra.checkpoint.format import (
 )  # fmt: skip
 from elastra.checkpoint.geometry import Box
 from elastra.checkpoint.plan import Piece, RankWrites, SavePlan, checksum_chunks, plan_save
-from elastra.checkpoint.reader import Sources, fill_tasks, read_manifest, run_tasks
+from elastra.checkpoint.reader import Sources, fill_tasks, read_manifest, run_reads
 from elastra.checkpoint.retention import apply_retention, committed_steps
 from elastra.checkpoint.staging import StagingBuffer, StagingJob
 from elastra.checkpoint.state import ST_TO_TORCH, TensorLeaf, is_tensor_value, split_state, walk
@@ -52,8 +52,8 @@ log = logging.getLogger(__name__)
 BUSY_POLICIES = ("wait", "skip")
 STAGING_MODES = ("eager", "lazy")
 READ_THREADS = 4
-"""Restore read tasks in flight per rank: reads and checksums release the GIL, and a few more
-threads than cores keep the disk queue full while others checksum."""
+"""Restore read tasks in flight per rank (a task reads one run of adjacent bytes of one file, or a
+partial chunk): reads and checksums release the GIL, so files are read in parallel."""
 
 
 class CheckpointError(RuntimeError):
@@ -433,7 +433,7 @@ class Checkpointer:
                     for task in fill_tasks(sources, leaf.path, leaf.box, leaf.layout, into)
                 ]
                 with concurrent.futures.ThreadPoolExecutor(READ_THREADS) as pool:
-                    run_tasks(tasks, pool)
+                    run_reads(sources, tasks, pool)
             except (FormatError, StorageError, ValueError) as exc:
                 error = f"rank {self.rank}: {exc}"
             errors = [e for e in self._all_gather(error, self._control) if e]

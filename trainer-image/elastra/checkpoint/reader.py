@@ -12,8 +12,9 @@ import logging
 import math
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -35,9 +36,8 @@ from elastra.storage import NotFoundError, Storage, StorageError, join_key
 
 log = logging.getLogger(__name__)
 
-READ_BYTES = 32 << 20
-"""Size of one read task (whole checksum chunks): small enough that reads and checksums of several
-tasks overlap on a few threads, large enough that per-task overhead does not show."""
+MAX_RUN_BYTES = 1 << 30
+"""Adjacent direct reads of one file are merged into one ranged read up to about this size."""
 
 
 class ChecksumError(FormatError):
@@ -62,6 +62,22 @@ def verify(data: bytes | bytearray | memoryview, fragment: Fragment, byte_start:
                 f"{fragment.file}: checksum mismatch in bytes [{fragment.offset + byte_start + pos}, "
                 f"+{min(chunk, view.nbytes - pos)}) of fragment {fragment.box}"
             )
+
+
+@dataclass(frozen=True, slots=True)
+class DirectRead:
+    """Whole checksum chunks of a fragment read straight into their final place, `out`."""
+
+    fragment: Fragment
+    start: int
+    """First byte, relative to the fragment's first byte; chunk-aligned."""
+    out: memoryview
+    """Where the bytes go (writable, `out.nbytes` of them): the target tensor's own memory."""
+
+    @property
+    def absolute(self) -> int:
+        """The first byte's offset in the shard file."""
+        return self.fragment.offset + self.start
 
 
 @dataclass(slots=True)
@@ -94,27 +110,36 @@ class Sources:
         return out
 
     def fetch_into(self, fragment: Fragment, start: int, out: memoryview) -> None:
-        """Fill `out` with the verified bytes of a fragment from chunk-aligned `start`.
+        """Fill `out` with the verified bytes of a fragment from chunk-aligned `start`."""
+        self.fetch_run([DirectRead(fragment, start, out)])
 
-        On a checksum mismatch `out` holds the bad bytes and ChecksumError is raised (after the local
-        tier's copy failed, the durable tier's is read into `out` instead)."""
-        key = join_key(step_dir(self.manifest.step), fragment.file)
-        absolute = fragment.offset + start
-        if self._has_local(fragment.file):
+    def fetch_run(self, run: Sequence[DirectRead]) -> None:
+        """Fill every `out` of `run` (byte-adjacent reads of one file, in order) with one ranged read,
+        then verify each against its fragment's checksums.
+
+        On a checksum mismatch the `out` buffers hold the bad bytes and ChecksumError is raised (after
+        the local tier's copy failed, the durable tier's is read into them instead)."""
+        file, chunk = run[0].fragment.file, self.manifest.chunk_bytes
+        key = join_key(step_dir(self.manifest.step), file)
+        parts = [r.out for r in run]
+        total = sum(p.nbytes for p in parts)
+        if self._has_local(file):
             assert self.local is not None
             try:
-                self.local.read_into(key, absolute, out)
-                verify(out, fragment, start, self.manifest.chunk_bytes)
-                self._count("local", out.nbytes)
+                self.local.read_into(key, run[0].absolute, parts)
+                for r in run:
+                    verify(r.out, r.fragment, r.start, chunk)
+                self._count("local", total)
                 return
             except (StorageError, ChecksumError) as exc:
                 log.warning("local tier copy unusable, reading the durable tier instead: %s", exc)
         try:
-            self.durable.read_into(key, absolute, out)
+            self.durable.read_into(key, run[0].absolute, parts)
         except NotFoundError as exc:
             raise FormatError(f"committed checkpoint is missing a shard file: {exc}") from exc
-        verify(out, fragment, start, self.manifest.chunk_bytes)
-        self._count("durable", out.nbytes)
+        for r in run:
+            verify(r.out, r.fragment, r.start, chunk)
+        self._count("durable", total)
 
     def _count(self, tier: str, n: int) -> None:
         with self._lock:
@@ -146,6 +171,17 @@ def place(dst: torch.Tensor, target: Box, read: Read, data: bytes | bytearray, d
     dst[index].copy_(src)
 
 
+@dataclass(frozen=True, slots=True)
+class ReadTask:
+    """One read of saved bytes and what is done with them; `run` raises FormatError/StorageError."""
+
+    file: str
+    """Shard file read."""
+    start: int
+    """First byte read, in the file: tasks run in file order, so each file is read front to back."""
+    run: Callable[[], None]
+
+
 def _contiguous_range(shape: tuple[int, ...], box: Box, within: Box) -> tuple[int, int] | None:
     """The flat element range `box` covers inside the row-major `within` (of `shape`), if contiguous."""
     first, end = covering_element_range(shape, relative(box, within), box.shape)
@@ -154,14 +190,14 @@ def _contiguous_range(shape: tuple[int, ...], box: Box, within: Box) -> tuple[in
 
 def fill_tasks(
     sources: Sources, path: str, target: Box, layout: str, dst: torch.Tensor
-) -> list[Callable[[], None]]:
-    """Tasks that together fill `dst` (holding `target` of tensor `path`) with verified saved bytes.
+) -> list[ReadTask | DirectRead]:
+    """Reads that together fill `dst` (holding `target` of tensor `path`) with verified saved bytes.
 
     `dst` must be a contiguous CPU tensor of the saved dtype. Where an overlap is one contiguous byte
-    run in both the saved fragment and `dst`, its whole checksum chunks are read straight into
-    `dst`'s memory and verified there (no intermediate copy); only partial chunks at its ends, and
-    overlaps that are not contiguous, go through a scratch buffer. The tasks write disjoint parts
-    of `dst`, so they may run in parallel; each raises FormatError/StorageError on bad input."""
+    run in both the saved fragment and `dst`, its whole checksum chunks are a `DirectRead` straight
+    into `dst`'s memory, verified there (no intermediate copy); only partial chunks at its ends, and
+    overlaps that are not contiguous, are `ReadTask`s through a scratch buffer. They write disjoint
+    parts of `dst`; `run_reads` runs them."""
     entry = sources.manifest.tensors.get(path)
     if entry is None:
         raise FormatError(f"checkpoint of step {sources.manifest.step} has no tensor {path!r}")
@@ -175,7 +211,7 @@ def fill_tasks(
     in_space, reads = plan_reads(entry, target, layout, sources.manifest.chunk_bytes)
     raw: Any = dst.reshape(-1).view(torch.uint8).numpy()  # shares dst's memory
     dst_bytes = memoryview(raw) if dst.numel() else memoryview(b"")
-    tasks: list[Callable[[], None]] = []
+    tasks: list[ReadTask | DirectRead] = []
     for read in reads:
         tasks += _read_tasks(sources, in_space, read, dst=dst, dst_bytes=dst_bytes, dtype=entry.dtype)
     return tasks
@@ -183,38 +219,39 @@ def fill_tasks(
 
 def _read_tasks(
     sources: Sources, in_space: Box, read: Read, *, dst: torch.Tensor, dst_bytes: memoryview, dtype: str
-) -> list[Callable[[], None]]:
+) -> list[ReadTask | DirectRead]:
     frag, chunk, size = read.fragment, sources.manifest.chunk_bytes, ITEMSIZE[dtype]
     in_fragment = _contiguous_range(frag.box.shape, read.overlap, frag.box)
     in_dst = _contiguous_range(in_space.shape, read.overlap, in_space)
+
+    def task(start: int, run: Callable[[], None]) -> ReadTask:
+        return ReadTask(frag.file, frag.offset + start, run)
 
     def generic() -> None:
         place(dst, in_space, read, sources.fetch(frag, read.byte_start, read.byte_end), dtype)
 
     if in_fragment is None or in_dst is None:
-        return [generic]
+        return [task(read.byte_start, generic)]
     lo, hi, at = in_fragment[0] * size, in_fragment[1] * size, in_dst[0] * size
     whole_lo = -(-lo // chunk) * chunk
     whole_hi = hi if hi == frag.length else hi // chunk * chunk
     if whole_lo >= whole_hi:
-        return [generic]
+        return [task(read.byte_start, generic)]
 
-    def partial(chunk_start: int, a: int, b: int) -> Callable[[], None]:
+    def partial_chunk(chunk_start: int, a: int, b: int) -> ReadTask:
         def run() -> None:  # a partial chunk: read and verify all of it, keep bytes [a, b)
             data = sources.fetch(frag, chunk_start, min(chunk_start + chunk, frag.length))
             dst_bytes[at + a - lo : at + b - lo] = memoryview(data)[a - chunk_start : b - chunk_start]
 
-        return run
+        return task(chunk_start, run)
 
-    def direct(a: int, b: int) -> Callable[[], None]:
-        return lambda: sources.fetch_into(frag, a, dst_bytes[at + a - lo : at + b - lo])
-
-    step = max(chunk, READ_BYTES // chunk * chunk)
-    tasks = [direct(a, min(a + step, whole_hi)) for a in range(whole_lo, whole_hi, step)]
+    tasks: list[ReadTask | DirectRead] = [
+        DirectRead(frag, whole_lo, dst_bytes[at + whole_lo - lo : at + whole_hi - lo])
+    ]
     if lo < whole_lo:
-        tasks.append(partial(whole_lo - chunk, lo, whole_lo))
+        tasks.append(partial_chunk(whole_lo - chunk, lo, whole_lo))
     if whole_hi < hi:
-        tasks.append(partial(whole_hi, whole_hi, hi))
+        tasks.append(partial_chunk(whole_hi, whole_hi, hi))
     return tasks
 
 
@@ -226,17 +263,45 @@ def read_box(
     if entry is None:
         raise FormatError(f"checkpoint of step {sources.manifest.step} has no tensor {path!r}")
     out = torch.empty(target.shape, dtype=ST_TO_TORCH[entry.dtype])
-    run_tasks(fill_tasks(sources, path, target, layout, out), pool)
+    run_reads(sources, fill_tasks(sources, path, target, layout, out), pool)
     return out
 
 
-def run_tasks(tasks: list[Callable[[], None]], pool: concurrent.futures.Executor | None) -> None:
-    """Run `tasks` (on `pool` when given) and re-raise the first failure once all have finished."""
+def coalesce(reads: list[ReadTask | DirectRead], sources: Sources) -> list[ReadTask]:
+    """One task per run of byte-adjacent direct reads of a file (one ranged read each: the fewest
+    syscalls, and the kernel sees one long sequential read), plus the other tasks; in file order."""
+    direct = sorted(
+        (r for r in reads if isinstance(r, DirectRead)), key=lambda r: (r.fragment.file, r.absolute)
+    )
+    runs: list[list[DirectRead]] = []
+    for read in direct:
+        last = runs[-1][-1] if runs else None
+        if (
+            last is not None
+            and last.fragment.file == read.fragment.file
+            and last.absolute + last.out.nbytes == read.absolute
+            and sum(r.out.nbytes for r in runs[-1]) < MAX_RUN_BYTES
+        ):
+            runs[-1].append(read)
+        else:
+            runs.append([read])
+    tasks = [r for r in reads if isinstance(r, ReadTask)]
+    tasks += [
+        ReadTask(run[0].fragment.file, run[0].absolute, partial(sources.fetch_run, run)) for run in runs
+    ]
+    return sorted(tasks, key=lambda t: (t.file, t.start))
+
+
+def run_reads(
+    sources: Sources, reads: list[ReadTask | DirectRead], pool: concurrent.futures.Executor | None
+) -> None:
+    """Run `reads` (coalesced; on `pool` when given); re-raise the first failure once all finished."""
+    tasks = coalesce(reads, sources)
     if pool is None:
         for task in tasks:
-            task()
+            task.run()
         return
-    futures = [pool.submit(task) for task in tasks]
+    futures = [pool.submit(task.run) for task in tasks]
     concurrent.futures.wait(futures)
     for future in futures:
         future.result()

@@ -40,9 +40,10 @@ class Storage(Protocol):
         """Bytes `[start, end)` of `key`; raises `NotFoundError`, or `StorageError` on a short read."""
         ...
 
-    def read_into(self, key: str, start: int, out: memoryview) -> None:
-        """Fill `out` (writable bytes) with bytes `[start, start + len(out))` of `key`, copying nothing
-        on the way where the tier can; `NotFoundError`, or `StorageError` on a short read."""
+    def read_into(self, key: str, start: int, parts: list[memoryview]) -> None:
+        """Fill the writable byte buffers `parts`, in order, with the bytes of `key` from `start` on,
+        in one ranged read and copying nothing on the way where the tier can; `NotFoundError`, or
+        `StorageError` on a short read."""
         ...
 
     def get(self, key: str) -> bytes:

@@ -18,8 +18,9 @@ from typing import BinaryIO
 from elastra.storage.base import NotFoundError, StorageError, check_key
 
 _COPY_CHUNK = 8 << 20
-_MAX_READ = 1 << 30
-"""Largest single read: Linux returns at most about 2 GiB per call anyway."""
+_MAX_IOVECS = 512
+"""Buffers per `preadv` call (Linux allows 1024); the kernel returns at most about 2 GiB per call and
+the loop continues from where a short return left off."""
 
 
 class LocalStorage:
@@ -94,7 +95,7 @@ class LocalStorage:
         finally:
             os.close(fd)
 
-    def read_into(self, key: str, start: int, out: memoryview) -> None:
+    def read_into(self, key: str, start: int, parts: list[memoryview]) -> None:
         if start < 0:
             raise StorageError(f"invalid byte offset {start} for {key}")
         try:
@@ -104,16 +105,17 @@ class LocalStorage:
         except OSError as exc:
             raise StorageError(f"opening {self._path(key)}: {exc}") from exc
         try:
-            view = out.cast("B") if out.format != "B" else out
-            done = 0
-            while done < view.nbytes:
-                count = os.preadv(fd, [view[done : done + _MAX_READ]], start + done)
+            pending = [p.cast("B") if p.format != "B" else p for p in parts if p.nbytes]
+            offset = start
+            while pending:
+                count = os.preadv(fd, pending[:_MAX_IOVECS], offset)
                 if count == 0:
-                    raise StorageError(
-                        f"{self._path(key)}: short read at byte {start + done}, wanted up to "
-                        f"{start + view.nbytes}"
-                    )
-                done += count
+                    raise StorageError(f"{self._path(key)}: short read at byte {offset}")
+                offset += count
+                while pending and count >= pending[0].nbytes:  # drop the buffers filled completely
+                    count -= pending.pop(0).nbytes
+                if count:
+                    pending[0] = pending[0][count:]
         except OSError as exc:
             raise StorageError(f"reading {self._path(key)}: {exc}") from exc
         finally:

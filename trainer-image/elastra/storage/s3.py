@@ -153,12 +153,15 @@ class S3Storage:
             raise StorageError(f"S3 ranged GET {key}: got {len(data)} bytes, wanted {end - start}")
         return data
 
-    def read_into(self, key: str, start: int, out: memoryview) -> None:
-        view = out.cast("B") if out.format != "B" else out
-        if view.nbytes == 0:
+    def read_into(self, key: str, start: int, parts: list[memoryview]) -> None:
+        views = [p.cast("B") if p.format != "B" else p for p in parts if p.nbytes]
+        if not views:
             return
-        data = self.get_range(key, start, start + view.nbytes)
-        view[:] = data
+        data = memoryview(self.get_range(key, start, start + sum(v.nbytes for v in views)))
+        offset = 0
+        for view in views:
+            view[:] = data[offset : offset + view.nbytes]
+            offset += view.nbytes
 
     def get(self, key: str) -> bytes:
         try:

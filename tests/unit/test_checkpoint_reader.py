@@ -129,3 +129,11 @@ def test_target_of_another_dtype_is_refused() -> None:
 def test_crc32_equals_zlib(size: int) -> None:
     data = bytes((i * 131) % 251 for i in range(size))
     assert crc32(memoryview(data)) == zlib.crc32(data)
+
+
+def test_adjacent_fragments_of_a_file_are_read_in_one_call() -> None:
+    full, manifest, blob = saved((16, 8), 4)  # four row blocks, back to back in one file
+    tier = MemoryTier({key(): blob})
+    out = read_box(Sources(manifest, tier), "t", Box((0, 0), (16, 8)), "boxes")
+    assert torch.equal(out, full)
+    assert tier.reads == [16 * 8 * 4]

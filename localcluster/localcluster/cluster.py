@@ -65,10 +65,9 @@ class ClusterConfig:
     """Like etcd: every interval, watch history older than one interval is dropped (410 Gone)."""
     container_cwd: str | None = None
     """Working dir of containers without workingDir; None: the current directory."""
-    validation_rules: bool = False
+    validation_rules: bool = True
     """Evaluate CRD CEL rules (`x-kubernetes-validations`) like a real API server (422 on failure).
-    Off by default for now: integration tests create rule-breaking objects to test the operator's
-    own checks; `elastra local up` turns it on."""
+    Turn off only to emulate a server that does not evaluate CEL."""
 
     def __post_init__(self) -> None:
         if self.nodes < 0 or self.gpus_per_node < 0:

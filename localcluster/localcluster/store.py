@@ -69,7 +69,7 @@ class Watcher:
 class Store:
     """In-memory objects of every served resource, with a monotonic resourceVersion."""
 
-    def __init__(self, *, history_per_resource: int = 50_000, validation_rules: bool = False) -> None:
+    def __init__(self, *, history_per_resource: int = 50_000, validation_rules: bool = True) -> None:
         self.validation_rules = validation_rules
         """Whether CRD CEL rules are evaluated (`localcluster.celrules`)."""
         self.rv = 0

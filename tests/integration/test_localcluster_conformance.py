@@ -23,7 +23,7 @@ _spec.loader.exec_module(suite)
 
 @pytest.fixture(scope="module")
 def local_conformance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    with LocalCluster(workdir=tmp_path_factory.mktemp("lc"), nodes=1, validation_rules=True) as lc:
+    with LocalCluster(workdir=tmp_path_factory.mktemp("lc"), nodes=1) as lc:
         api = config.new_client_from_config(config_file=lc.kubeconfig)
         yield from suite.conformance_context(api)
 

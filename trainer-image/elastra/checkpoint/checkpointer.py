@@ -138,8 +138,10 @@ class CheckpointStats:
     """Duration of the last load."""
 
 
-def _signature(pieces: list[Piece]) -> str:
-    return hashlib.sha256(json.dumps([p.to_json() for p in pieces]).encode()).hexdigest()
+def _signature(pieces: list[Piece]) -> int:
+    """A 63-bit digest of a rank's layout: equal layouts, equal signatures."""
+    digest = hashlib.sha256(json.dumps([p.to_json() for p in pieces]).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 class Checkpointer:
@@ -177,7 +179,7 @@ class Checkpointer:
         self._staging = StagingBuffer()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="elastra-ckpt")
         self._inflight: SaveHandle | None = None
-        self._plan_cache: tuple[str, SavePlan] | None = None
+        self._plan_cache: tuple[int, SavePlan] | None = None
         self._pg = process_group
         if self._pg is None and dist.is_available() and dist.is_initialized():
             self._pg = dist.group.WORLD
@@ -202,6 +204,16 @@ class Checkpointer:
         dist.all_gather_object(out, text, group=group)
         return [json.loads(t) for t in out]
 
+    def _agree(self, busy: bool, signature: int) -> list[dict[str, Any]]:
+        """Every rank's busy flag and layout signature, in one small tensor collective (the only one
+        of a save whose layout is unchanged since the last)."""
+        if self._control is None:
+            return [{"busy": busy, "sig": signature}]
+        mine = torch.tensor([int(busy), signature], dtype=torch.int64)
+        out = [torch.empty_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(out, mine, group=self._control)
+        return [{"busy": bool(t[0]), "sig": int(t[1])} for t in out]
+
     # ------------------------------------------------------------------ save
     def save(self, step: int, state: object, *, staging: str = "eager") -> SaveHandle:
         """Stage `state`; persisting, uploading and committing continue in the background.
@@ -224,7 +236,7 @@ class Checkpointer:
         leaves, values = split_state(state)
         pieces = [Piece(x.path, x.dtype, x.shape, x.layout, x.sharding, x.box) for x in leaves]
         signature = _signature(pieces)
-        gathered = self._all_gather({"busy": busy, "sig": signature}, self._control)
+        gathered = self._agree(busy, signature)
         if any(g["busy"] for g in gathered):
             self.stats.skipped += 1
             log.info("checkpoint of step %d skipped: the previous save is still in flight", step)

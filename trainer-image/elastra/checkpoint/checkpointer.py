@@ -424,7 +424,9 @@ class Checkpointer:
 
         Returns the step restored, or None when there is no committed checkpoint at all. A newest
         checkpoint that is incomplete or corrupt on any rank is skipped, by all ranks, for the next
-        older one. An explicit `step` that cannot be loaded raises CheckpointError."""
+        older one. An explicit `step` that cannot be loaded raises CheckpointError. Contiguous CPU
+        tensors of the saved dtype are read into in place, so a load that raises may leave them
+        partly overwritten."""
         started = time.perf_counter()
         self.wait_quietly()
         candidates = (

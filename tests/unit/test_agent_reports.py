@@ -81,6 +81,7 @@ def test_metrics_fold_cumulative_statuses_once() -> None:
     assert _value(text, f"elastra_trainer_checkpoint_stall_seconds_count{{{labels}}}") == 1
     assert _value(text, f'elastra_trainer_checkpoint_bytes_total{{{labels},tier="durable"}}') == 800
     assert _value(text, f'elastra_trainer_checkpoint_skipped_total{{{labels},policy="wait"}}') == 1
+    assert _value(text, f'elastra_trainer_checkpoint_skipped_total{{{labels},policy="skip"}}') == 0
     assert _value(text, f'elastra_trainer_restore_seconds_count{{{labels},tier="local"}}') == 1
 
     later = first.model_copy(

@@ -86,6 +86,8 @@ class Agent:
         self.reason: str | None = None
         self.step: int | None = None
         self.ack: str | None = None
+        self.restore: tuple[float, str] | None = None
+        """(seconds, tier) of this generation's slowest local restore, once a worker reported one."""
         self._terminate = threading.Event()
         self._readers: dict[int, FileReader[WorkerStatus]] = {}
         self._control: ControlMessage | None = None
@@ -162,6 +164,7 @@ class Agent:
         self._control = None
         self.generation = generation
         self.exit_code = self.reason = self.step = self.ack = None
+        self.restore = None
         self._succeeded_at = None
         self._sync_control()
         envs = [
@@ -232,6 +235,10 @@ class Agent:
         acks = {s.ack_request for s in statuses}
         if len(acks) == 1:
             self.ack = acks.pop()
+        for s in statuses:  # the report carries the slowest local restore
+            seconds = s.restore_seconds
+            if seconds is not None and (self.restore is None or seconds > self.restore[0]):
+                self.restore = (seconds, s.restore_tier or "unknown")
         if (
             self.state is AgentState.RESTORING
             and len(statuses) == len(self._readers)
@@ -252,7 +259,7 @@ class Agent:
         self._report(force=True)
 
     def _report(self, *, force: bool = False) -> None:
-        key = (self.generation, self.state, self.exit_code, self.reason, self.ack)
+        key = (self.generation, self.state, self.exit_code, self.reason, self.ack, self.restore)
         now = time.monotonic()
         changed = key != self._reported
         step_due = now - self._reported_at >= self.cfg.report_interval_s
@@ -267,6 +274,8 @@ class Agent:
             exit_code=self.exit_code,
             reason=self.reason,
             ack_request=self.ack,
+            restore_seconds=self.restore[0] if self.restore else None,
+            restore_tier=self.restore[1] if self.restore else None,
             time=dt.datetime.now(dt.UTC),
         )
         self.link.report({AGENT_ANNOTATION: report.to_json()})

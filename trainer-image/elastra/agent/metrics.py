@@ -117,9 +117,12 @@ class TrainerMetrics:
                 self.bytes.labels(**self._labels, tier=tier).inc(delta)
                 seen.bytes_by_tier[tier] = total
         for policy, total in status.skipped_by_policy.items():
+            # The series exists from the first report on, at 0 while nothing was skipped: "none
+            # skipped" is data (the dashboard's panel and the alert see 0, not an absent series).
+            skipped = self.skipped.labels(**self._labels, policy=policy)
             delta = total - seen.skipped_by_policy.get(policy, 0)
             if delta > 0:
-                self.skipped.labels(**self._labels, policy=policy).inc(delta)
+                skipped.inc(delta)
                 seen.skipped_by_policy[policy] = total
         if status.restore_seconds is not None and not seen.restore_seen:
             self.restore.labels(**self._labels, tier=status.restore_tier or "durable").observe(

@@ -57,6 +57,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--timeout", type=float, default=None, help="give up after this many seconds (default 280)"
     )
     p.add_argument("--nodes", type=int, default=4, help="nodes at start, one GPU slot each")
+    p.add_argument(
+        "--operator-metrics-port",
+        type=int,
+        default=0,
+        help="the operator serves /metrics on this port of every address (default 0: no metrics)",
+    )
+    p.add_argument(
+        "--trainer-metrics-port",
+        type=int,
+        default=0,
+        help="the pod agents serve /metrics on <pod IP>:<this port> (default 0: a free port)",
+    )
     return p.parse_args(argv)
 
 
@@ -88,9 +100,11 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 
 @contextlib.contextmanager
 def operator_process(
-    kubeconfig: str, log_path: pathlib.Path, env: dict[str, str]
+    kubeconfig: str, log_path: pathlib.Path, env: dict[str, str], metrics_port: int = 0
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """The operator as a subprocess, stopped (SIGTERM, then SIGKILL) on the way out."""
+    """The operator as a subprocess, stopped (SIGTERM, then SIGKILL) on the way out.
+
+    It serves /metrics on `metrics_port` (0: not at all)."""
     log = open(log_path, "ab")  # noqa: SIM115 - closed below
     cmd = [
         sys.executable,
@@ -101,7 +115,7 @@ def operator_process(
         kubeconfig,
         "--standalone",
         "--metrics-port",
-        "0",
+        str(metrics_port),
     ]
     proc = subprocess.Popen(
         cmd,
@@ -193,7 +207,7 @@ class Demo:
             aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
             region_name=creds["AWS_REGION"],
         )
-        self.metrics_port = _free_port()
+        self.metrics_port = self.args.trainer_metrics_port or _free_port()
         job = job_manifest(self.steps, str(lc.s3_url), self.step_sleep, self.metrics_port)
         s3.create_bucket(Bucket=job["spec"]["checkpoint"]["s3"]["bucket"])
         self.core.create_namespaced_secret(
@@ -354,7 +368,9 @@ class Demo:
             )
             # The operator deletes checkpoint storage on retention: it needs the S3 credentials too.
             operator_env = {**os.environ, **lc.s3_credentials}
-            with operator_process(lc.kubeconfig, self.out / "operator.log", operator_env) as operator:
+            with operator_process(
+                lc.kubeconfig, self.out / "operator.log", operator_env, self.args.operator_metrics_port
+            ) as operator:
                 self._setup(lc)
                 self._say(
                     f"applied TrainingJob {self.job_name} ({self.steps} steps); operator log in {self.out}"

@@ -88,6 +88,11 @@ class OperatorMetrics:
     def job_status(self, namespace: str, job: str, status: dict[str, Any]) -> None:
         """Refresh the gauges of one job from its (camelCase) status."""
         self._phases[(namespace, job)] = status.get("phase") or Phase.PENDING.value
+        # The per-job histograms exist at zero from the job's first pass on: rate() and increase() see
+        # an observation only as a change from an earlier scrape, so a series that first appears with
+        # the first recovery would never show it on the dashboard.
+        for histogram in (self.recovery, self.steps_lost, self.commit_seconds):
+            histogram.labels(namespace, job)
         self.world_size.labels(namespace, job).set(status.get("worldSize") or 0)
         self.generation.labels(namespace, job).set(status.get("generation") or 0)
         last = status.get("lastCheckpoint")

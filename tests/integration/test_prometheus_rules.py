@@ -4,47 +4,35 @@ server, started with a generated config, parses every dashboard query and loads 
 
 from __future__ import annotations
 
-import json
 import pathlib
 import shutil
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-import helm_python as helm
 import pytest
 import yaml
+from prometheus_harness import (
+    CHART,
+    MISSING_PROMETHEUS,
+    PROMETHEUS,
+    PROMTOOL,
+    RULES_FILE,
+    api_get,
+    dashboard_targets,
+    rendered_rule_groups,
+    start_prometheus,
+    substitute,
+    variable_selectors,
+    write_rules,
+)
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "elastra"
 ALERT_TESTS = CHART / "ci" / "alerts.test.yaml"
-RULES_FILE = "elastra-rules.yaml"  # the name alerts.test.yaml loads
-PROMTOOL, PROMETHEUS = shutil.which("promtool"), shutil.which("prometheus")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: `make system-deps`")
-needs_prometheus = pytest.mark.skipif(PROMETHEUS is None, reason="prometheus missing: `make system-deps`")
+needs_prometheus = pytest.mark.skipif(PROMETHEUS is None, reason=MISSING_PROMETHEUS)
 # What Grafana substitutes for the dashboard's variables when "All" is selected.
 DASHBOARD_VARIABLES = {"$namespace": ".*", "$job": ".*", "$window": "1h", "$__rate_interval": "1m"}
-
-
-def rendered_rule_groups(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The groups of the chart's PrometheusRule, as a Prometheus rules file holds them."""
-    merged = {"prometheusRule": {"enabled": True, **(values or {})}}
-    with helm.Chart.load(CHART) as chart:
-        manifests = chart.render(merged, name="elastra", namespace="elastra-system")
-    rule = yaml.safe_load(manifests["elastra/templates/prometheusrule.yaml"])
-    groups: list[dict[str, Any]] = rule["spec"]["groups"]
-    return groups
-
-
-def write_rules(folder: pathlib.Path, groups: list[dict[str, Any]]) -> pathlib.Path:
-    path = folder / RULES_FILE
-    path.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
-    return path
 
 
 def promtool(*args: str, cwd: pathlib.Path) -> subprocess.CompletedProcess[str]:
@@ -121,98 +109,26 @@ def test_alert_cases_notice_a_changed_rule(
 # ----------------------------------------------------------------------------- a real Prometheus
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def api_get(base: str, path: str, **params: str) -> tuple[int, dict[str, Any]]:
-    url = f"{base}{path}?{urllib.parse.urlencode(params)}" if params else f"{base}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Prometheus on loopback with the chart's rules loaded; yields its base URL."""
+    """A real Prometheus on loopback (scraping only itself) with the chart's rules loaded."""
     if PROMETHEUS is None:
-        pytest.skip("prometheus missing: `make system-deps`")
-    folder = tmp_path_factory.mktemp("prometheus")
-    write_rules(folder, rendered_rule_groups())
-    port = free_port()
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(folder / RULES_FILE)],
-        "scrape_configs": [
-            {"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]},
-        ],
-    }
-    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-    log = (folder / "prometheus.log").open("w")
-    process = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={folder / 'prometheus.yml'}",
-            f"--storage.tsdb.path={folder / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, (folder / "prometheus.log").read_text()
-            try:
-                with urllib.request.urlopen(f"{base}/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            assert time.monotonic() < deadline, "prometheus did not become ready"
-            time.sleep(0.2)
+        pytest.skip(MISSING_PROMETHEUS)
+    with start_prometheus(tmp_path_factory.mktemp("prometheus"), []) as base:
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 def dashboard_queries() -> list[Any]:
-    dashboard = json.loads((CHART / "dashboards" / "elastra.json").read_text())
-    params = []
-    for panel in dashboard["panels"]:
-        for target in panel.get("targets", []):
-            params.append(pytest.param(target["expr"], id=f"{panel['title']}-{target['refId']}"))
-    for variable in dashboard["templating"]["list"]:
-        if variable["type"] == "query":
-            # label_values(<selector>, <label>) is Grafana's; the selector inside must parse.
-            selector = variable["query"]["query"].removeprefix("label_values(").rsplit(",", 1)[0]
-            params.append(pytest.param(selector, id=f"variable-{variable['name']}"))
+    params = [pytest.param(t.expr, id=t.name) for t in dashboard_targets()]
+    # label_values(<selector>, <label>) is Grafana's; the selector inside must parse.
+    params += [pytest.param(selector, id=f"variable-{name}") for name, selector in variable_selectors()]
     return params
-
-
-def substitute(expr: str) -> str:
-    for variable, value in sorted(DASHBOARD_VARIABLES.items(), key=lambda kv: -len(kv[0])):
-        expr = expr.replace(variable, value)
-    assert "$" not in expr, f"unknown dashboard variable in {expr}"
-    return expr
 
 
 @needs_prometheus
 @pytest.mark.parametrize("expr", dashboard_queries())
 def test_dashboard_query_parses(prometheus: str, expr: str) -> None:
-    status, body = api_get(prometheus, "/api/v1/query", query=substitute(expr))
+    status, body = api_get(prometheus, "/api/v1/query", query=substitute(expr, DASHBOARD_VARIABLES))
     assert (status, body["status"]) == (200, "success"), body
 
 

@@ -63,6 +63,9 @@ class StagingBuffer:
                 self._stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
             self._stream.wait_stream(torch.cuda.current_stream())
             stream = self._stream
+            for tensor in sources:  # the allocator must not hand their memory out before the copy ran
+                if tensor.is_cuda:
+                    tensor.record_stream(stream)
         return StagingJob(writes=writes, sources=sources, buffer=buffer, stream=stream)
 
     @staticmethod

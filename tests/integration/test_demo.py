@@ -434,3 +434,11 @@ def test_recovery_panel_shows_the_node_loss(quick_demo: DemoRun) -> None:
         float(v) for s in query_range(quick_demo, substitute(expr, demo_variables())) for _, v in s["values"]
     ]
     assert max((v for v in values if math.isfinite(v)), default=0.0) > 0, values
+
+
+@DEMO_TIMEOUT
+def test_control_a_panel_of_another_job_has_no_data(quick_demo: DemoRun) -> None:
+    """Control: the panel check above can fail; the same query for a job the run did not have is empty."""
+    expr = next(t.expr for t in dashboard_targets() if t.panel == "Loss")
+    other_job = {**demo_variables(), "$job": "not-the-demo"}
+    assert finite_points(query_range(quick_demo, substitute(expr, other_job))) == 0

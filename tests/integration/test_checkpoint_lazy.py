@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from elastra.checkpoint import Checkpointer
+from elastra.checkpoint import Checkpointer, CheckpointError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -125,3 +125,17 @@ def test_removed_guard_no_longer_fences(tmp_path: Path) -> None:
 def test_unknown_staging_mode_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="staging must be one of"):
         Checkpointer(str(tmp_path)).save(1, {"w": torch.zeros(2)}, staging="later")
+
+
+def test_a_failed_lazy_copy_releases_the_fence_and_fails_the_save(tmp_path: Path) -> None:
+    weights = torch.ones(1000)
+    ckpt = Checkpointer(str(tmp_path))
+    gate = hold_background_thread(ckpt)
+    handle = ckpt.save(1, {"w": weights}, staging="lazy")
+    weights.resize_(10)  # breaks the contract (mutation before the fence): the copy can no longer run
+    gate.set()
+    handle.staged(timeout=30)  # released, not stuck
+    with pytest.raises(CheckpointError, match="staging failed"):
+        handle.wait(timeout=30)
+    assert not (tmp_path / "step-1" / "manifest.json").exists()
+    ckpt.close()

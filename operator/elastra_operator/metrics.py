@@ -14,6 +14,15 @@ from .reconcile.actions import Observe
 _JOB = ("namespace", "job")
 _SECONDS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 _STEPS = (0, 1, 5, 10, 50, 100, 500, 1000, 5000, 10000)
+RESCALE_REASONS = (
+    "Start", "Failure", "Drain", "ScaleUp", "ScaleDown", "Suspend", "Resume", "CapacityRestored",
+)  # fmt: skip
+"""The reasons `reconcile.plan` writes a generation for, exported at zero from a job's first pass."""
+FAILURE_REASONS = (
+    "NodeLost", "PodDeleted", "Evicted", "PodFailed", "PodUnknown",
+    "WorkerFailed", "PeerLost", "Unresponsive",
+)  # fmt: skip
+"""The common failure causes (`ExitCode<n>` is open-ended: it appears with its first failure)."""
 
 
 class OperatorMetrics:
@@ -88,11 +97,16 @@ class OperatorMetrics:
     def job_status(self, namespace: str, job: str, status: dict[str, Any]) -> None:
         """Refresh the gauges of one job from its (camelCase) status."""
         self._phases[(namespace, job)] = status.get("phase") or Phase.PENDING.value
-        # The per-job histograms exist at zero from the job's first pass on: rate() and increase() see
-        # an observation only as a change from an earlier scrape, so a series that first appears with
-        # the first recovery would never show it on the dashboard.
+        # Per-job series exist at zero from the job's first pass on: rate() and increase() see an
+        # observation only as a change from an earlier scrape, so a series that first appears with the
+        # first failure (or recovery, or rescale of a reason) would never show it on the dashboard or in
+        # the alerts.
         for histogram in (self.recovery, self.steps_lost, self.commit_seconds):
             histogram.labels(namespace, job)
+        for reason in RESCALE_REASONS:
+            self.rescales.labels(namespace, job, reason)
+        for reason in FAILURE_REASONS:
+            self.failures.labels(namespace, job, reason)
         self.world_size.labels(namespace, job).set(status.get("worldSize") or 0)
         self.generation.labels(namespace, job).set(status.get("generation") or 0)
         last = status.get("lastCheckpoint")

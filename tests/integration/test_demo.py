@@ -425,15 +425,27 @@ def test_no_alert_fires_during_a_healthy_run(quick_demo: DemoRun) -> None:
     assert firing == [], [s["metric"] for s in firing]
 
 
+SHOWS_THE_DISRUPTIONS = [
+    ("Rescales by reason", "A"),
+    ("Failures by reason", "A"),
+    ("Time to recover", "C"),
+    ("Restore time by tier", "A"),
+    ("Restore time by tier", "B"),
+]
+"""Panels on which the node killed and the node added must show as values above zero."""
+
+
 @DEMO_TIMEOUT
-def test_recovery_panel_shows_the_node_loss(quick_demo: DemoRun) -> None:
-    """Data is not only zeros: the node killed mid-run shows as a recovery time above zero (the
-    histogram exists at zero before the failure, so rate() sees the observation)."""
-    expr = next(t.expr for t in dashboard_targets() if t.panel == "Time to recover" and t.ref_id == "C")
-    values = [
-        float(v) for s in query_range(quick_demo, substitute(expr, demo_variables())) for _, v in s["values"]
-    ]
-    assert max((v for v in values if math.isfinite(v)), default=0.0) > 0, values
+@pytest.mark.parametrize(
+    ("panel", "ref_id"), [pytest.param(*p, id="-".join(p)) for p in SHOWS_THE_DISRUPTIONS]
+)
+def test_panel_shows_the_disruptions(quick_demo: DemoRun, panel: str, ref_id: str) -> None:
+    """Data is not only zeros: every series exists at zero before its first event, so rate() and
+    increase() see the failure, the rescales, the recovery and the restores of the run."""
+    expr = next(t.expr for t in dashboard_targets() if (t.panel, t.ref_id) == (panel, ref_id))
+    result = query_range(quick_demo, substitute(expr, demo_variables()))
+    values = [float(v) for s in result for _, v in s["values"]]
+    assert max((v for v in values if math.isfinite(v)), default=0.0) > 0, result
 
 
 @DEMO_TIMEOUT

@@ -84,7 +84,10 @@ def test_job_status_gauges_and_phase_counts() -> None:
     )
     assert _value(m, "elastra_checkpoint_last_commit_timestamp_seconds", job) == 1767225600.0
     assert _value(m, "elastra_jobs", {"phase": "Running"}) == 2
-    assert _value(m, "elastra_recovery_seconds_count", job) == 0  # at zero before the first failure
+    # At zero before the first failure, so that rate() and increase() see the first one.
+    assert _value(m, "elastra_recovery_seconds_count", job) == 0
+    assert _value(m, "elastra_failures_total", {**job, "reason": "NodeLost"}) == 0
+    assert _value(m, "elastra_rescales_total", {**job, "reason": "ScaleUp"}) == 0
     m.forget("ns", "a")
     assert (
         _value(m, "elastra_jobs", {"phase": "Running"}) == 1

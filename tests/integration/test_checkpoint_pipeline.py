@@ -241,3 +241,16 @@ def test_retention_survives_one_failed_delete(tmp_path: Path) -> None:
     assert apply_retention(storage, keep=1) == [2, 3]  # step 1's delete failed, the others went on
     assert latest(str(tmp_path)) == 4
     assert apply_retention(storage, keep=1) == [1]
+
+
+def test_a_changed_layout_is_planned_again(tmp_path: Path) -> None:
+    ckpt = Checkpointer(str(tmp_path))
+    ckpt.save(1, {"w": torch.ones(4)}).wait()
+    ckpt.save(2, {"w": torch.full((4,), 2.0)}).wait()  # same layout: the cached plan
+    ckpt.save(3, {"w": torch.full((6,), 3.0), "b": torch.zeros(2, dtype=torch.int32)}).wait()
+    fresh = {"w": torch.zeros(6), "b": torch.ones(2, dtype=torch.int32)}
+    assert ckpt.load(fresh) == 3
+    assert torch.equal(fresh["w"], torch.full((6,), 3.0)) and torch.equal(
+        fresh["b"], torch.zeros(2, dtype=torch.int32)
+    )
+    ckpt.close()

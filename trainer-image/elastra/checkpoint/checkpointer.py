@@ -179,7 +179,8 @@ class Checkpointer:
         self._staging = StagingBuffer()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="elastra-ckpt")
         self._inflight: SaveHandle | None = None
-        self._plan_cache: tuple[int, SavePlan] | None = None
+        self._plan_cache: tuple[tuple[int, ...], SavePlan] | None = None
+        """Every rank's layout signature at the last plan, and that plan."""
         self._pg = process_group
         if self._pg is None and dist.is_available() and dist.is_initialized():
             self._pg = dist.group.WORLD
@@ -241,12 +242,13 @@ class Checkpointer:
             self.stats.skipped += 1
             log.info("checkpoint of step %d skipped: the previous save is still in flight", step)
             return SaveHandle(step, time.perf_counter() - started, None)
-        if self._plan_cache is not None and all(g["sig"] == self._plan_cache[0] for g in gathered):
-            plan = self._plan_cache[1]  # the layout is unchanged everywhere: no second collective
+        signatures = tuple(g["sig"] for g in gathered)
+        if self._plan_cache is not None and self._plan_cache[0] == signatures:
+            plan = self._plan_cache[1]  # every rank's layout is unchanged: no second collective
         else:
             everyone = self._all_gather([p.to_json() for p in pieces], self._control)
             plan = plan_save([[Piece.from_json(raw) for raw in rank_pieces] for rank_pieces in everyone])
-            self._plan_cache = (signature, plan) if len({g["sig"] for g in gathered}) == 1 else None
+            self._plan_cache = (signatures, plan)
         self.stats.saves += 1
         faults.crash_point("stage", self.rank)
         mine = plan.writes[self.rank]

@@ -16,7 +16,12 @@ READY = NodeView(name="", ready=True)
 PEER_LOST = "PeerLost"
 """Agent failure reason prefix for a worker that died because a peer did: never permanent."""
 PEER_SETTLE_SECONDS = 5.0
-"""After a first `PeerLost` report, how long live members get to report theirs."""
+"""After a first `PeerLost` report, the longest live members get to report theirs."""
+PEER_QUIET_SECONDS = 1.0
+"""Once the reporters outnumber the silent members, how long after the newest `PeerLost` report the
+operator stops waiting: live peers of a dead rank fail together (their collectives break within
+milliseconds of each other, measured in docs/benchmarks.md, Recovery), so a second of quiet means the
+silent ones are not about to speak."""
 REASON_CHARS = 160
 
 

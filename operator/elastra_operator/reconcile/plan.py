@@ -31,7 +31,7 @@ from .actions import (
     WriteMembership,
 )
 from .checks import spec_problems
-from .facts import PEER_LOST, PEER_SETTLE_SECONDS, Facts, Failure
+from .facts import PEER_LOST, PEER_QUIET_SECONDS, PEER_SETTLE_SECONDS, Facts, Failure
 from .outcomes import after_finish, invalid
 from .status import build_status, changed, set_condition, status_body
 from .views import CheckpointView, JobView, NodeView, OperatorRecord, PodView
@@ -239,16 +239,20 @@ class _Pass:
 
     def awaiting_culprit(self, members: list[PodView | None], failed: list[Failure]) -> bool:
         """Only symptoms (`PeerLost`) reported: the member that broke the collective is among the silent
-        ones. Give every live member `PEER_SETTLE_SECONDS` to report too; then leave the silent ones out
-        of the next generation (a dead pod's last report still says Running)."""
+        ones. Give every live member up to `PEER_SETTLE_SECONDS` to report too — or, once the reporters
+        outnumber the silent, until no new report came for `PEER_QUIET_SECONDS` — then leave the silent
+        ones out of the next generation (a dead pod's last report still says Running)."""
         if any(f.peer_since is None for f in failed):
             return False  # a cause is known
         named = {f.pod for f in failed}
         silent = {p.name for p in members if p is not None and p.name not in named}
         if not silent:
             return False
-        first = min(f.peer_since for f in failed if f.peer_since is not None)
-        if (self.now - first).total_seconds() < PEER_SETTLE_SECONDS:
+        times = [f.peer_since for f in failed if f.peer_since is not None]
+        waited = (self.now - min(times)).total_seconds()
+        quiet = (self.now - max(times)).total_seconds()
+        settled = waited >= PEER_SETTLE_SECONDS or (len(named) > len(silent) and quiet >= PEER_QUIET_SECONDS)
+        if not settled:
             return True
         self.suspects = silent
         return False

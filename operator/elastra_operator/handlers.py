@@ -1,16 +1,24 @@
 """Kopf handlers: they only translate events into `kube.observe → plan → kube.apply`.
 
 A timer per TrainingJob re-plans it every `ELASTRA_RESYNC_SECONDS` (level-triggered: whatever was missed,
-by this operator or a previous one, is seen on the next pass). Kopf runs one timer per object at a time,
-so passes over one job never overlap. Checkpoints carry the operator's finalizer; its delete handler
-deletes the checkpoint's storage unless the checkpoint is protected.
+by this operator or a previous one, is seen on the next pass). A worker pod's change that can move the plan
+(phase, deletion, node, IP, the agent's state or request answer, a new commit) triggers the job's pass at
+once, and a `PeerLost` report one more after the quiet window: the operator reacts in the time of one API
+round trip instead of one timer period. Passes over one job never overlap (`_Passes`); a change that
+arrives during a pass makes it run once more. Nothing of the job is kept between passes: the only memory
+is which pod versions were already seen, so an unchanged re-delivery triggers nothing (losing it costs one
+redundant pass). Checkpoints carry the operator's finalizer; its delete handler deletes the checkpoint's
+storage unless the checkpoint is protected.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
+import threading
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -20,13 +28,20 @@ from pydantic import ValidationError
 from elastra.api import GROUP, VERSION
 from elastra.api import checkpoint as ckpt_api
 from elastra.api import trainingjob as tj_api
-from elastra.api.membership import membership_configmap_name
+from elastra.api.membership import (
+    AGENT_ANNOTATION,
+    COMMIT_ANNOTATION,
+    JOB_LABEL,
+    ROLE_LABEL,
+    membership_configmap_name,
+)
 
 from . import storage
 from .kube import Conflict, Kube, checkpoint_view, job_view
 from .metrics import OperatorMetrics
 from .reconcile.actions import Event, PatchStatus
 from .reconcile.checks import deletion_refusal, teardown
+from .reconcile.facts import PEER_LOST, PEER_QUIET_SECONDS
 from .reconcile.manifests import FINALIZER
 from .reconcile.plan import plan
 from .reconcile.status import status_body
@@ -72,12 +87,112 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 30
 
 
+def pod_signature(pod: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What of a worker pod can move its job's plan: a change here is worth a pass. Pure.
+
+    The agent's periodic step reports are left out (they only refresh status)."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    annotations = meta.get("annotations") or {}
+    agent = _json_object(annotations.get(AGENT_ANNOTATION))
+    commit = _json_object(annotations.get(COMMIT_ANNOTATION))
+    return (
+        status.get("phase"),
+        status.get("reason"),
+        status.get("podIP"),
+        (pod.get("spec") or {}).get("nodeName"),
+        meta.get("deletionTimestamp"),
+        tuple(agent.get(k) for k in ("generation", "state", "exitCode", "reason", "ackRequest", "raw")),
+        commit.get("step"),
+        commit.get("raw"),
+    )
+
+
+def _json_object(raw: object) -> dict[str, Any]:
+    """An annotation's JSON object; {} when absent or not an object (the pass reports bad input)."""
+    if not isinstance(raw, str):
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {"raw": raw}
+    return value if isinstance(value, dict) else {"raw": raw}
+
+
+class _Passes:
+    """At most one pass per job at a time; a trigger during a pass runs it once more afterwards."""
+
+    lock = threading.Lock()
+    running: set[tuple[str, str]] = set()
+    again: set[tuple[str, str]] = set()
+    seen: dict[str, tuple[Any, ...]] = {}
+    """Pod uid -> the signature last acted on."""
+
+
+def run_pass(namespace: str, name: str) -> None:
+    """Plan `namespace/name` now, or right after the pass already running for it."""
+    key = (namespace, name)
+    with _Passes.lock:
+        if key in _Passes.running:
+            _Passes.again.add(key)
+            return
+        _Passes.running.add(key)
+    try:
+        while True:
+            _one_pass(namespace, name)
+            with _Passes.lock:
+                if key not in _Passes.again:
+                    return
+                _Passes.again.discard(key)
+    finally:
+        with _Passes.lock:
+            _Passes.running.discard(key)
+            _Passes.again.discard(key)
+
+
 @kopf.timer(
     GROUP, VERSION, tj_api.PLURAL, interval=RESYNC_SECONDS, sharp=False, backoff=max(RESYNC_SECONDS, 1.0)
 )
 def reconcile_job(*, namespace: str | None, name: str, **_: Any) -> None:
-    """One planning pass over one TrainingJob."""
+    """The periodic planning pass over one TrainingJob (the level-triggered fallback)."""
     assert namespace is not None  # TrainingJobs are namespaced
+    run_pass(namespace, name)
+
+
+@kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT, ROLE_LABEL: "worker"})
+def worker_pod_changed(*, type: str | None, body: kopf.Body, **_: Any) -> None:
+    """A worker pod changed in a way that can move its job's plan: plan the job now."""
+    raw = dict(body)
+    meta = raw.get("metadata") or {}
+    namespace, job, uid = meta.get("namespace"), (meta.get("labels") or {}).get(JOB_LABEL), meta.get("uid")
+    if not namespace or not job or not uid:
+        return
+    if type == "DELETED":
+        with _Passes.lock:
+            _Passes.seen.pop(uid, None)
+    else:
+        signature = pod_signature(raw)
+        with _Passes.lock:
+            if _Passes.seen.get(uid) == signature:
+                return
+            _Passes.seen[uid] = signature
+        reason = signature[5][3]
+        if isinstance(reason, str) and reason.startswith(PEER_LOST):
+            # plan() waits for the silent members until the reports went quiet: look again then.
+            timer = threading.Timer(PEER_QUIET_SECONDS + 0.1, _quietly, args=(namespace, job))
+            timer.daemon = True
+            timer.start()
+    run_pass(namespace, job)
+
+
+def _quietly(namespace: str, name: str) -> None:
+    try:
+        run_pass(namespace, name)
+    except Exception:  # the timer pass retries whatever this one could not do
+        log.exception("follow-up pass over %s/%s failed", namespace, name)
+
+
+def _one_pass(namespace: str, name: str) -> None:
     kube = _kube()
     observed = kube.observe(namespace, name)
     if observed is None:

@@ -20,6 +20,7 @@ from elastra.agent.config import AgentConfig, agent_config_from_env
 from elastra.agent.decide import Kind, Local, control_message, decide, worker_env
 from elastra.agent.metrics import TrainerMetrics
 from elastra.agent.workers import WorkerGroup, clear_status_files
+from elastra.agent.zygote import Zygote, zygote_target
 from elastra.api.membership import (
     AGENT_ANNOTATION,
     COMMIT_ANNOTATION,
@@ -34,7 +35,7 @@ log = logging.getLogger("elastra.agent")
 TICK_S = 0.1
 """How often the loop looks at its inbox, workers and status files."""
 SWITCH_STOP_S = 5.0
-"""Grace for the old workers when a new generation (or Hold) stops them (then SIGKILL)."""
+"""Grace for the workers when the job is done and they are still running (then SIGKILL)."""
 FAILURE_GRACE_S = 2.0
 """After one local worker failed, how long the others get to exit by themselves."""
 DONE_WAIT_S = 300.0
@@ -95,6 +96,7 @@ class Agent:
         self._reported_at = 0.0
         self._commit_step: int | None = None
         self._succeeded_at: float | None = None
+        self.zygote: Zygote | None = None
         pathlib.Path(cfg.control_dir).mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ loop
@@ -105,6 +107,7 @@ class Agent:
             self.metrics.serve(self.cfg.pod_ip, self.cfg.metrics_port)
         self.link.start()
         self._report(force=True)
+        self._start_zygote()
         try:
             while True:
                 self._drain_inbox()
@@ -119,7 +122,7 @@ class Agent:
                     return action.exit_code or 0
                 if action.kind is Kind.STOP:
                     log.info("stopping workers: %s", action.why)
-                    self._stop_workers(signal.SIGINT, SWITCH_STOP_S)
+                    self._stop_workers(signal.SIGKILL, 0.0)
                     self._set_state(AgentState.STOPPED)
                 elif action.kind is Kind.START:
                     log.info("starting %s", action.why)
@@ -134,7 +137,19 @@ class Agent:
         finally:
             if self.workers is not None and self.workers.running:
                 self.workers.stop(signal.SIGKILL, 1.0)
+            if self.zygote is not None:
+                self.zygote.close()
             self.link.stop()
+
+    def _start_zygote(self) -> None:
+        """Start the warm launcher now, so it imports while the pod waits for its first generation."""
+        target = zygote_target(self.command)
+        if not self.cfg.zygote or target is None or not sys.platform.startswith("linux"):
+            return
+        try:
+            self.zygote = Zygote(target, os.environ)
+        except OSError as exc:
+            log.warning("no warm launcher (%s): workers start as new processes", exc)
 
     def _drain_inbox(self) -> None:
         while True:
@@ -158,7 +173,8 @@ class Agent:
         assert membership is not None
         member = membership.member(self.cfg.pod)
         assert member is not None
-        self._stop_workers(signal.SIGINT, SWITCH_STOP_S)
+        # The new generation's restore point is chosen: nothing the old workers still do is kept.
+        self._stop_workers(signal.SIGKILL, 0.0)
         clear_status_files(self.cfg.control_dir)
         self._readers = {}
         self._control = None
@@ -167,11 +183,15 @@ class Agent:
         self.restore = None
         self._succeeded_at = None
         self._sync_control()
+        launched = {"ELASTRA_LAUNCHED_AT": f"{time.time():.3f}"}  # the session logs its start from here
         envs = [
-            worker_env(os.environ, membership, member, local_rank, self.cfg.control_dir)
+            {**worker_env(os.environ, membership, member, local_rank, self.cfg.control_dir), **launched}
             for local_rank in range(member.nprocs)
         ]
-        self.workers = WorkerGroup(generation, self.command, envs)
+        self.workers = WorkerGroup(generation, self.command, envs, self.zygote)
+        if self.zygote is not None and self.zygote.broken is not None:
+            self.zygote.close()
+            self.zygote = None
         self._readers = {
             member.rank_start + i: FileReader(
                 pathlib.Path(self.cfg.control_dir) / status_file(member.rank_start + i), WorkerStatus

@@ -30,6 +30,8 @@ class AgentConfig:
     """Least time between two step-only reports (`ELASTRA_REPORT_INTERVAL_SECONDS`, 3)."""
     poll_interval_s: float
     """Re-read of the membership record besides the watch (`ELASTRA_MEMBERSHIP_POLL_SECONDS`, 5)."""
+    zygote: bool = True
+    """Fork workers from a warm, pre-imported launcher (`ELASTRA_ZYGOTE`, 1; 0 spawns each one fresh)."""
 
     def __post_init__(self) -> None:
         for name in ("job", "pod", "namespace"):
@@ -68,4 +70,5 @@ def agent_config_from_env(env: Mapping[str, str]) -> AgentConfig:
         grace_seconds=number("ELASTRA_TERMINATION_GRACE_SECONDS", 30),
         report_interval_s=number("ELASTRA_REPORT_INTERVAL_SECONDS", 3),
         poll_interval_s=number("ELASTRA_MEMBERSHIP_POLL_SECONDS", 5),
+        zygote=env.get("ELASTRA_ZYGOTE", "1").strip().lower() not in ("0", "false", "no", "off"),
     )

@@ -12,6 +12,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from elastra.agent.zygote import ForkedWorker, Zygote, ZygoteError
+
 log = logging.getLogger("elastra.agent")
 
 _PR_SET_PDEATHSIG = 1
@@ -24,15 +26,33 @@ def _die_with_agent() -> None:  # pragma: no cover - runs in the child between f
 
 
 class WorkerGroup:
-    """The local workers of one generation (one process per local rank)."""
+    """The local workers of one generation (one process per local rank).
 
-    def __init__(self, generation: int, command: Sequence[str], envs: Sequence[dict[str, str]]) -> None:
+    With a `zygote`, each worker is forked from the warm launcher (no interpreter start, no imports);
+    on any zygote error that worker and the rest are spawned as plain processes."""
+
+    def __init__(
+        self,
+        generation: int,
+        command: Sequence[str],
+        envs: Sequence[dict[str, str]],
+        zygote: Zygote | None = None,
+    ) -> None:
         self.generation = generation
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: list[subprocess.Popen[bytes] | ForkedWorker] = []
         for env in envs:
-            proc = subprocess.Popen(list(command), env=env, preexec_fn=_die_with_agent)  # noqa: PLW1509
+            proc: subprocess.Popen[bytes] | ForkedWorker | None = None
+            if zygote is not None and zygote.broken is None:
+                try:
+                    proc = ForkedWorker(zygote, zygote.spawn(env))
+                except ZygoteError as exc:
+                    log.warning("warm launcher unusable (%s): starting workers as new processes", exc)
+            how = "forked from the warm launcher"
+            if proc is None:
+                proc = subprocess.Popen(list(command), env=env, preexec_fn=_die_with_agent)  # noqa: PLW1509
+                how = "spawned"
             self.procs.append(proc)
-            log.info("generation %d: started rank %s (pid %d)", generation, env.get("RANK"), proc.pid)
+            log.info("generation %d: %s rank %s (pid %d)", generation, how, env.get("RANK"), proc.pid)
 
     def codes(self) -> list[int | None]:
         """Exit code per local rank; None while it runs."""

@@ -30,6 +30,8 @@ class Event:
     """`kill` (a node) or `add` (a node)."""
     node: str
     step: int | None
+    wall: float | None = None
+    """Unix time it happened (to line it up with the logs: `elastra.demo.timeline`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +110,8 @@ def summarize(observed: Observed, *, phase: str) -> dict[str, Any]:
             "bytes": int(newest.get("bytes", 0)),
         },
         "events": [
-            {"t": round(e.t, 2), "kind": e.kind, "node": e.node, "step": e.step} for e in observed.events
+            {"t": round(e.t, 2), "kind": e.kind, "node": e.node, "step": e.step, "wall": e.wall}
+            for e in observed.events
         ],
     }
 

@@ -333,15 +333,18 @@ class Demo:
             return
         node = nodes[-1]
         self._say(f"killing {node} at step {membership_step}")
+        wall = time.time()
         lc.kill_node(node)
         self.observed.events.append(
-            Event(t=time.monotonic() - self.t0, kind="kill", node=node, step=membership_step)
+            Event(t=time.monotonic() - self.t0, kind="kill", node=node, step=membership_step, wall=wall)
         )
 
     def _add_a_node(self, lc: Any, step: int | None) -> None:
         node = lc.add_node()
         self._say(f"added {node} at step {step}")
-        self.observed.events.append(Event(t=time.monotonic() - self.t0, kind="add", node=node, step=step))
+        self.observed.events.append(
+            Event(t=time.monotonic() - self.t0, kind="add", node=node, step=step, wall=time.time())
+        )
 
     def _say(self, text: str) -> None:
         print(("\n" if self.tty else "") + f"demo: {text}", flush=True)

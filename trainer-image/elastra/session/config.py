@@ -49,6 +49,8 @@ class SessionConfig:
     """Agree on checkpoint requests every this many steps (`ELASTRA_AGREE_EVERY_STEPS`)."""
     collective_timeout_s: float
     """Limit on one collective (`ELASTRA_COLLECTIVE_TIMEOUT_SECONDS`)."""
+    launched_at: float | None = None
+    """Unix time the agent launched this worker (`ELASTRA_LAUNCHED_AT`), for the start timeline."""
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
@@ -126,6 +128,7 @@ def from_env(env: Mapping[str, str], **overrides: object) -> SessionConfig:
         "collective_timeout_s": _float(
             env, "ELASTRA_COLLECTIVE_TIMEOUT_SECONDS", DEFAULT_COLLECTIVE_TIMEOUT_S
         ),
+        "launched_at": _float(env, "ELASTRA_LAUNCHED_AT"),
     }
     unknown = set(overrides) - set(values)
     if unknown:

@@ -116,7 +116,10 @@ class Session:
         self.device = torch.device(f"cuda:{config.local_rank}" if self.backend == "nccl" else "cpu")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        self._timeline: dict[str, float] = {"init": time.time()}
+        """Wall times of this worker's start (launched, init, group, restored), for one log line."""
         self._init_process_group()
+        self._timeline["group"] = time.time()
         self.checkpointer: Any = None
         if config.checkpoint_uri:
             from elastra.checkpoint import Checkpointer
@@ -184,6 +187,8 @@ class Session:
         if self.checkpointer is None or (step is None and self.config.under_agent):
             return 0
         started = time.monotonic()
+        if self._timeline:
+            self._timeline["restoring"] = time.time()
         flat = _materialize(state)
         loaded = self.checkpointer.load(flat, step=step)  # step None: the newest committed one
         if loaded is None:
@@ -192,6 +197,7 @@ class Session:
             if isinstance(value, Stateful):
                 value.load_state_dict(flat[key])
         seconds = time.monotonic() - started
+        self._timeline["restored"] = time.time()
         by_tier = self.checkpointer.stats.restore_bytes_by_tier
         tier = max(by_tier, key=lambda t: by_tier[t]) if any(by_tier.values()) else "durable"
         self._last_saved_step = int(loaded)
@@ -209,6 +215,8 @@ class Session:
         two numbers so that every rank takes a requested checkpoint at the same step.
         """
         now = time.monotonic()
+        if self._timeline:
+            self._log_start()
         if self._last_step_time is not None:
             self._seconds_since_status += now - self._last_step_time
             self._steps_since_status += 1
@@ -248,6 +256,25 @@ class Session:
             self.finish()
             sys.exit(0 if asked_here else EXIT_PEER_STOPPED)
         return saved
+
+    def _log_start(self) -> None:
+        """Once, after the first step: where this worker's start went (docs/benchmarks.md, Recovery)."""
+        t, self._timeline = self._timeline, {}
+        if self.config.launched_at is None:
+            return
+        now = time.time()
+        init, group = t["init"], t["group"]
+        restored = t.get("restored", group)
+        restoring = t.get("restoring", restored)
+        stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S,%f")[:-3]
+        print(
+            f"{stamp} elastra-session INFO rank {self.rank} generation {self.generation} start: "
+            f"launch+imports {init - self.config.launched_at:.2f}s, process group {group - init:.2f}s, "
+            f"model {restoring - group:.2f}s, restore {restored - restoring:.2f}s, "
+            f"first step {now - restored:.2f}s",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _stop_asked_here(self) -> bool:
         """This worker itself was told to stop (SIGTERM or its agent), not only one of its peers."""

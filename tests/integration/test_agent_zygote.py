@@ -57,9 +57,10 @@ def _env(tmp_path: pathlib.Path, **extra: str) -> dict[str, str]:
 
 
 def _launch(script: pathlib.Path, *args: str) -> Zygote:
+    """A zygote for `script` that imports only the script's own modules (torch would be slow here)."""
     target = zygote_target([sys.executable, str(script), *args])
     assert target is not None
-    return Zygote(target, os.environ)
+    return Zygote(target, {**os.environ, "ELASTRA_ZYGOTE_PRELOAD": ""})
 
 
 def test_forked_worker_runs_the_script_as_main_with_its_env_and_exit_code(
@@ -167,3 +168,23 @@ def test_imported_modules_are_the_top_level_absolute_imports() -> None:
     source = "from __future__ import annotations\nimport a.b, c\nfrom d.e import f\nfrom . import g\n"
     source += "def h():\n    import inner\n"
     assert imported_modules(source) == ["a.b", "c", "d.e"]
+
+
+def test_torch_preloaded_in_the_zygote_works_in_the_forked_worker(tmp_path: pathlib.Path) -> None:
+    script = tmp_path / "torch_train.py"
+    script.write_text(
+        "import sys\nimport torch\n"
+        "x = torch.ones(64, 64)\n"
+        "sys.exit(0 if float((x @ x).sum()) == 64.0 ** 3 and torch.get_num_threads() == 1 else 9)\n"
+    )
+    target = zygote_target([sys.executable, str(script)])
+    assert target is not None
+    # As the pods run it: one OpenMP thread, so importing torch starts no thread and fork is safe.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ELASTRA_ZYGOTE_PRELOAD": ""}
+    zygote = Zygote(target, env)
+    try:
+        worker = ForkedWorker(zygote, zygote.spawn(env))
+        assert worker.wait(60) == 0
+        assert zygote.ready_seconds is not None
+    finally:
+        zygote.close()

@@ -399,7 +399,7 @@ CASES = [
     ),
     pytest.param(
         job(m=membership(1, ["tj-w-0", "tj-w-1"], request=request("ScaleUp", ago=10)), record=STARTED),
-        [*running(0, 1), pod(2)],
+        [*running(0, 1), pod(2, report=agent(0, "Waiting"))],
         nodes(3),
         [ckpt(40, committed=-50)],
         {"m": None, "phase": "Rescaling", "events": []},
@@ -407,7 +407,7 @@ CASES = [
     ),
     pytest.param(
         job(m=membership(1, ["tj-w-0", "tj-w-1"], request=request("ScaleUp", ago=10)), record=STARTED),
-        [*running(0, 1), pod(2)],
+        [*running(0, 1), pod(2, report=agent(0, "Waiting"))],
         nodes(3),
         [ckpt(40, committed=-50), ckpt(50, committed=-5)],
         {
@@ -420,7 +420,7 @@ CASES = [
     ),
     pytest.param(
         job(m=membership(1, ["tj-w-0", "tj-w-1"], request=request("ScaleUp", ago=100)), record=STARTED),
-        [*running(0, 1), pod(2)],
+        [*running(0, 1), pod(2, report=agent(0, "Waiting"))],
         nodes(3),
         [ckpt(40, committed=-150)],
         {
@@ -432,7 +432,7 @@ CASES = [
     ),
     pytest.param(
         job(m=M2, record=STARTED.model_copy(update={"last_rescale_at": at(-10)})),
-        [*running(0, 1), pod(2)],
+        [*running(0, 1), pod(2, report=agent(0, "Waiting"))],
         nodes(3),
         [],
         {"m": None, "phase": "Running"},
@@ -445,6 +445,14 @@ CASES = [
         [],
         {"created_pods": ["tj-w-2"], "m": None, "phase": "Running"},
         id="new-node-gets-a-pod-before-the-grow",
+    ),
+    pytest.param(
+        job(m=M2, record=STARTED),
+        [*running(0, 1), pod(2)],
+        nodes(3),
+        [],
+        {"m": None, "phase": "Running", "events": []},
+        id="grow-waits-until-the-new-pods-agent-reported",
     ),
     # ------------------------------------------------------------------ planned shrink
     pytest.param(

@@ -264,7 +264,9 @@ class _Pass:
     def planned_changes(self, members: list[PodView | None]) -> None:
         """No failure: suspend, shrink or grow when asked to, else keep running."""
         names = {m.pod for m in self.m.members}
-        joining = [p for p in self.keep if p.name not in names and self.candidate(p)]
+        # A pod joins once its agent has reported: it reports after its warm launcher imported, so the
+        # running generation is stopped only when the new pod can start its workers at once.
+        joining = [p for p in self.keep if p.name not in names and self.candidate(p) and p.agent is not None]
         if self.spec.run_policy.suspend:
             self.planned("Suspend")
         elif any(p.name in names for p in self.leaving):

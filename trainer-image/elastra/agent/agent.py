@@ -36,6 +36,8 @@ TICK_S = 0.1
 """How often the loop looks at its inbox, workers and status files."""
 SWITCH_STOP_S = 5.0
 """Grace for the workers when the job is done and they are still running (then SIGKILL)."""
+ZYGOTE_READY_S = 60.0
+"""Longest the agent holds its first report back while the warm launcher imports."""
 FAILURE_GRACE_S = 2.0
 """After one local worker failed, how long the others get to exit by themselves."""
 DONE_WAIT_S = 300.0
@@ -106,8 +108,8 @@ class Agent:
         if self.cfg.metrics_port:
             self.metrics.serve(self.cfg.pod_ip, self.cfg.metrics_port)
         self.link.start()
-        self._report(force=True)
         self._start_zygote()
+        self._report(force=True)
         try:
             while True:
                 self._drain_inbox()
@@ -150,6 +152,16 @@ class Agent:
             self.zygote = Zygote(target, os.environ)
         except OSError as exc:
             log.warning("no warm launcher (%s): workers start as new processes", exc)
+            return
+        # The first report says "this pod can start workers now": the operator waits for it before a
+        # planned grow, so the running generation is not stopped while this pod still imports.
+        started = time.monotonic()
+        while not self.zygote.wait_ready(0.2) and not self.zygote.broken and not self._terminate.is_set():
+            if time.monotonic() - started > ZYGOTE_READY_S:
+                log.warning("warm launcher not ready after %.0fs: reporting anyway", ZYGOTE_READY_S)
+                return
+        if self.zygote.ready_seconds is not None:
+            log.info("warm launcher ready: imports took %.2fs", self.zygote.ready_seconds)
 
     def _drain_inbox(self) -> None:
         while True:

@@ -46,9 +46,9 @@ SPAWN_TIMEOUT_S = 120.0
 """Longest wait for the zygote's answer to a fork request (it may still be importing)."""
 
 
-DEFAULT_PRELOAD = "elastra.session,elastra.checkpoint,elastra.storage.s3,boto3"
+DEFAULT_PRELOAD = "elastra.session,elastra.checkpoint,elastra.storage.s3,boto3,torch._dynamo"
 """Imported besides the script's own imports (`ELASTRA_ZYGOTE_PRELOAD`, comma-separated): what
-`elastra.init()` and the first restore import lazily."""
+`elastra.init()`, the first restore and FSDP2's `fully_shard` (torch._dynamo, ~0.9 s here) import lazily."""
 
 
 class ZygoteError(RuntimeError):
@@ -272,6 +272,13 @@ class Zygote:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             self.exits[pid] = -signal.SIGKILL
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the zygote has imported everything (True), it broke, or `timeout` passed."""
+        deadline = time.monotonic() + timeout
+        while self.ready_seconds is None and not self.broken and time.monotonic() < deadline:
+            self._read(0.05)
+        return self.ready_seconds is not None
 
     def spawn(self, env: Mapping[str, str]) -> int:
         """Fork a worker with `env`; its pid. Raises `ZygoteError` (then spawn it plainly)."""

@@ -58,6 +58,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--nodes", type=int, default=4, help="nodes at start, one GPU slot each")
     p.add_argument(
+        "--cold-start",
+        action="store_true",
+        help="agents spawn every worker as a new process (ELASTRA_ZYGOTE=0), to compare with the zygote",
+    )
+    p.add_argument(
         "--operator-metrics-port",
         type=int,
         default=0,
@@ -142,7 +147,9 @@ NODE_HEARTBEAT_S, NODE_GRACE_S = 1.0, 4.0
 """localcluster node leases: a killed node turns NotReady after 4 s (real clusters: 40 s)."""
 
 
-def job_manifest(steps: int, s3_endpoint: str, step_sleep: float, metrics_port: int) -> dict[str, Any]:
+def job_manifest(
+    steps: int, s3_endpoint: str, step_sleep: float, metrics_port: int, *, cold_start: bool = False
+) -> dict[str, Any]:
     """The example TrainingJob, pointed at the local S3 endpoint and this machine's Python.
 
     The agents serve /metrics on `metrics_port` (pod IPs of side-by-side localclusters repeat)."""
@@ -158,6 +165,7 @@ def job_manifest(steps: int, s3_endpoint: str, step_sleep: float, metrics_port: 
     container["env"] = [
         *container.get("env", []),
         {"name": "ELASTRA_METRICS_PORT", "value": str(metrics_port)},
+        *([{"name": "ELASTRA_ZYGOTE", "value": "0"}] if cold_start else []),
     ]
     return dict(job)
 
@@ -208,7 +216,9 @@ class Demo:
             region_name=creds["AWS_REGION"],
         )
         self.metrics_port = self.args.trainer_metrics_port or _free_port()
-        job = job_manifest(self.steps, str(lc.s3_url), self.step_sleep, self.metrics_port)
+        job = job_manifest(
+            self.steps, str(lc.s3_url), self.step_sleep, self.metrics_port, cold_start=self.args.cold_start
+        )
         s3.create_bucket(Bucket=job["spec"]["checkpoint"]["s3"]["bucket"])
         self.core.create_namespaced_secret(
             "default",

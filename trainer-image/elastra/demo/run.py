@@ -37,6 +37,11 @@ S3_SECRET = "elastra-demo-s3"  # noqa: S105 - the Secret's name
 POLL_S = 0.5
 
 
+DEMO_CHECKPOINT_EVERY = 5
+"""Steps between checkpoints in the demo: a save stalls a step ~15-20 ms here (~2% of 5 steps of ~0.15 s)
+and bounds the steps a failure makes the job redo (docs/benchmarks.md, Recovery)."""
+
+
 class DemoError(RuntimeError):
     """The demo cannot run (a part is missing) or did not finish."""
 
@@ -57,6 +62,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--timeout", type=float, default=None, help="give up after this many seconds (default 280)"
     )
     p.add_argument("--nodes", type=int, default=4, help="nodes at start, one GPU slot each")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=DEMO_CHECKPOINT_EVERY,
+        help=f"checkpoint every N steps (default {DEMO_CHECKPOINT_EVERY}; 0: the example's everySteps, 20)",
+    )
     p.add_argument(
         "--cold-start",
         action="store_true",
@@ -148,13 +159,21 @@ NODE_HEARTBEAT_S, NODE_GRACE_S = 1.0, 4.0
 
 
 def job_manifest(
-    steps: int, s3_endpoint: str, step_sleep: float, metrics_port: int, *, cold_start: bool = False
+    steps: int,
+    s3_endpoint: str,
+    step_sleep: float,
+    metrics_port: int,
+    *,
+    cold_start: bool = False,
+    checkpoint_every: int | None = None,
 ) -> dict[str, Any]:
     """The example TrainingJob, pointed at the local S3 endpoint and this machine's Python.
 
     The agents serve /metrics on `metrics_port` (pod IPs of side-by-side localclusters repeat)."""
     job = copy.deepcopy(yaml.safe_load(JOB_YAML.read_text()))
     job["spec"]["checkpoint"]["s3"]["endpoint"] = s3_endpoint
+    if checkpoint_every:
+        job["spec"]["checkpoint"]["everySteps"] = checkpoint_every
     container = job["spec"]["template"]["spec"]["containers"][0]
     command = [sys.executable if part == "python" else part for part in container["command"]]
     command = [str(TRAIN) if part == "examples/gpt_tiny/train.py" else part for part in command]
@@ -217,7 +236,12 @@ class Demo:
         )
         self.metrics_port = self.args.trainer_metrics_port or _free_port()
         job = job_manifest(
-            self.steps, str(lc.s3_url), self.step_sleep, self.metrics_port, cold_start=self.args.cold_start
+            self.steps,
+            str(lc.s3_url),
+            self.step_sleep,
+            self.metrics_port,
+            cold_start=self.args.cold_start,
+            checkpoint_every=self.args.checkpoint_every,
         )
         s3.create_bucket(Bucket=job["spec"]["checkpoint"]["s3"]["bucket"])
         self.core.create_namespaced_secret(

@@ -39,7 +39,8 @@ from localcluster.selectors import (
     parse_field_selector,
     parse_label_selector,
 )
-from localcluster.store import Store, WatchEvent
+from localcluster.store import Store
+from localcluster.watchlog import WatchEvent
 
 log = logging.getLogger("localcluster.apiserver")
 

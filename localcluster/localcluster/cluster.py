@@ -28,7 +28,8 @@ from localcluster.controllers import NodeLifecycle, Scheduler, record_event
 from localcluster.deployments import DeploymentController
 from localcluster.errors import ApiError
 from localcluster.kubelet import IpPool, Kubelet
-from localcluster.store import StorageKey, Store, WatchEvent, now_iso
+from localcluster.store import Store, now_iso
+from localcluster.watchlog import StorageKey, WatchEvent
 
 S3_ACCESS_KEY = "localcluster"
 S3_SECRET_KEY = "localcluster-secret"  # noqa: S105 - moto accepts any key; a fixed, public test value

@@ -1,5 +1,6 @@
 """The object store behind the API server: resourceVersions, metadata rules, finalizers, garbage
-collection, CRD registration and the watch event log.
+collection and CRD registration. Admission (defaults, schema and CEL validation) is
+`localcluster.admission`; the watch event log the store appends to is `localcluster.watchlog`.
 
 Everything runs on the API server's event loop thread, so operations are plain synchronous calls and
 each is atomic. Stored objects are never mutated in place: every write stores a fresh dict, so
@@ -8,27 +9,23 @@ readers and watch streams can hold references safely.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import collections
 import copy
 import datetime
-import logging
 import secrets
 import string
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
-from localcluster import celrules, resources, schema
+from localcluster import admission, resources
 from localcluster.errors import ApiError, already_exists, conflict, not_found
 from localcluster.resources import ResourceType
 from localcluster.selectors import Requirement, fields_match, labels_match
+from localcluster.watchlog import StorageKey, Watcher, WatchEvent, WatchLog
 
-StorageKey = tuple[str, str]
 ObjectKey = tuple[str, str]  # (namespace or "", name)
-log = logging.getLogger(__name__)
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 
@@ -42,30 +39,6 @@ def now_micro() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-@dataclass(slots=True)
-class WatchEvent:
-    """One change, kept in the per-resource log and fanned out to watchers."""
-
-    rv: int
-    """The resourceVersion this change produced."""
-    type: str
-    """ADDED, MODIFIED or DELETED."""
-    obj: dict[str, Any]
-    """The object after the change (for DELETED: its last state)."""
-    old: dict[str, Any] | None
-    """The object before the change (None for ADDED)."""
-    wire: bytes | None = None
-    """The encoded watch line, shared by every watcher that needs it unfiltered (set on first use)."""
-
-
-@dataclass(slots=True, eq=False)
-class Watcher:
-    """A subscriber to one resource's changes."""
-
-    queue: asyncio.Queue[WatchEvent] = field(default_factory=asyncio.Queue)
-    """Events in commit order."""
-
-
 class Store:
     """In-memory objects of every served resource, with a monotonic resourceVersion."""
 
@@ -75,15 +48,11 @@ class Store:
         self.rv = 0
         self.types: dict[tuple[str, str, str], ResourceType] = {}
         self.objects: dict[StorageKey, dict[ObjectKey, dict[str, Any]]] = collections.defaultdict(dict)
-        self.history: dict[StorageKey, collections.deque[WatchEvent]] = collections.defaultdict(
-            lambda: collections.deque(maxlen=history_per_resource)
-        )
-        self.compacted: dict[StorageKey, int] = collections.defaultdict(int)
-        self.compacted_rv = 0
-        self.watchers: dict[StorageKey, set[Watcher]] = collections.defaultdict(set)
+        self.events = WatchLog(history_per_resource=history_per_resource)
+        """The watch event log: history, compaction, watchers."""
         self.listeners: list[Callable[[StorageKey, WatchEvent], None]] = []
         self._dependents: dict[str, set[tuple[StorageKey, ObjectKey]]] = collections.defaultdict(set)
-        self._warned_rules: set[tuple[str, str, str]] = set()
+        self._rule_warnings = admission.RuleWarnings()
         for rt in resources.BUILTIN_TYPES:
             self.types[(rt.group, rt.version, rt.plural)] = rt
         for ns in SYSTEM_NAMESPACES:
@@ -289,8 +258,6 @@ class Store:
         return result
 
     def _grace(self, rt: ResourceType, obj: dict[str, Any], requested: int | None) -> int:
-        if rt.kind == "Namespace":
-            return 0
         if rt.kind != "Pod":
             return 0
         spec, status = obj.get("spec") or {}, obj.get("status") or {}
@@ -311,70 +278,17 @@ class Store:
             raise ApiError(403, f"namespace {namespace} is being terminated", reason="Forbidden")
 
     def _prepare(self, rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
-        """Kind-specific defaults and schema validation; registers CRDs."""
-        if rt.schema is not None:
-            obj = schema.apply_defaults(rt.schema, obj)
-            errors = schema.validate(rt.schema, obj)
-            if self.validation_rules:
-                errors += celrules.check(rt.schema, obj, old, skip_status=rt.has_status)
-            if errors:
-                name = obj["metadata"].get("name", "")
-                summary = ", ".join(f"{e.field}: {e.message}" for e in errors)
-                raise ApiError(
-                    422,
-                    f'{rt.kind}.{rt.group} "{name}" is invalid: {summary}',
-                    details={
-                        "name": name,
-                        "group": rt.group,
-                        "kind": rt.kind,
-                        "causes": [
-                            {"reason": e.reason, "message": e.message, "field": e.field} for e in errors
-                        ],
-                    },
-                )
-        if rt.kind == "Pod" and old is None:
-            spec = obj.setdefault("spec", {})
-            spec.setdefault("restartPolicy", "Always")
-            spec.setdefault("terminationGracePeriodSeconds", 30)
-            spec.setdefault("schedulerName", "default-scheduler")
-            obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
-        elif rt.kind == "Namespace":
-            obj.setdefault("status", {}).setdefault("phase", "Active")
-            obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
-            obj["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = obj["metadata"]["name"]
-        elif rt.kind == "CustomResourceDefinition":
-            try:
-                served = resources.types_from_crd(obj)
-            except resources.CRDError as exc:
-                name = obj["metadata"].get("name", "")
-                raise ApiError(
-                    422, f'CustomResourceDefinition.apiextensions.k8s.io "{name}" is invalid: {exc}'
-                ) from exc
+        """Admission (`localcluster.admission`); a CRD also (re)registers the types it serves."""
+        obj = admission.admit(rt, obj, old, validation_rules=self.validation_rules)
+        if rt.kind == "CustomResourceDefinition":
+            served = admission.crd_types(obj)
             obj["status"] = resources.crd_accepted_status(obj)
             if self.validation_rules:
-                self._warn_unsupported_rules(obj["metadata"].get("name", ""), served)
+                self._rule_warnings.warn(obj["metadata"].get("name", ""), served)
             self._unregister(old)
             for served_type in served:
                 self.types[(served_type.group, served_type.version, served_type.plural)] = served_type
-        elif rt.kind == "Service" and old is None:
-            obj.setdefault("spec", {}).setdefault("clusterIP", "None")
         return obj
-
-    def _warn_unsupported_rules(self, crd_name: str, served: builtins.list[ResourceType]) -> None:
-        """Log, once per CRD and rule, each validation rule localcluster will not evaluate."""
-        for served_type in served:
-            for skipped in celrules.unsupported_rules(served_type.schema or {}):
-                key = (crd_name, skipped.field, skipped.rule)
-                if key not in self._warned_rules:
-                    self._warned_rules.add(key)
-                    log.warning(
-                        "CRD %s %s: validation rule %r at %s is not evaluated by localcluster: %s",
-                        crd_name,
-                        served_type.version,
-                        skipped.rule,
-                        skipped.field,
-                        skipped.reason,
-                    )
 
     def _unregister(self, crd: dict[str, Any] | None) -> None:
         if crd is None:
@@ -397,12 +311,7 @@ class Store:
             self.objects[rt.storage_key][key] = obj
         self._index_owners(rt.storage_key, key, old, None if kind == "DELETED" else obj)
         event = WatchEvent(self.rv, kind, obj, old)
-        history = self.history[rt.storage_key]
-        if history.maxlen is not None and len(history) == history.maxlen:
-            self.compacted[rt.storage_key] = history[0].rv
-        history.append(event)
-        for watcher in self.watchers[rt.storage_key]:
-            watcher.queue.put_nowait(event)
+        self.events.append(rt.storage_key, event)
         for listener in self.listeners:
             listener(rt.storage_key, event)
         return obj
@@ -444,8 +353,8 @@ class Store:
     def _drop_crd_objects(self, crd: dict[str, Any]) -> None:
         spec = crd.get("spec") or {}
         skey = (spec.get("group", ""), (spec.get("names") or {}).get("plural", ""))
+        rt = self._type_for(skey)
         for obj in list(self.objects[skey].values()):
-            rt = next((t for t in self.types.values() if t.storage_key == skey), None)
             if rt is not None:
                 self._commit(rt, "DELETED", copy.deepcopy(obj), obj)
         self.objects.pop(skey, None)
@@ -543,31 +452,16 @@ class Store:
     def watch(
         self, rt: ResourceType, since: int | None, initial: Iterable[dict[str, Any]] = ()
     ) -> tuple[Watcher, builtins.list[WatchEvent]]:
-        """Subscribe to a resource. `since`: replay logged events after it (410 if compacted);
-        None: start with synthetic ADDED events for `initial`."""
-        watcher = Watcher()
-        backlog: builtins.list[WatchEvent]
-        if since is None:
-            backlog = [WatchEvent(int(o["metadata"]["resourceVersion"]), "ADDED", o, None) for o in initial]
-        else:
-            oldest = max(self.compacted[rt.storage_key], self.compacted_rv)
-            if since < oldest:
-                raise ApiError(410, f"too old resource version: {since} ({oldest})", reason="Expired")
-            backlog = [e for e in self.history[rt.storage_key] if e.rv > since]
-        self.watchers[rt.storage_key].add(watcher)
-        return watcher, backlog
+        """Subscribe to a resource (`WatchLog.watch`)."""
+        return self.events.watch(rt.storage_key, since, initial)
 
     def compact(self, rv: int) -> None:
-        """Forget the watch history up to `rv`, as etcd compaction does: watches from older
-        resourceVersions then get 410 Gone."""
-        self.compacted_rv = max(self.compacted_rv, rv)
-        for history in self.history.values():
-            while history and history[0].rv <= rv:
-                history.popleft()
+        """Forget the watch history up to `rv` (`WatchLog.compact`)."""
+        self.events.compact(rv)
 
     def unwatch(self, rt: ResourceType, watcher: Watcher) -> None:
         """Stop delivering events to a watcher."""
-        self.watchers[rt.storage_key].discard(watcher)
+        self.events.unwatch(rt.storage_key, watcher)
 
 
 def _spec_of(obj: dict[str, Any]) -> dict[str, Any]:

@@ -395,7 +395,7 @@ def test_store_warns_once_about_rules_it_cannot_evaluate(caplog: pytest.LogCaptu
     replicas["x-kubernetes-validations"].append({"rule": "self.min.matches('1')"})
     store = Store(validation_rules=True)
     crds = store.type_of("apiextensions.k8s.io", "v1", "customresourcedefinitions")
-    with caplog.at_level(logging.WARNING, logger="localcluster.store"):
+    with caplog.at_level(logging.WARNING, logger="localcluster.admission"):
         stored = store.create(crds, "", crd)
         store.update(
             crds,

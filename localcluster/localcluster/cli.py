@@ -121,6 +121,11 @@ def cmd_up(args: argparse.Namespace) -> int:
             )
         time.sleep(0.1)
     process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
     raise CliError(f"the local cluster did not come up within {args.timeout} s (see {log_path})")
 
 

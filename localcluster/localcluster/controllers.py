@@ -10,11 +10,13 @@ import contextlib
 import copy
 import datetime
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from localcluster import scheduler
 from localcluster.errors import ApiError
-from localcluster.store import StorageKey, Store, WatchEvent, now_iso
+from localcluster.store import Store, now_iso
+from localcluster.watchlog import StorageKey, WatchEvent
 
 log = logging.getLogger("localcluster.controllers")
 UNREACHABLE_TAINTS = [
@@ -63,6 +65,19 @@ def record_event(
         log.debug("could not record event %s for %s", reason, meta.get("name"))
 
 
+async def run_rounds(wake: asyncio.Event, one_round: Callable[[], None], what: str) -> None:
+    """Run `one_round` whenever `wake` is set, and at least every second, forever. A failing round
+    is logged and the next one runs: one bad object must not stop a control loop."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), 1.0)
+        wake.clear()
+        try:
+            one_round()
+        except Exception:
+            log.exception("%s failed", what)
+
+
 def _parse_time(text: str) -> datetime.datetime:
     text = text.rstrip("Z")
     fmt = "%Y-%m-%dT%H:%M:%S.%f" if "." in text else "%Y-%m-%dT%H:%M:%S"
@@ -91,14 +106,7 @@ class Scheduler:
 
     async def run(self) -> None:
         """Schedule forever."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0)
-            self._wake.clear()
-            try:
-                self.schedule_pending()
-            except Exception:  # keep scheduling: one bad pod must not stop the loop
-                log.exception("scheduling round failed")
+        await run_rounds(self._wake, self.schedule_pending, "scheduling round")
 
     def schedule_pending(self) -> None:
         """One round: try every pending, unbound pod once."""
@@ -117,6 +125,9 @@ class Scheduler:
                 and (pod.get("spec") or {}).get("schedulerName", "default-scheduler") == "default-scheduler"
             ):
                 pending.append(pod)
+        pending_uids = {pod["metadata"]["uid"] for pod in pending}
+        for uid in [uid for uid in self._last_message if uid not in pending_uids]:
+            del self._last_message[uid]  # deleted or bound elsewhere: forget it, so the map stays bounded
         for pod in sorted(pending, key=lambda p: p["metadata"]["creationTimestamp"]):
             decision = scheduler.choose_node(pod, nodes, by_node)
             ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
@@ -144,7 +155,6 @@ class Scheduler:
                         component="default-scheduler",
                     )
                 continue
-            self._last_message.pop(pod["metadata"]["uid"], None)
             bound = {**pod, "spec": {**pod["spec"], "nodeName": decision.node}}
             self.store.update(pods_rt, ns, name, bound)
             by_node.setdefault(decision.node, []).append(bound)

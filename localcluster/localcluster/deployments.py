@@ -19,8 +19,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from localcluster.controllers import run_rounds
 from localcluster.errors import ApiError
-from localcluster.store import StorageKey, Store, WatchEvent, now_iso
+from localcluster.store import Store, now_iso
+from localcluster.watchlog import StorageKey, WatchEvent
 
 log = logging.getLogger("localcluster.deployments")
 HASH_LABEL = "pod-template-hash"
@@ -152,14 +154,7 @@ class DeploymentController:
 
     async def run(self) -> None:
         """Reconcile forever."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0)
-            self._wake.clear()
-            try:
-                self.reconcile_all()
-            except Exception:  # keep going: one bad Deployment must not stop the loop
-                log.exception("deployment round failed")
+        await run_rounds(self._wake, self.reconcile_all, "deployment round")
 
     def reconcile_all(self) -> None:
         """One pass over every Deployment."""

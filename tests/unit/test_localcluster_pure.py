@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from localcluster import patch, podspec, protobuf, scheduler, schema, selectors
+from localcluster.controllers import Scheduler
 from localcluster.errors import ApiError
 from localcluster.store import Store
 
@@ -315,3 +316,19 @@ def test_store_rules_without_a_server() -> None:
     with pytest.raises(ApiError) as gone:
         store.watch(cms, 1)
     assert gone.value.code == 410
+
+
+def test_scheduler_reports_once_and_forgets_deleted_pods() -> None:
+    store = Store()
+    pods = store.type_of("", "v1", "pods")
+    events = store.type_of("", "v1", "events")
+    store.create(pods, "default", {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}})
+    loop = Scheduler(store)
+    loop.schedule_pending()
+    loop.schedule_pending()  # same reason again: no second event
+    failed = [e for e in store.list(events, "default")[0] if e["reason"] == "FailedScheduling"]
+    assert len(failed) == 1
+    assert len(loop._last_message) == 1
+    store.delete(pods, "default", "p")
+    loop.schedule_pending()
+    assert loop._last_message == {}  # a deleted pending pod leaves nothing behind

@@ -188,3 +188,44 @@ def test_torch_preloaded_in_the_zygote_works_in_the_forked_worker(tmp_path: path
         assert zygote.ready_seconds is not None
     finally:
         zygote.close()
+
+
+def test_agent_holds_its_first_report_until_the_launcher_imported(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator takes a pod into a grow once its agent reported: by then its workers can start."""
+    from elastra.agent.agent import Agent
+    from elastra.agent.config import agent_config_from_env
+
+    (tmp_path / "slow_mod.py").write_text("import time\ntime.sleep(1.0)\n")
+    script = tmp_path / "train.py"
+    script.write_text("import slow_mod\n")
+    cfg = agent_config_from_env(
+        {
+            "ELASTRA_JOB": "tj",
+            "POD_NAME": "tj-w-0",
+            "POD_NAMESPACE": "default",
+            "ELASTRA_CONTROL_DIR": str(tmp_path / "ctl"),
+            "ELASTRA_METRICS_PORT": "0",
+        }
+    )
+
+    class Link:
+        reports: list[dict[str, str]] = []
+
+        def start(self) -> None: ...
+
+        def report(self, annotations: dict[str, str]) -> None:
+            self.reports.append(annotations)
+
+        def stop(self, flush_timeout: float = 3.0) -> None: ...
+
+    monkeypatch.setenv("ELASTRA_ZYGOTE_PRELOAD", "")
+    agent = Agent(cfg, [sys.executable, str(script)], link=Link())
+    agent._start_zygote()
+    assert agent.zygote is not None
+    try:
+        assert agent.zygote.ready_seconds is not None and agent.zygote.ready_seconds >= 1.0
+        assert Link.reports == []  # run() reports right after this returns
+    finally:
+        agent.zygote.close()

@@ -27,7 +27,8 @@ from localcluster.apiserver import ApiServer
 from localcluster.controllers import NodeLifecycle, Scheduler, record_event
 from localcluster.deployments import DeploymentController
 from localcluster.errors import ApiError
-from localcluster.kubelet import IpPool, Kubelet
+from localcluster.ippool import IpPool
+from localcluster.kubelet import Kubelet
 from localcluster.store import Store, now_iso
 from localcluster.watchlog import StorageKey, WatchEvent
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import ipaddress
 import logging
 import os
 import pathlib
@@ -17,39 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from localcluster import podspec
+from localcluster import podspec, podstatus
 from localcluster.errors import ApiError
+from localcluster.ippool import IpPool
 from localcluster.store import Store, now_iso, now_micro
 
 log = logging.getLogger("localcluster.kubelet")
-
-
-class IpPool:
-    """Pod IPs 127.0.0.2 upwards (all of 127/8 routes to lo on Linux), handed out round-robin so a
-    freed address is not reused soon."""
-
-    def __init__(self) -> None:
-        self._next = int(ipaddress.IPv4Address("127.0.0.2"))
-        self._used: set[str] = set()
-
-    def allocate(self) -> str:
-        """A free address."""
-        while True:
-            candidate = ipaddress.IPv4Address(self._next)
-            self._next = (
-                self._next + 1
-                if self._next < int(ipaddress.IPv4Address("127.255.255.254"))
-                else int(ipaddress.IPv4Address("127.0.0.2"))
-            )
-            text = str(candidate)
-            if text.endswith((".0", ".255")) or text == "127.0.0.1" or text in self._used:
-                continue
-            self._used.add(text)
-            return text
-
-    def release(self, address: str) -> None:
-        """Give an address back."""
-        self._used.discard(address)
 
 
 @dataclass(slots=True)
@@ -257,7 +229,11 @@ class Kubelet:
                 elif run is not None and pod["metadata"].get("deletionTimestamp"):
                     run.terminate.set()
             for uid in [u for u in self.pods if u not in seen]:
-                self.pods[uid].terminate.set()
+                gone = self.pods[uid]
+                if gone.task is not None and gone.task.done():  # finished earlier, object now deleted
+                    del self.pods[uid]
+                else:
+                    gone.terminate.set()
 
     def _pod(self, run: PodRun) -> dict[str, Any] | None:
         try:
@@ -315,7 +291,7 @@ class Kubelet:
                 hostIP="127.0.0.1",
                 hostIPs=[{"ip": "127.0.0.1"}],
                 startTime=now,
-                conditions=_conditions(now, initialized=False, ready=False),
+                conditions=podstatus.conditions(now, initialized=False, ready=False),
             ),
         )
         pod = self._pod(run)
@@ -361,7 +337,7 @@ class Kubelet:
                 self._write_status(run, lambda s, f=failure: s.update(f))  # type: ignore[misc]
                 return
         self._write_status(
-            run, lambda s: s.update(conditions=_conditions(now_iso(), initialized=True, ready=False))
+            run, lambda s: s.update(conditions=podstatus.conditions(now_iso(), initialized=True, ready=False))
         )
         for launch in mains:
             run.containers[launch.name] = ContainerRun(launch.name)
@@ -425,7 +401,7 @@ class Kubelet:
                 name = waits.pop(task)
                 container = run.containers[name]
                 code = podspec.exit_code(task.result())
-                container.last_state = {"terminated": _terminated(code, container.started_at)}
+                container.last_state = {"terminated": podstatus.terminated(code, container.started_at)}
                 restart = restart_policy == "Always" or (restart_policy == "OnFailure" and code != 0)
                 if not restart:
                     exited[name] = code
@@ -444,26 +420,17 @@ class Kubelet:
         self._write_status(run, lambda s: s.update(phase=phase))
 
     def _report(self, run: PodRun, exited: dict[str, int]) -> None:
-        statuses = []
-        for name, container in run.containers.items():
-            if name in exited:
-                state: dict[str, Any] = {"terminated": _terminated(exited[name], container.started_at)}
-            else:
-                state = {"running": {"startedAt": container.started_at}}
-            entry = {
-                "name": name,
-                "ready": name not in exited,
-                "restartCount": container.restarts,
-                "state": state,
-                "image": "",
-                "imageID": "",
-                "started": name not in exited,
-            }
-            if container.process is not None:
-                entry["containerID"] = f"localcluster://{container.process.pid}"
-            if container.last_state:
-                entry["lastState"] = container.last_state
-            statuses.append(entry)
+        statuses = [
+            podstatus.container_status(
+                name,
+                exit_code=exited.get(name),
+                restarts=container.restarts,
+                started_at=container.started_at,
+                pid=container.process.pid if container.process is not None else None,
+                last_state=container.last_state,
+            )
+            for name, container in run.containers.items()
+        ]
         all_ready = all(s["ready"] for s in statuses)
         now = now_iso()
         self._write_status(
@@ -471,7 +438,7 @@ class Kubelet:
             lambda s: s.update(
                 phase="Running" if len(exited) < len(run.containers) else s.get("phase", "Running"),
                 containerStatuses=statuses,
-                conditions=_conditions(now, initialized=True, ready=all_ready),
+                conditions=podstatus.conditions(now, initialized=True, ready=all_ready),
             ),
         )
 
@@ -499,29 +466,3 @@ def _killpg(process: asyncio.subprocess.Process | None, sig: int) -> None:
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, sig)
-
-
-def _terminated(code: int, started_at: str) -> dict[str, Any]:
-    return {
-        "exitCode": code,
-        "reason": "Completed" if code == 0 else "Error",
-        "startedAt": started_at,
-        "finishedAt": now_iso(),
-    }
-
-
-def _conditions(now: str, *, initialized: bool, ready: bool) -> list[dict[str, Any]]:
-    def cond(kind: str, ok: bool) -> dict[str, Any]:
-        return {
-            "type": kind,
-            "status": "True" if ok else "False",
-            "lastProbeTime": None,
-            "lastTransitionTime": now,
-        }
-
-    return [
-        cond("PodScheduled", True),
-        cond("Initialized", initialized),
-        cond("ContainersReady", ready),
-        cond("Ready", ready),
-    ]

@@ -215,7 +215,7 @@ def test_env_volumes_and_logs(core: client.CoreV1Api, namespace: str) -> None:
 
 
 def test_exit_codes_restart_policy_and_graceful_delete(
-    core: client.CoreV1Api, namespace: str, tmp_path: pathlib.Path
+    cluster: LocalCluster, core: client.CoreV1Api, namespace: str, tmp_path: pathlib.Path
 ) -> None:
     core.create_namespaced_pod(namespace, pod("fails", "exit 3", restartPolicy="Never"))
     failed = until(phase(core, namespace, "fails", "Failed"))
@@ -252,6 +252,16 @@ def test_exit_codes_restart_policy_and_graceful_delete(
 
     until(gone)
     assert termfile.read_text().strip() == "TERM"
+
+    # Deleting the finished pods leaves no run of this namespace in any kubelet.
+    core.delete_namespaced_pod("fails", namespace)
+    core.delete_namespaced_pod("flaky", namespace)
+
+    def forgotten() -> bool:
+        runs = [run for k in list(cluster.core.kubelets.values()) for run in list(k.pods.values())]
+        return not any(run.key[0] == namespace for run in runs)
+
+    until(forgotten)
 
 
 def test_cordon_and_drain(cluster: LocalCluster, core: client.CoreV1Api, namespace: str) -> None:

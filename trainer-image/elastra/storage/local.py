@@ -37,6 +37,15 @@ class LocalStorage:
         """The file system path of `key`."""
         return str(self._path(key))
 
+    def _open_for_reading(self, key: str) -> int:
+        """A read-only descriptor of `key`'s file (the caller closes it); NotFoundError if absent."""
+        try:
+            return os.open(self._path(key), os.O_RDONLY)
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"{self._path(key)} does not exist") from exc
+        except OSError as exc:
+            raise StorageError(f"opening {self._path(key)}: {exc}") from exc
+
     def _atomic_write(self, key: str, write: Callable[[BinaryIO], object]) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,6 +64,9 @@ class LocalStorage:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise StorageError(f"writing {path}: {exc}") from exc
+        except BaseException:  # e.g. a source that fails mid-copy: leave no temporary file behind
+            tmp.unlink(missing_ok=True)
+            raise
 
     def put_bytes(self, key: str, data: bytes | memoryview) -> None:
         self._atomic_write(key, lambda f: f.write(data))
@@ -76,12 +88,7 @@ class LocalStorage:
     def get_range(self, key: str, start: int, end: int) -> bytes:
         if start < 0 or end < start:
             raise StorageError(f"invalid byte range [{start}, {end}) for {key}")
-        try:
-            fd = os.open(self._path(key), os.O_RDONLY)
-        except FileNotFoundError as exc:
-            raise NotFoundError(f"{self._path(key)} does not exist") from exc
-        except OSError as exc:
-            raise StorageError(f"opening {self._path(key)}: {exc}") from exc
+        fd = self._open_for_reading(key)
         try:
             chunks: list[bytes] = []
             offset = start
@@ -92,18 +99,15 @@ class LocalStorage:
                 chunks.append(chunk)
                 offset += len(chunk)
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        except OSError as exc:
+            raise StorageError(f"reading {self._path(key)}: {exc}") from exc
         finally:
             os.close(fd)
 
     def read_into(self, key: str, start: int, parts: list[memoryview]) -> None:
         if start < 0:
             raise StorageError(f"invalid byte offset {start} for {key}")
-        try:
-            fd = os.open(self._path(key), os.O_RDONLY)
-        except FileNotFoundError as exc:
-            raise NotFoundError(f"{self._path(key)} does not exist") from exc
-        except OSError as exc:
-            raise StorageError(f"opening {self._path(key)}: {exc}") from exc
+        fd = self._open_for_reading(key)
         try:
             pending = [p.cast("B") if p.format != "B" else p for p in parts if p.nbytes]
             offset = start

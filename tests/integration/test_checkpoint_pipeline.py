@@ -158,6 +158,7 @@ def test_cli_ls_inspect_consolidate(tmp_path: Path, capsys) -> None:
     assert torch.equal(tensors["model/w"], state["model"]["w"])  # type: ignore[index]
     assert torch.equal(tensors["flat"], state["flat"].local.reshape(2, 5))  # type: ignore[attr-defined]
     assert ckpt_cli.main(["verify", str(tmp_path / "empty")]) == 1
+    assert f"no committed checkpoint under {tmp_path / 'empty'}" in capsys.readouterr().err
 
 
 def test_retention_keeps_newest_and_staging_buffer_is_reused(tmp_path: Path) -> None:

@@ -24,12 +24,20 @@ def split_uri(uri: str) -> tuple[str, int | None]:
     return (head, step) if step is not None and head else (stripped, None)
 
 
+class NothingCommitted(Exception):
+    """A root without any committed step: nothing to inspect, verify or consolidate."""
+
+
 def _resolve(uri: str) -> tuple[Storage, list[int]]:
+    """The storage and the steps to act on, newest first: the one named, or every committed one."""
     root, step = split_uri(uri)
     storage = open_storage(root)
     if step is not None:
         return storage, [step]
-    return storage, sorted((s for s, ok in committed_steps(storage).items() if ok), reverse=True)
+    steps = sorted((s for s, ok in committed_steps(storage).items() if ok), reverse=True)
+    if not steps:
+        raise NothingCommitted(f"no committed checkpoint under {uri}")
+    return storage, steps
 
 
 def cmd_ls(uri: str) -> int:
@@ -53,9 +61,6 @@ def cmd_ls(uri: str) -> int:
 
 def cmd_inspect(uri: str) -> int:
     storage, steps = _resolve(uri)
-    if not steps:
-        print(f"no committed checkpoint under {uri}", file=sys.stderr)
-        return 1
     m = read_manifest(storage, steps[0])
     print(f"step {m.step}  world size {m.world_size}  files {len(m.files)}  bytes {m.nbytes}")
     for path, t in sorted(m.tensors.items()):
@@ -70,9 +75,6 @@ def cmd_inspect(uri: str) -> int:
 
 def cmd_verify(uri: str) -> int:
     storage, steps = _resolve(uri)
-    if not steps:
-        print(f"no committed checkpoint under {uri}", file=sys.stderr)
-        return 1
     damaged = 0
     for step in steps:
         try:
@@ -90,9 +92,6 @@ def cmd_consolidate(uri: str, out: str) -> int:
     from safetensors.torch import save_file
 
     storage, steps = _resolve(uri)
-    if not steps:
-        print(f"no committed checkpoint under {uri}", file=sys.stderr)
-        return 1
     m = read_manifest(storage, steps[0])
     sources = Sources(m, storage)
     tensors = {}
@@ -126,6 +125,9 @@ def main(argv: list[str]) -> int:
         if ns.command == "verify":
             return cmd_verify(ns.uri)
         return cmd_consolidate(ns.uri, ns.out)
+    except NothingCommitted as exc:
+        print(exc, file=sys.stderr)
+        return 1
     except (FormatError, StorageError, ValueError) as exc:
         print(f"elastra ckpt {ns.command}: {exc}", file=sys.stderr)
         return 1

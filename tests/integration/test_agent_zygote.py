@@ -57,10 +57,11 @@ def _env(tmp_path: pathlib.Path, **extra: str) -> dict[str, str]:
 
 
 def _launch(script: pathlib.Path, *args: str) -> Zygote:
-    """A zygote for `script` that imports only the script's own modules (torch would be slow here)."""
+    """A zygote for `script` that imports only the script's own modules (torch would be slow here),
+    with one OpenMP/BLAS thread as the pods run (numpy's BLAS would start threads otherwise)."""
     target = zygote_target([sys.executable, str(script), *args])
     assert target is not None
-    return Zygote(target, {**os.environ, "ELASTRA_ZYGOTE_PRELOAD": ""})
+    return Zygote(target, {**os.environ, "ELASTRA_ZYGOTE_PRELOAD": "", "OMP_NUM_THREADS": "1"})
 
 
 def test_forked_worker_runs_the_script_as_main_with_its_env_and_exit_code(
@@ -229,3 +230,20 @@ def test_agent_holds_its_first_report_until_the_launcher_imported(
         assert Link.reports == []  # run() reports right after this returns
     finally:
         agent.zygote.close()
+
+
+def test_forked_workers_do_not_share_random_state(tmp_path: pathlib.Path) -> None:
+    """Like fresh processes, each forked worker seeds `random` and numpy's global generator anew."""
+    script = tmp_path / "rand.py"
+    script.write_text(
+        "import json, os, random\nimport numpy\n"
+        "open(os.environ['OUT'], 'w').write(json.dumps([random.random(), float(numpy.random.rand())]))\n"
+    )
+    zygote = _launch(script)
+    try:
+        envs = [_env(tmp_path, RANK=str(r)) for r in (0, 1)]
+        assert [ForkedWorker(zygote, zygote.spawn(env)).wait(30) for env in envs] == [0, 0]
+        first, second = (json.loads((tmp_path / f"out-{r}.json").read_text()) for r in (0, 1))
+        assert first[0] != second[0] and first[1] != second[1]
+    finally:
+        zygote.close()

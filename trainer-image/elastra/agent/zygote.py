@@ -7,7 +7,8 @@ seconds importing before it can join the process group (docs/benchmarks.md, Reco
 How it stays safe:
 - The zygote never runs training code and never starts a thread; before each fork it checks that it
   has exactly one OS thread (`/proc/self/task`) and refuses otherwise, so no lock or OpenMP pool is
-  copied into a child half-held.
+  copied into a child half-held. It imports with `PYTORCH_NVML_BASED_CUDA_CHECK=1` and refuses when
+  CUDA got initialised anyway (checked once with a probe fork): a forked child could not use it.
 - It ignores SIGTERM and SIGINT (the pod's whole process group gets SIGTERM; the workers, not the
   zygote, decide what happens then) and exits when the agent closes its request pipe.
 - Each child sets `PR_SET_PDEATHSIG` (the zygote itself has it towards the agent), restores the default
@@ -115,6 +116,24 @@ def _preload(target: Target) -> None:
             importlib.import_module(module)
 
 
+def _cuda_unsafe() -> str | None:
+    """Why a forked child could not use CUDA (the imports initialised it), or None. One probe fork."""
+    torch: Any = sys.modules.get("torch")
+    if torch is None or not hasattr(torch, "cuda"):
+        return None
+    if torch.cuda.is_initialized():
+        return "CUDA was initialised while importing: a forked worker could not use it"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(1 if torch.cuda._is_in_bad_fork() else 0)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        return "the imports poisoned fork for CUDA (torch's bad-fork flag is set in a child)"
+    return None
+
+
 def _exit_code(code: object) -> int:
     if code is None:
         return 0
@@ -141,6 +160,9 @@ def _run_child(target: Target, env: Mapping[str, str], zygote_pid: int, reply_fd
         signal.signal(signal.SIGINT, signal.default_int_handler)
         os.environ.clear()
         os.environ.update(env)
+        numpy: Any = sys.modules.get("numpy")
+        if numpy is not None:  # a fresh process seeds numpy's global generator from the OS; so do we
+            numpy.random.seed()
         if target.kind == "path":
             sys.argv = [target.name, *target.args]
             runpy.run_path(target.name, run_name="__main__")
@@ -167,7 +189,10 @@ def serve(target: Target, reply_fd: int) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     started = time.monotonic()
+    # torch.cuda.is_available() by NVML, not cuInit: a CUDA driver initialised here would break every fork.
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     _preload(target)
+    unsafe = _cuda_unsafe()
     _send(reply_fd, {"ready": round(time.monotonic() - started, 3)})
     children: set[int] = set()
     buffer = b""
@@ -187,8 +212,8 @@ def serve(target: Target, reply_fd: int) -> int:
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
             threads = len(os.listdir("/proc/self/task"))
-            if threads != 1:
-                _send(reply_fd, {"error": f"the zygote has {threads} threads: forking is not safe"})
+            if unsafe or threads != 1:
+                _send(reply_fd, {"error": unsafe or f"the zygote has {threads} threads: forking is not safe"})
                 continue
             env = json.loads(line)["env"]
             sys.stdout.flush()

@@ -11,15 +11,9 @@ The format is described in docs/format.md.
 
 from __future__ import annotations
 
-from elastra.checkpoint.checkpointer import (
-    Checkpointer,
-    CheckpointError,
-    CheckpointStats,
-    CommitInfo,
-    SaveHandle,
-    latest,
-)
+from elastra.checkpoint.checkpointer import Checkpointer, latest
 from elastra.checkpoint.format import FORMAT_VERSION, FormatError
+from elastra.checkpoint.handles import CheckpointError, CheckpointStats, CommitInfo, SaveHandle
 from elastra.checkpoint.state import Flat
 
 __all__ = [

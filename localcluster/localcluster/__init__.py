@@ -8,6 +8,7 @@ for `make demo` and the end-to-end tests. Not a production cluster.
 
 from __future__ import annotations
 
-from localcluster.cluster import ClusterConfig, LocalCluster
+from localcluster.background import LocalCluster
+from localcluster.cluster import ClusterConfig
 
 __all__ = ["ClusterConfig", "LocalCluster"]

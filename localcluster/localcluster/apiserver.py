@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import pathlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from localcluster import discovery, openapi, protobuf, schema, tables
+from localcluster import discovery, openapi, podlogs, protobuf, schema, tables
 from localcluster.errors import ApiError
 from localcluster.patch import (
     APPLY_PATCH,
@@ -30,6 +29,7 @@ from localcluster.patch import (
     merge_patch,
     strategic_merge_patch,
 )
+from localcluster.podlogs import LogPathFn, truthy
 from localcluster.resources import ResourceType
 from localcluster.selectors import (
     Requirement,
@@ -44,17 +44,9 @@ from localcluster.watchlog import WatchEvent
 
 log = logging.getLogger("localcluster.apiserver")
 
-LogPathFn = Callable[[str, str, str, bool], pathlib.Path | None]
-"""(namespace, pod, container, previous) -> the log file of that container run, if any."""
-
 
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def _truthy(value: str | None) -> bool:
-    """Query flags: Go clients send `true`, the Python client `True`."""
-    return value is not None and value.lower() in {"true", "1"}
 
 
 def _static(make: Callable[[], Any]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -201,15 +193,16 @@ class ApiServer:
                 parse_label_selector(q.get("labelSelector")),
                 parse_field_selector(q.get("fieldSelector")),
             )
-            if _truthy(q.get("watch")):
+            if truthy(q.get("watch")):
                 return await self._watch(request, t, labels, fields)
             items, rv = self.store.list(t.rt, t.namespace, labels, fields)
             return self._render_list(request, t.rt, items, str(rv))
         if method == "GET" and t.subresource == "log":
-            return await self._logs(request, t)
+            assert t.name is not None
+            return await podlogs.serve(request, self.store, t.namespace or "", t.name, self.log_path)
         if method == "GET":
             assert t.name is not None
-            if _truthy(q.get("watch")):
+            if truthy(q.get("watch")):
                 return await self._watch(request, t, (), (Requirement("metadata.name", "=", (t.name,)),))
             obj = self._versioned(t.rt, self.store.get(t.rt, ns, t.name))
             if "as=Table" in request.headers.get("Accept", ""):
@@ -365,7 +358,7 @@ class ApiServer:
         raw_rv = q.get("resourceVersion")
         since = int(raw_rv) if raw_rv not in (None, "", "0") else None
         timeout = float(q.get("timeoutSeconds", 1800))
-        bookmarks = _truthy(q.get("allowWatchBookmarks"))
+        bookmarks = truthy(q.get("allowWatchBookmarks"))
         as_table = "as=Table" in request.headers.get("Accept", "")
         initial = self.store.list(t.rt, t.namespace, labels, fields)[0] if since is None else []
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -451,55 +444,3 @@ class ApiServer:
         if plain:
             event.wire = line
         return line
-
-    # ------------------------------------------------------------------ logs
-    async def _logs(self, request: web.Request, t: Target) -> web.StreamResponse:
-        assert t.name is not None
-        ns = t.namespace or ""
-        pod = self.store.get(t.rt, ns, t.name)
-        containers = [c["name"] for c in (pod.get("spec") or {}).get("containers") or []]
-        container = request.query.get("container") or (containers[0] if containers else "")
-        if container not in containers:
-            raise ApiError(400, f"container {container} is not valid for pod {t.name}")
-        previous = _truthy(request.query.get("previous"))
-        path = self.log_path(ns, t.name, container, previous) if self.log_path else None
-        if path is None or not path.exists():
-            raise ApiError(
-                400,
-                f'container "{container}" in pod "{t.name}" is waiting to start: ContainerCreating',
-                reason="BadRequest",
-            )
-        data = path.read_bytes()
-        tail = request.query.get("tailLines")
-        if tail is not None:
-            lines = data.splitlines(keepends=True)
-            data = b"".join(lines[-int(tail) :]) if int(tail) > 0 else b""
-        if not _truthy(request.query.get("follow")):
-            return web.Response(body=data, content_type="text/plain")
-        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
-        response.enable_chunked_encoding()
-        await response.prepare(request)
-        await response.write(data)
-        offset = path.stat().st_size
-        while True:
-            await asyncio.sleep(0.2)
-            size = path.stat().st_size if path.exists() else offset
-            if size > offset:
-                with path.open("rb") as f:
-                    f.seek(offset)
-                    await response.write(f.read(size - offset))
-                offset = size
-            elif not self._container_running(ns, t.name, container):
-                break
-        await response.write_eof()
-        return response
-
-    def _container_running(self, ns: str, pod_name: str, container: str) -> bool:
-        try:
-            pod = self.store.get(self.store.type_of("", "v1", "pods"), ns, pod_name)
-        except ApiError:
-            return False
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            if cs.get("name") == container:
-                return "running" in (cs.get("state") or {})
-        return False

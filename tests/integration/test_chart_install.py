@@ -15,7 +15,7 @@ import helm_python as helm
 import pytest
 import yaml
 
-from localcluster.cluster import LocalCluster
+from localcluster import LocalCluster
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "elastra"

@@ -214,6 +214,18 @@ def test_env_volumes_and_logs(core: client.CoreV1Api, namespace: str) -> None:
     assert done.status.container_statuses[0].state.terminated.exit_code == 0
 
 
+def test_logs_follow_until_exit_and_tail(core: client.CoreV1Api, namespace: str) -> None:
+    script = "for i in 1 2 3 4 5 6; do echo line$i; sleep 0.1; done"
+    core.create_namespaced_pod(namespace, pod("talker", script, restartPolicy="Never"))
+    until(lambda: core.read_namespaced_pod("talker", namespace).status.container_statuses)
+    followed = core.read_namespaced_pod_log("talker", namespace, follow=True, _preload_content=False)
+    # The stream ends by itself once the container exits, holding every line exactly once.
+    assert followed.data.decode().split() == [f"line{i}" for i in range(1, 7)]
+    until(phase(core, namespace, "talker", "Succeeded"))
+    tail = core.read_namespaced_pod_log("talker", namespace, tail_lines=2, _preload_content=False)
+    assert tail.data.decode().split() == ["line5", "line6"]
+
+
 def test_exit_codes_restart_policy_and_graceful_delete(
     cluster: LocalCluster, core: client.CoreV1Api, namespace: str, tmp_path: pathlib.Path
 ) -> None:

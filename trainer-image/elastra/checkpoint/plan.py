@@ -8,7 +8,6 @@ which saved fragments fill the slice a rank holds now.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from elastra.checkpoint.format import ITEMSIZE, FormatError, Fragment, TensorEntry, shard_file
@@ -196,15 +195,3 @@ def plan_reads(entry: TensorEntry, target: Box, layout: str, chunk: int) -> tupl
     if covered < target.numel:
         raise FormatError(f"saved fragments cover {covered} of the {target.numel} elements of slice {target}")
     return target, reads
-
-
-def read_strides(fragment: Fragment) -> tuple[int, ...]:
-    """Element strides of a fragment's row-major data."""
-    strides = [1] * len(fragment.box.shape)
-    for d in range(len(strides) - 2, -1, -1):
-        strides[d] = strides[d + 1] * fragment.box.shape[d + 1]
-    return tuple(strides)
-
-
-def total_bytes(shape: tuple[int, ...], dtype: str) -> int:
-    return math.prod(shape) * ITEMSIZE[dtype]

@@ -63,8 +63,8 @@ async def serve(config: ClusterConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, core.shutdown_requested.set)
     state = pathlib.Path(config.workdir) / STATE_FILE
-    await core.start()
     try:
+        await core.start()  # inside the try: a failed start still stops what it started (moto, kubelets)
         info = {
             "pid": os.getpid(),
             "url": core.url,

@@ -44,6 +44,7 @@ class LocalCluster:
         if self._error is not None:
             raise RuntimeError(f"localcluster failed to start: {self._error}") from self._error
         if not self._ready.is_set():
+            self.stop()  # the loop may still finish starting: have it stop right after
             raise RuntimeError("localcluster did not start within 60 s")
         return self
 

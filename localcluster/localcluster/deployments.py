@@ -5,7 +5,7 @@ and labelled with the template's labels plus `pod-template-hash`; a deleted or f
 replaced; a template change replaces every pod at once (like `strategy: Recreate`); status reports
 replicas, updatedReplicas, readyReplicas, availableReplicas, observedGeneration and an Available
 condition. Not emulated: ReplicaSets, rolling-update surge/unavailability, minReadySeconds, paused,
-revision history. `plan` is pure; `DeploymentController` applies it on the store's event loop.
+revision history. `plan` decides (no I/O); `DeploymentController` applies it on the store's event loop.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def pod_manifest(deployment: dict[str, Any], pod_hash: str) -> dict[str, Any]:
 
 def plan(deployment: dict[str, Any], pods: list[dict[str, Any]]) -> DeploymentPlan:
     """The pods to create and delete, and the status, for one Deployment given every pod of its
-    namespace. Pure."""
+    namespace. Pure but for the clock: a changed Available condition is stamped with the time now."""
     spec = deployment.get("spec") or {}
     wanted = int(spec.get("replicas", 1))
     pod_hash = template_hash(spec.get("template") or {})

@@ -379,7 +379,7 @@ class ApiServer:
                 if chunk:
                     await response.write(chunk)
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if remaining <= 0 or (watcher.overflowed and watcher.queue.empty()):
                     break
                 wait = min(remaining, self.bookmark_interval_s) if bookmarks else remaining
                 try:

@@ -34,12 +34,21 @@ class WatchEvent:
     """The encoded watch line, shared by every watcher that needs it unfiltered (set on first use)."""
 
 
+WATCHER_BUFFER = 10_000
+"""Events a watcher may fall behind by before the server ends its watch (as kube-apiserver's cacher
+does with unresponsive watchers): memory stays bounded, and the client resumes from its last
+resourceVersion out of the history, losing nothing."""
+
+
 @dataclass(slots=True, eq=False)
 class Watcher:
     """A subscriber to one resource's changes."""
 
-    queue: asyncio.Queue[WatchEvent] = field(default_factory=asyncio.Queue)
-    """Events in commit order."""
+    queue: asyncio.Queue[WatchEvent] = field(default_factory=lambda: asyncio.Queue(WATCHER_BUFFER))
+    """Events in commit order, at most `WATCHER_BUFFER` undelivered."""
+    overflowed: bool = False
+    """Fell too far behind: no more events are queued, and the server ends the watch once the queue
+    is drained."""
 
 
 class WatchLog:
@@ -61,8 +70,13 @@ class WatchLog:
         if history.maxlen is not None and len(history) == history.maxlen:
             self.compacted[skey] = history[0].rv
         history.append(event)
-        for watcher in self.watchers[skey]:
-            watcher.queue.put_nowait(event)
+        watchers = self.watchers[skey]
+        for watcher in list(watchers):
+            try:
+                watcher.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                watcher.overflowed = True
+                watchers.discard(watcher)
 
     def watch(
         self, skey: StorageKey, since: int | None, initial: Iterable[dict[str, Any]] = ()

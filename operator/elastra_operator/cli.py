@@ -18,6 +18,12 @@ def build_parser() -> argparse.ArgumentParser:
     peering.add_argument("--peering", metavar="NAME", help="Kopf peering object for active/standby replicas")
     peering.add_argument("--standalone", action="store_true", help="no peering: the only operator replica")
     parser.add_argument("--metrics-port", type=int, default=8080, help="serve /metrics here; 0 disables")
+    parser.add_argument(
+        "--metrics-host",
+        default="0.0.0.0",
+        metavar="ADDR",
+        help="address /metrics binds (e.g. the pod IP, so replicas sharing a network do not collide)",
+    )
     parser.add_argument("--liveness-endpoint", metavar="URL", help="e.g. http://0.0.0.0:8081/healthz")
     parser.add_argument("--kubeconfig", metavar="PATH", help="else $KUBECONFIG, else in-cluster")
     parser.add_argument("--log-level", default=os.environ.get("ELASTRA_LOG_LEVEL", "INFO"))
@@ -41,7 +47,7 @@ def main(argv: list[str]) -> int:
     metrics = OperatorMetrics()
     handlers.setup(args.kubeconfig, metrics)
     if args.metrics_port:
-        metrics.serve(args.metrics_port)
+        metrics.serve(args.metrics_port, addr=args.metrics_host)
     kopf.run(
         standalone=True if args.standalone else None,
         peering_name=args.peering,

@@ -156,13 +156,21 @@ def test_defaults_run_two_peered_replicas_cluster_wide() -> None:
     assert deployment["spec"]["replicas"] == 2
     args = container_args(objects)
     assert args[:2] == ["--peering", "elastra"]
+    # Kopf freezes replicas of equal priority: each replica ranks itself by age; a killed active one is
+    # replaced after the peering lifetime.
+    assert args[args.index("--priority") + 1] == "oldest-first"
+    assert args[args.index("--peering-lifetime") + 1] == "60"
     assert "--all-namespaces" in args and "--namespace" not in args
-    assert args[args.index("--liveness-endpoint") + 1] == "http://0.0.0.0:8081/healthz"
+    # Both servers bind the pod's IP (the kubelet expands $(POD_IP)), so replicas sharing one network
+    # cannot collide on a port.
+    assert args[args.index("--liveness-endpoint") + 1] == "http://$(POD_IP):8081/healthz"
+    assert args[args.index("--metrics-host") + 1] == "$(POD_IP)"
     assert args[args.index("--metrics-port") + 1] == "8080"
     assert one(objects, "ClusterKopfPeering")["metadata"]["name"] == "elastra"
     assert one(objects, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
     env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["POD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == "ghcr.io/elastra/elastra-operator:0.1.0"
 

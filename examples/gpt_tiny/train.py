@@ -82,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         world_size=world,
     )
     state = {"model": ModelAndOptimizer(model, optimizer), "sampler": sampler, "rng": RngState()}
+    # Lazy staging: a save copies the state while the next step's forward and backward run; the
+    # optimizer step waits for the copy. Nothing else here mutates checkpointed tensors in place (the
+    # sampler's and RNG's state dicts are copies), so this one guard is all the script needs.
+    session.guard(optimizer)
     start = session.restore(state)
     parts = accumulation_steps(args.global_batch, world, args.micro_batch)
     if rank == 0:

@@ -23,6 +23,9 @@ from elastra.session.session import is_peer_failure
         ),
         pytest.param(RuntimeError("NCCL communicator was aborted on rank 1"), True, id="nccl-abort"),
         pytest.param(dist.DistBackendError("backend failed"), True, id="dist-backend-error"),
+        pytest.param(
+            dist.DistNetworkError("Connection reset by peer"), True, id="rendezvous-store-reset-by-peer"
+        ),
         pytest.param(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False, id="shape-bug"),
         pytest.param(ValueError("Connection closed by peer"), False, id="not-a-runtime-error"),
         pytest.param(KeyError("model"), False, id="key-error"),

@@ -6,6 +6,21 @@ follow are the pure functions in `config` and `elastra.data`.
 Step numbers: `session.step(step, state)` is called after step `step` ran, so the checkpoint it may
 take holds `step + 1` completed steps and carries that number; `restore()` returns it, which is the
 next step to run.
+
+Staging (when `step` returns relative to the copy of the state): eager by default, so the script may
+mutate its state the moment `step` returns. `session.guard(optimizer)` opts in to lazy staging: `step`
+then returns right after the save plan is agreed, the copy runs on the checkpoint thread and overlaps
+the next forward and backward pass, and the guarded optimizer's `step()` first waits for the copy
+(`fence()`). Once any optimizer is guarded, the session also fences before the `step()` of every other
+optimizer in the process (a global step pre-hook), so an optimizer the script forgot cannot tear a
+checkpoint. What the script must still do itself in lazy mode: call `session.fence()` before any
+other in-place change of checkpointed tensors between `session.step` and the next optimizer step (an
+EMA or clamp of the weights, a forward pass that updates buffers such as BatchNorm's running stats).
+The session's own `Stateful` objects are safe: `RngState` returns a fresh copy of the generator
+state and `ReshardableSampler` plain ints. The emergency (SIGTERM) and final saves are always eager
+and wait for their commit, and `finish()` fences first, so no copy is running when the process exits.
+The stall of a save: in the status (`saves`, the agent's stall histogram) the `step` call; in the
+commit report, for a lazy save, that plus the wait of the first fence after it.
 """
 
 from __future__ import annotations
@@ -20,13 +35,17 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch.utils.hooks import RemovableHandle
 
 from elastra.control import (
     CONTROL_FILE,
@@ -96,6 +115,15 @@ def _materialize(state: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (v.state_dict() if isinstance(v, Stateful) else v) for k, v in state.items()}
 
 
+@dataclass(slots=True)
+class _Stall:
+    """The training-loop time one save cost, final once `settled` is set: the `save()` call, plus for a
+    lazy save the wait of the first fence after it (set by the training thread, read by the waiter)."""
+
+    seconds: float
+    settled: threading.Event = field(default_factory=threading.Event)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -118,15 +146,7 @@ class Session:
             torch.cuda.set_device(self.device)
         self._timeline: dict[str, float] = {"init": time.time()}
         """Wall times of this worker's start (launched, init, group, restored), for one log line."""
-        self._init_process_group()
-        self._timeline["group"] = time.time()
         self.checkpointer: Any = None
-        if config.checkpoint_uri:
-            from elastra.checkpoint import Checkpointer
-
-            self.checkpointer = Checkpointer(
-                config.checkpoint_uri, local_dir=config.local_dir, keep=config.keep
-            )
         self._control = (
             FileReader(pathlib.Path(config.control_dir) / CONTROL_FILE, ControlMessage)
             if (config.control_dir)
@@ -145,8 +165,25 @@ class Session:
         self._tokens_since_status = 0
         self._last_status_write = 0.0
         self._waiters: list[threading.Thread] = []
+        self._guarded: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
+        self._hooks: list[RemovableHandle] = []
+        """The step pre-hooks `guard` registered (removed by `finish`)."""
+        self._unfenced: _Stall | None = None
+        """The lazy save whose copy no fence has waited for yet."""
+        self._warned_unguarded = False
         if config.under_agent:
+            # Before the rendezvous: a peer that resets it (e.g. a member of the previous generation
+            # still holding the store's port) is a peer failure (exit 75, the job rescales), not a
+            # crash in user code (exit 1, which the operator takes for a permanent failure).
             self._install_worker_hooks()
+        self._init_process_group()
+        self._timeline["group"] = time.time()
+        if config.checkpoint_uri:
+            from elastra.checkpoint import Checkpointer
+
+            self.checkpointer = Checkpointer(
+                config.checkpoint_uri, local_dir=config.local_dir, keep=config.keep
+            )
 
     # ------------------------------------------------------------------ setup
     def _init_process_group(self) -> None:
@@ -204,6 +241,54 @@ class Session:
         self._publish(step=self._last_saved_step, restore_seconds=seconds, restore_tier=str(tier), force=True)
         log.info("rank %d restored step %s in %.2fs", self.rank, self._last_saved_step, seconds)
         return self._last_saved_step
+
+    # ------------------------------------------------------------------ lazy staging
+    @property
+    def staging(self) -> str:
+        """How interval and requested saves stage: `"lazy"` once an optimizer is guarded, else `"eager"`."""
+        return "lazy" if self._hooks else "eager"
+
+    def guard(self, *optimizers: torch.optim.Optimizer) -> None:
+        """Opt in to lazy staging: each optimizer's `step()` first waits for the copy of the newest save.
+
+        Guard every optimizer whose state or parameters are in the checkpoint (any other one is fenced
+        by a global hook, with a warning). In-place changes of checkpointed tensors outside
+        `optimizer.step()` need `fence()` first (see the module docstring). A no-op without a
+        checkpoint URI."""
+        if self.checkpointer is None:
+            return
+        if not self._hooks:
+            self._hooks.append(register_optimizer_step_pre_hook(self._fence_unguarded))
+        for optimizer in optimizers:
+            if optimizer in self._guarded:
+                continue
+            self._guarded.add(optimizer)
+            self._hooks.append(optimizer.register_step_pre_hook(lambda *_: self.fence()))
+
+    def _fence_unguarded(self, optimizer: torch.optim.Optimizer, _args: object, _kwargs: object) -> None:
+        if optimizer in self._guarded:
+            return
+        if self._unfenced is not None and not self._warned_unguarded:
+            self._warned_unguarded = True
+            log.warning(
+                "rank %d: %s is not guarded (session.guard): fencing before its step anyway",
+                self.rank,
+                type(optimizer).__name__,
+            )
+        self.fence()
+
+    def fence(self) -> None:
+        """Wait until the newest save has copied the state; after this the state may be mutated.
+
+        Cheap when nothing is being copied (always, with eager staging)."""
+        if self.checkpointer is None:
+            return
+        started = time.perf_counter()
+        self.checkpointer.fence()
+        stall, self._unfenced = self._unfenced, None
+        if stall is not None:
+            stall.seconds += time.perf_counter() - started
+            stall.settled.set()
 
     # ------------------------------------------------------------------ per step
     def step(
@@ -316,16 +401,27 @@ class Session:
 
     # ------------------------------------------------------------------ saving
     def _save(self, completed: int, state: Mapping[str, Any], *, ack_request: str | None, wait: bool) -> None:
+        """Save after `completed` steps; `wait`: stage eagerly and block until the commit (the emergency
+        and final saves, after which the process exits)."""
+        self.fence()  # the previous lazy save's stall is final before this one starts
+        staging = "eager" if wait else self.staging
         started = time.monotonic()
-        handle = self.checkpointer.save(completed, _materialize(state))
+        handle = self.checkpointer.save(completed, _materialize(state), staging=staging)
         self._last_save_time = time.monotonic()
-        stall = self._last_save_time - started  # the state dicts (FSDP gathers metadata) count too
+        # The state dicts (FSDP gathers metadata) count too.
+        stall = _Stall(seconds=self._last_save_time - started)
         self._last_saved_step = completed
-        record = SaveRecord(step=completed, stall_seconds=stall, skipped="skip" if handle.skipped else None)
+        record = SaveRecord(
+            step=completed, stall_seconds=stall.seconds, skipped="skip" if handle.skipped else None
+        )
         with self._lock:
             self._saves.append(record)
             if ack_request is not None:
                 self._status = self._status.model_copy(update={"ack_request": ack_request})
+        if staging == "lazy" and not handle.skipped:
+            self._unfenced = stall  # settled by the next fence
+        else:
+            stall.settled.set()
         if wait:
             self._await_commit(handle, ack_request, stall)
             self._publish(emergency_step=completed, force=True)
@@ -339,8 +435,9 @@ class Session:
         waiter.start()
         self._waiters = [t for t in self._waiters if t.is_alive()] + [waiter]
 
-    def _await_commit(self, handle: Any, ack_request: str | None, stall: float) -> None:
-        """Wait for one save to commit; on global rank 0, publish its commit report."""
+    def _await_commit(self, handle: Any, ack_request: str | None, stall: _Stall) -> None:
+        """Wait for one save to commit; on global rank 0, publish its commit report (once its stall
+        is final: a lazy save's first fence comes from the training thread)."""
         try:
             info = handle.wait()
         except Exception as exc:
@@ -351,6 +448,7 @@ class Session:
             return
         from elastra.api.membership import CommitReport
 
+        stall.settled.wait()
         report = CommitReport(
             step=info.step,
             uri=info.uri,
@@ -360,7 +458,7 @@ class Session:
             world_size=info.world_size,
             format_version=info.format_version,
             generation=self.generation,
-            stall_seconds=stall,
+            stall_seconds=stall.seconds,
             commit_seconds=info.commit_seconds,
             request_id=ack_request,
             time=dt.datetime.now(dt.UTC),
@@ -398,11 +496,18 @@ class Session:
     # ------------------------------------------------------------------ end
     def finish(self, state: Mapping[str, Any] | None = None, *, step: int | None = None) -> None:
         """Optionally save a final checkpoint, wait for every save to commit, leave the group."""
+        self.fence()
         final = state is not None and step is not None and self._last_saved_step != step + 1
         if final and self.checkpointer is not None and state is not None and step is not None:
             self._save(step + 1, state, ack_request=None, wait=True)
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
         if self.checkpointer is not None:
-            self.checkpointer.wait()
+            try:
+                self.checkpointer.wait()
+            finally:
+                self.checkpointer.close()
         for waiter in self._waiters:
             waiter.join()
         self._publish(force=True)

@@ -1,8 +1,10 @@
-"""Pure builders of the objects the operator creates: worker pods, the headless Service, Checkpoints."""
+"""Pure builders of the objects the operator creates (worker pods, the headless Service, Checkpoints),
+and where a worker pod of the template fits."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from typing import Any
 
 from elastra.api import API_VERSION
@@ -10,7 +12,7 @@ from elastra.api import checkpoint as ckpt_api
 from elastra.api import trainingjob as tj_api
 from elastra.api.membership import JOB_LABEL, ROLE_LABEL, CommitReport
 
-from .views import JobView
+from .views import JobView, NodeView
 
 FINALIZER = "elastra.dev/finalizer"
 """The operator's finalizer (Kopf's, renamed). Every Checkpoint is created with it: storage goes first."""
@@ -68,6 +70,23 @@ def tolerates(template: dict[str, Any], taint: tuple[str, str, str]) -> bool:
         elif tol.get("key") == key and (tol.get("value") or "") == value:
             return True
     return False
+
+
+def free_nodes(template: dict[str, Any], nodes: Iterable[NodeView], occupied: set[str]) -> list[NodeView]:
+    """The nodes a new worker pod of `template` could run on: ready, schedulable, not `occupied` by a
+    worker of the job, matching its nodeSelector, with the GPUs it asks for, every taint tolerated."""
+    gpus = gpu_request(template)
+    selector = (template.get("spec") or {}).get("nodeSelector") or {}
+    return [
+        n
+        for n in nodes
+        if n.ready
+        and not n.unschedulable
+        and n.name not in occupied
+        and all(n.labels.get(k) == v for k, v in selector.items())
+        and n.gpus >= gpus
+        and all(tolerates(template, taint) for taint in n.taints)
+    ]
 
 
 def _env(job: JobView, name: str) -> list[dict[str, Any]]:

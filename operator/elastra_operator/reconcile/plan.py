@@ -13,14 +13,12 @@ from collections.abc import Sequence
 from elastra.api.membership import (
     AgentState,
     CheckpointRequest,
-    Member,
     Membership,
     MembershipPhase,
-    RestorePoint,
 )
 from elastra.api.trainingjob import Phase, TrainingJobStatus
 
-from . import commits, manifests
+from . import commits, failures, manifests
 from .actions import (
     Action,
     CreateObject,
@@ -31,7 +29,8 @@ from .actions import (
     WriteMembership,
 )
 from .checks import spec_problems
-from .facts import PEER_LOST, PEER_QUIET_SECONDS, PEER_SETTLE_SECONDS, Facts, Failure
+from .facts import Facts
+from .generations import next_membership, restore_point
 from .outcomes import after_finish, invalid
 from .status import build_status, changed, set_condition, status_body
 from .views import CheckpointView, JobView, NodeView, OperatorRecord, PodView
@@ -98,7 +97,8 @@ class _Pass:
         )
         self.completion: dt.datetime | None = job.status.completion_time
         self.creating = 0
-        self.suspects: set[str] = set()
+        self.suspects: frozenset[str] = frozenset()
+        """Silent members left out of the next generation (`failures.silent_suspects`)."""
         self.facts = Facts(nodes=self.nodes, membership=self.m, spec=self.spec, now=now)
         self.keep: list[PodView] = []
         self.leaving: list[PodView] = []
@@ -141,19 +141,8 @@ class _Pass:
     def create_pods(self, usable: list[PodView]) -> None:
         if self.job.membership is None:
             self.creates.append(CreateObject(manifest=manifests.headless_service(self.job)))
-        gpus = manifests.gpu_request(self.spec.template)
-        selector = (self.spec.template.get("spec") or {}).get("nodeSelector") or {}
         occupied = {p.node for p in usable if p.node}
-        free = [
-            n
-            for n in self.nodes.values()
-            if n.ready
-            and not n.unschedulable
-            and n.name not in occupied
-            and all(n.labels.get(k) == v for k, v in selector.items())
-            and n.gpus >= gpus
-            and all(manifests.tolerates(self.spec.template, taint) for taint in n.taints)
-        ]
+        free = manifests.free_nodes(self.spec.template, self.nodes.values(), occupied)
         unscheduled = sum(1 for p in self.keep if p.node is None)
         want = min(self.spec.replicas.max - len(self.keep), len(free) - unscheduled)
         # A name of the current generation is never reused: a new pod must not pass for a member.
@@ -205,8 +194,9 @@ class _Pass:
         elif failed and all(f.permanent for f in failed):
             detail = ", ".join(f"{f.pod} ({f.reason})" for f in failed)
             self.finish("Failed", "WorkerFailed", f"permanent failure in user code: {detail}")
-        elif unplanned := self.unplanned(failed):
-            if self.awaiting_culprit(members, failed):
+        elif unplanned := failures.unplanned(failed):
+            wait, self.suspects = failures.silent_suspects(members, failed, self.now)
+            if wait:
                 self.phase = Phase.RESCALING
             elif not self.count_failure(unplanned):
                 self.transition("Failure")
@@ -215,47 +205,13 @@ class _Pass:
         else:
             self.planned_changes(members)
 
-    def unplanned(self, failed: list[Failure]) -> list[tuple[str, str]]:
-        """The failures that count: not a drained pod, and, beside one, not its peers' `PeerLost`."""
-        drained = any(f.reason == "Drained" for f in failed)
-        return [(f.pod, f.reason) for f in failed if f.reason != "Drained" and not (drained and f.peer_since)]
-
     def drain(self, members: list[PodView | None]) -> None:
         """A member is being evicted (drain): its agent has the grace period for an emergency checkpoint.
         Wait until it is gone or its grace period is over, then rescale from the newest commit."""
-        saving = [
-            p
-            for p in members
-            if p is not None
-            and p.deleting
-            and p.phase == "Running"
-            and p.deletion_deadline is not None
-            and self.now < p.deletion_deadline
-        ]
-        if saving:
+        if failures.draining(members, self.now):
             self.phase = Phase.RESCALING
             return
         self.transition("Drain")
-
-    def awaiting_culprit(self, members: list[PodView | None], failed: list[Failure]) -> bool:
-        """Only symptoms (`PeerLost`) reported: the member that broke the collective is among the silent
-        ones. Give every live member up to `PEER_SETTLE_SECONDS` to report too — or, once the reporters
-        outnumber the silent, until no new report came for `PEER_QUIET_SECONDS` — then leave the silent
-        ones out of the next generation (a dead pod's last report still says Running)."""
-        if any(f.peer_since is None for f in failed):
-            return False  # a cause is known
-        named = {f.pod for f in failed}
-        silent = {p.name for p in members if p is not None and p.name not in named}
-        if not silent:
-            return False
-        times = [f.peer_since for f in failed if f.peer_since is not None]
-        waited = (self.now - min(times)).total_seconds()
-        quiet = (self.now - max(times)).total_seconds()
-        settled = waited >= PEER_SETTLE_SECONDS or (len(named) > len(silent) and quiet >= PEER_QUIET_SECONDS)
-        if not settled:
-            return True
-        self.suspects = silent
-        return False
 
     def candidate(self, pod: PodView) -> bool:
         """May join the next generation: runs, and is not suspected dead."""
@@ -281,10 +237,10 @@ class _Pass:
         if self.r.failure_generation == self.m.generation:
             return self.new_r.failures > self.spec.run_policy.backoff_limit
         steps = [p.agent.step for p in self.pods.values() if p.agent is not None and p.agent.step is not None]
-        failures = self.r.failures + 1
+        count = self.r.failures + 1
         self.new_r = self.new_r.model_copy(
             update={
-                "failures": failures,
+                "failures": count,
                 "failure_generation": self.m.generation,
                 "failure_detected_at": self.r.failure_detected_at or self.now,
                 "failure_step": max(steps, default=None),
@@ -298,24 +254,16 @@ class _Pass:
             Event(
                 reason="Failure",
                 message=f"generation {self.m.generation}: lost {detail}; "
-                f"failure {failures}, backoffLimit {limit}",
+                f"failure {count}, backoffLimit {limit}",
                 warning=True,
             )
         )
-        self.observations.append(Observe(metric="failures", labels={"reason": self.failure_label(unplanned)}))
-        if failures > limit:
-            self.finish("Failed", "BackoffLimitExceeded", f"{failures} failures, backoffLimit is {limit}")
+        label = failures.failure_label(unplanned, self.suspects)
+        self.observations.append(Observe(metric="failures", labels={"reason": label}))
+        if count > limit:
+            self.finish("Failed", "BackoffLimitExceeded", f"{count} failures, backoffLimit is {limit}")
             return True
         return False
-
-    def failure_label(self, unplanned: list[tuple[str, str]]) -> str:
-        """One low-cardinality cause for the metric: the first real cause, else who went silent."""
-        causes = [
-            why.split(":")[0] for _, why in unplanned if not why.startswith(f"WorkerFailed: {PEER_LOST}")
-        ]
-        if causes:
-            return causes[0]
-        return "Unresponsive" if self.suspects else PEER_LOST
 
     def gang_ready(self) -> bool:
         """Every kept pod runs, or the ones that do not have had startTimeoutSeconds to do so."""
@@ -470,23 +418,9 @@ class _Pass:
         self.phase = Phase.RESCALING
 
     def write_generation(self, phase: MembershipPhase, pods: list[PodView], *, reason: str) -> None:
-        nproc = self.spec.nproc_per_pod
-        members = tuple(
-            Member(pod=p.name, node=p.node or "", pod_ip=p.ip or "", rank_start=i * nproc, nprocs=nproc)
-            for i, p in enumerate(pods)
-        )
-        generation = self.m.generation + 1
-        self.new_m = Membership(
-            generation=generation,
-            phase=phase,
-            world_size=len(members) * nproc,
-            nproc_per_pod=nproc,
-            master_addr=members[0].pod_ip if members else "",
-            master_port=manifests.MASTER_PORT,
-            members=members,
-            restore=self.restore_point(),
-            checkpoint_request=None,
-        )
+        restore = restore_point(self.ckpts, self.job.restore_from)
+        self.new_m = next_membership(self.m, phase, pods, nproc=self.spec.nproc_per_pod, restore=restore)
+        generation = self.new_m.generation
         first = self.r.started_at is None
         self.new_r = self.new_r.model_copy(
             update={
@@ -497,7 +431,6 @@ class _Pass:
             }
         )
         self.observations.append(Observe(metric="rescales", labels={"reason": reason}))
-        restore = self.new_m.restore
         source = f", restoring {restore.checkpoint}" if restore is not None else ""
         self.events.append(
             Event(
@@ -506,15 +439,6 @@ class _Pass:
                 f"{self.new_m.world_size} ({reason}){source}",
             )
         )
-
-    def restore_point(self) -> RestorePoint | None:
-        if self.ckpts:
-            newest = self.ckpts[-1]
-            return RestorePoint(checkpoint=newest.name, step=newest.step, uri=newest.uri)
-        source = self.job.restore_from
-        if source is not None:
-            return RestorePoint(checkpoint=source.name, step=source.step, uri=source.uri)
-        return None
 
     def finish(self, outcome: str, reason: str, message: str) -> None:
         self.new_m = self.m.model_copy(update={"phase": MembershipPhase.DONE, "checkpoint_request": None})

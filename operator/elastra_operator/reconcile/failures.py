@@ -1,0 +1,62 @@
+"""Which failures of a running generation count, and who is to blame for a broken collective. Pure.
+
+A rank that dies takes its peers' collectives with it: they report `PeerLost` (a symptom), while the
+culprit may say nothing at all (its node is gone). These functions tell the causes from the
+symptoms; `plan` decides what to do with the answer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from .facts import PEER_LOST, PEER_QUIET_SECONDS, PEER_SETTLE_SECONDS, Failure
+from .views import PodView
+
+
+def unplanned(failed: list[Failure]) -> list[tuple[str, str]]:
+    """The failures that count, as (pod, reason): not a drained pod, and, beside one, not its peers'
+    `PeerLost`."""
+    drained = any(f.reason == "Drained" for f in failed)
+    return [(f.pod, f.reason) for f in failed if f.reason != "Drained" and not (drained and f.peer_since)]
+
+
+def draining(members: list[PodView | None], now: dt.datetime) -> bool:
+    """A member is being evicted and still within its grace period (taking its emergency checkpoint)."""
+    return any(
+        p is not None
+        and p.deleting
+        and p.phase == "Running"
+        and p.deletion_deadline is not None
+        and now < p.deletion_deadline
+        for p in members
+    )
+
+
+def silent_suspects(
+    members: list[PodView | None], failed: list[Failure], now: dt.datetime
+) -> tuple[bool, frozenset[str]]:
+    """`(wait, suspects)` when only symptoms (`PeerLost`) were reported: the member that broke the
+    collective is among the silent ones. Every live member gets up to `PEER_SETTLE_SECONDS` to report
+    too — or, once the reporters outnumber the silent, until no new report came for
+    `PEER_QUIET_SECONDS`; `wait` is True until then. After that the silent ones are the suspects, to
+    be left out of the next generation (a dead pod's last report still says Running)."""
+    nobody = frozenset[str]()
+    if any(f.peer_since is None for f in failed):
+        return False, nobody  # a cause is known
+    named = {f.pod for f in failed}
+    silent = frozenset(p.name for p in members if p is not None and p.name not in named)
+    if not silent:
+        return False, nobody
+    times = [f.peer_since for f in failed if f.peer_since is not None]
+    waited = (now - min(times)).total_seconds()
+    quiet = (now - max(times)).total_seconds()
+    settled = waited >= PEER_SETTLE_SECONDS or (len(named) > len(silent) and quiet >= PEER_QUIET_SECONDS)
+    return (False, silent) if settled else (True, nobody)
+
+
+def failure_label(unplanned: list[tuple[str, str]], suspects: frozenset[str] | set[str]) -> str:
+    """One low-cardinality cause for the failures metric: the first real cause, else who went silent."""
+    causes = [why.split(":")[0] for _, why in unplanned if not why.startswith(f"WorkerFailed: {PEER_LOST}")]
+    if causes:
+        return causes[0]
+    return "Unresponsive" if suspects else PEER_LOST

@@ -1,0 +1,49 @@
+"""The membership record of the next generation, and the checkpoint it restores. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from elastra.api.membership import Member, Membership, MembershipPhase, RestorePoint
+
+from .manifests import MASTER_PORT
+from .views import CheckpointView, PodView
+
+
+def restore_point(
+    checkpoints: Sequence[CheckpointView], restore_from: CheckpointView | None
+) -> RestorePoint | None:
+    """The newest of the job's committed `checkpoints` (sorted by step), else the spec's
+    `restoreFrom`, else None (a fresh start)."""
+    source = checkpoints[-1] if checkpoints else restore_from
+    if source is None:
+        return None
+    return RestorePoint(checkpoint=source.name, step=source.step, uri=source.uri)
+
+
+def next_membership(
+    current: Membership,
+    phase: MembershipPhase,
+    pods: Sequence[PodView],
+    *,
+    nproc: int,
+    restore: RestorePoint | None,
+) -> Membership:
+    """Generation `current + 1` with `pods` as members in this order (pod i holds ranks
+    `i*nproc ... i*nproc + nproc - 1`); rank 0's pod IP is the rendezvous address. Any checkpoint
+    request of the current generation ends with it."""
+    members = tuple(
+        Member(pod=p.name, node=p.node or "", pod_ip=p.ip or "", rank_start=i * nproc, nprocs=nproc)
+        for i, p in enumerate(pods)
+    )
+    return Membership(
+        generation=current.generation + 1,
+        phase=phase,
+        world_size=len(members) * nproc,
+        nproc_per_pod=nproc,
+        master_addr=members[0].pod_ip if members else "",
+        master_port=MASTER_PORT,
+        members=members,
+        restore=restore,
+        checkpoint_request=None,
+    )

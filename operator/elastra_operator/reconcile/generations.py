@@ -9,6 +9,17 @@ from elastra.api.membership import Member, Membership, MembershipPhase, RestoreP
 from .manifests import MASTER_PORT
 from .views import CheckpointView, PodView
 
+RENDEZVOUS_PORTS = 16
+"""Generations cycle through this many rendezvous ports from `MASTER_PORT`."""
+
+
+def rendezvous_port(generation: int) -> int:
+    """The rendezvous port of `generation`: never the previous generation's. A pod that starts the
+    new generation while the old rank 0 is still being stopped then cannot reach the old store (its
+    connection would be reset as that store dies, failing the new worker); it retries on the new port
+    until the new rank 0 listens."""
+    return MASTER_PORT + generation % RENDEZVOUS_PORTS
+
 
 def restore_point(
     checkpoints: Sequence[CheckpointView], restore_from: CheckpointView | None
@@ -30,19 +41,20 @@ def next_membership(
     restore: RestorePoint | None,
 ) -> Membership:
     """Generation `current + 1` with `pods` as members in this order (pod i holds ranks
-    `i*nproc ... i*nproc + nproc - 1`); rank 0's pod IP is the rendezvous address. Any checkpoint
-    request of the current generation ends with it."""
+    `i*nproc ... i*nproc + nproc - 1`); rank 0's pod IP is the rendezvous address, on
+    `rendezvous_port(generation)`. Any checkpoint request of the current generation ends with it."""
+    generation = current.generation + 1
     members = tuple(
         Member(pod=p.name, node=p.node or "", pod_ip=p.ip or "", rank_start=i * nproc, nprocs=nproc)
         for i, p in enumerate(pods)
     )
     return Membership(
-        generation=current.generation + 1,
+        generation=generation,
         phase=phase,
         world_size=len(members) * nproc,
         nproc_per_pod=nproc,
         master_addr=members[0].pod_ip if members else "",
-        master_port=MASTER_PORT,
+        master_port=rendezvous_port(generation),
         members=members,
         restore=restore,
         checkpoint_request=None,

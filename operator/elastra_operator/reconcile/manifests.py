@@ -18,6 +18,7 @@ FINALIZER = "elastra.dev/finalizer"
 """The operator's finalizer (Kopf's, renamed). Every Checkpoint is created with it: storage goes first."""
 GPU = "nvidia.com/gpu"
 MASTER_PORT = 29500
+"""The first rendezvous port; generation `g` uses `generations.rendezvous_port(g)`."""
 LOCAL_VOLUME = "elastra-local"
 
 

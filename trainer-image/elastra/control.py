@@ -8,6 +8,8 @@ Small JSON files in `ELASTRA_CONTROL_DIR`, each replaced atomically (write a tem
 - `status-<rank>.json`, written by each worker: step, loss, timings, checkpoints and the newest
   commit (on global rank 0).
 
+Also the worker exit codes both sides read the same way (`EXIT_PEER_LOST`, `EXIT_PEER_STOPPED`).
+
 Reading is cheap when nothing changed: `ControlReader.poll()` is one `os.stat` and parses only when
 the file's identity (inode, size, mtime) moved. Shared by `elastra.session` and `elastra.agent`;
 no torch here.
@@ -25,6 +27,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 CONTROL_FILE = "control.json"
 """Name of the agent's file in the control directory."""
+EXIT_PEER_LOST = 75
+"""Worker exit code: a collective failed because a peer is gone (the job must rescale; never a
+permanent failure)."""
+EXIT_PEER_STOPPED = 76
+"""Worker exit code: it took the emergency checkpoint because a peer was stopping, not itself: its pod
+is not done, the job must rescale."""
 
 
 def status_file(rank: int) -> str:

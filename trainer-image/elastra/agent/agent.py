@@ -28,7 +28,16 @@ from elastra.api.membership import (
     AgentState,
     Membership,
 )
-from elastra.control import CONTROL_FILE, ControlMessage, FileReader, WorkerStatus, status_file, write_atomic
+from elastra.control import (
+    CONTROL_FILE,
+    EXIT_PEER_LOST,
+    EXIT_PEER_STOPPED,
+    ControlMessage,
+    FileReader,
+    WorkerStatus,
+    status_file,
+    write_atomic,
+)
 
 log = logging.getLogger("elastra.agent")
 
@@ -44,10 +53,6 @@ DONE_WAIT_S = 300.0
 """After the workers succeeded, how long to wait for the operator's `Done` before exiting anyway."""
 
 
-EXIT_PEER_LOST = 75
-"""Worker exit code: a collective failed because a peer is gone (`elastra.session.EXIT_PEER_LOST`)."""
-EXIT_PEER_STOPPED = 76
-"""Worker exit code: it saved because a peer was stopping (`elastra.session.EXIT_PEER_STOPPED`)."""
 PEER_LOST = "PeerLost"
 """Reason prefix the operator reads as "not this pod's fault": never a permanent failure."""
 

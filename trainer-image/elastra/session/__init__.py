@@ -5,8 +5,9 @@ Importing this package imports torch; `import elastra` does not (it exposes `ela
 
 from __future__ import annotations
 
+from elastra.control import EXIT_PEER_LOST, EXIT_PEER_STOPPED
 from elastra.session.config import ConfigError, SessionConfig, from_env, save_due
-from elastra.session.session import EXIT_PEER_LOST, EXIT_PEER_STOPPED, RngState, Session, Stateful, init
+from elastra.session.session import RngState, Session, Stateful, init
 
 __all__ = [
     "EXIT_PEER_LOST",

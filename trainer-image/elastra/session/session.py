@@ -49,6 +49,8 @@ from torch.utils.hooks import RemovableHandle
 
 from elastra.control import (
     CONTROL_FILE,
+    EXIT_PEER_LOST,
+    EXIT_PEER_STOPPED,
     ControlMessage,
     FileReader,
     SaveRecord,
@@ -60,11 +62,6 @@ from elastra.session.config import SessionConfig, from_env, save_due
 
 log = logging.getLogger("elastra.session")
 
-EXIT_PEER_LOST = 75
-"""Exit code of a worker whose collective failed (a peer died or the rendezvous broke)."""
-EXIT_PEER_STOPPED = 76
-"""Exit code of a worker that took the emergency checkpoint because a peer was stopping (not itself):
-its pod is not done, the job must rescale."""
 EXIT_CRASHED = 1
 """Exit code of a worker whose training code raised."""
 STATUS_INTERVAL_S = 0.5

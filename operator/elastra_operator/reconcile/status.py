@@ -29,10 +29,6 @@ def set_condition(
     return (*(c for c in conditions if c.type != type_), new)
 
 
-def drop_condition(conditions: tuple[Condition, ...], type_: str) -> tuple[Condition, ...]:
-    return tuple(c for c in conditions if c.type != type_)
-
-
 def status_body(status: TrainingJobStatus) -> dict[str, Any]:
     """The status as the API stores it (camelCase JSON)."""
     body: dict[str, Any] = status.model_dump(by_alias=True, exclude_none=True, mode="json")

@@ -1,8 +1,9 @@
 """One rescale's timeline from a demo run's logs: `python -m elastra.demo.timeline demo-out`.
 
 Lines up the demo's disruption (summary.json `events[].wall`) with the operator's log, the agents' logs
-and the sessions' start lines (`… start: launch+imports Xs, process group Ys, model+restore Zs, first
-step Ws`), and prints, per rescale, when each milestone was reached. `milestones` is pure.
+and the sessions' start lines (`… start: launch+imports Xs, process group Ys, model Ms, restore Rs,
+first step Ws`, written by `elastra.session`), and prints, per rescale, when each milestone was
+reached. `milestones` is pure.
 """
 
 from __future__ import annotations

@@ -293,6 +293,9 @@ class Session:
     ) -> bool:
         """Step `step` ran: save on the interval, on a request, or on SIGTERM. True when it saved.
 
+        Interval and requested saves stage lazily once an optimizer is guarded (`guard`), else
+        eagerly; the SIGTERM save is eager and waits for its commit, then the process exits.
+
         Cheap otherwise: a stat of the control file and, every `agree_every` steps, one all-reduce of
         two numbers so that every rank takes a requested checkpoint at the same step.
         """

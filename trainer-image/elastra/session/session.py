@@ -35,17 +35,13 @@ import sys
 import threading
 import time
 import traceback
-import weakref
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
-from torch.optim.optimizer import register_optimizer_step_pre_hook
-from torch.utils.hooks import RemovableHandle
 
 from elastra.control import (
     CONTROL_FILE,
@@ -59,6 +55,7 @@ from elastra.control import (
     write_atomic,
 )
 from elastra.session.config import SessionConfig, from_env, save_due
+from elastra.session.fences import Fences, Stall
 
 log = logging.getLogger("elastra.session")
 
@@ -112,15 +109,6 @@ def _materialize(state: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (v.state_dict() if isinstance(v, Stateful) else v) for k, v in state.items()}
 
 
-@dataclass(slots=True)
-class _Stall:
-    """The training-loop time one save cost, final once `settled` is set: the `save()` call, plus for a
-    lazy save the wait of the first fence after it (set by the training thread, read by the waiter)."""
-
-    seconds: float
-    settled: threading.Event = field(default_factory=threading.Event)
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -162,12 +150,8 @@ class Session:
         self._tokens_since_status = 0
         self._last_status_write = 0.0
         self._waiters: list[threading.Thread] = []
-        self._guarded: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
-        self._hooks: list[RemovableHandle] = []
-        """The step pre-hooks `guard` registered (removed by `finish`)."""
-        self._unfenced: _Stall | None = None
-        """The lazy save whose copy no fence has waited for yet."""
-        self._warned_unguarded = False
+        self._fences: Fences | None = None
+        """Lazy staging's hooks and pending stall; None without a checkpointer."""
         if config.under_agent:
             # Before the rendezvous: a peer that resets it (e.g. a member of the previous generation
             # still holding the store's port) is a peer failure (exit 75, the job rescales), not a
@@ -181,6 +165,7 @@ class Session:
             self.checkpointer = Checkpointer(
                 config.checkpoint_uri, local_dir=config.local_dir, keep=config.keep
             )
+            self._fences = Fences(self.checkpointer.fence, self.rank)
 
     # ------------------------------------------------------------------ setup
     def _init_process_group(self) -> None:
@@ -243,7 +228,7 @@ class Session:
     @property
     def staging(self) -> str:
         """How interval and requested saves stage: `"lazy"` once an optimizer is guarded, else `"eager"`."""
-        return "lazy" if self._hooks else "eager"
+        return "lazy" if self._fences is not None and self._fences.lazy else "eager"
 
     def guard(self, *optimizers: torch.optim.Optimizer) -> None:
         """Opt in to lazy staging: each optimizer's `step()` first waits for the copy of the newest save.
@@ -252,40 +237,15 @@ class Session:
         by a global hook, with a warning). In-place changes of checkpointed tensors outside
         `optimizer.step()` need `fence()` first (see the module docstring). A no-op without a
         checkpoint URI."""
-        if self.checkpointer is None:
-            return
-        if not self._hooks:
-            self._hooks.append(register_optimizer_step_pre_hook(self._fence_unguarded))
-        for optimizer in optimizers:
-            if optimizer in self._guarded:
-                continue
-            self._guarded.add(optimizer)
-            self._hooks.append(optimizer.register_step_pre_hook(lambda *_: self.fence()))
-
-    def _fence_unguarded(self, optimizer: torch.optim.Optimizer, _args: object, _kwargs: object) -> None:
-        if optimizer in self._guarded:
-            return
-        if self._unfenced is not None and not self._warned_unguarded:
-            self._warned_unguarded = True
-            log.warning(
-                "rank %d: %s is not guarded (session.guard): fencing before its step anyway",
-                self.rank,
-                type(optimizer).__name__,
-            )
-        self.fence()
+        if self._fences is not None:
+            self._fences.guard(optimizers)
 
     def fence(self) -> None:
         """Wait until the newest save has copied the state; after this the state may be mutated.
 
         Cheap when nothing is being copied (always, with eager staging)."""
-        if self.checkpointer is None:
-            return
-        started = time.perf_counter()
-        self.checkpointer.fence()
-        stall, self._unfenced = self._unfenced, None
-        if stall is not None:
-            stall.seconds += time.perf_counter() - started
-            stall.settled.set()
+        if self._fences is not None:
+            self._fences.fence()
 
     # ------------------------------------------------------------------ per step
     def step(
@@ -409,7 +369,7 @@ class Session:
         handle = self.checkpointer.save(completed, _materialize(state), staging=staging)
         self._last_save_time = time.monotonic()
         # The state dicts (FSDP gathers metadata) count too.
-        stall = _Stall(seconds=self._last_save_time - started)
+        stall = Stall(seconds=self._last_save_time - started)
         self._last_saved_step = completed
         record = SaveRecord(
             step=completed, stall_seconds=stall.seconds, skipped="skip" if handle.skipped else None
@@ -418,8 +378,8 @@ class Session:
             self._saves.append(record)
             if ack_request is not None:
                 self._status = self._status.model_copy(update={"ack_request": ack_request})
-        if staging == "lazy" and not handle.skipped:
-            self._unfenced = stall  # settled by the next fence
+        if staging == "lazy" and not handle.skipped and self._fences is not None:
+            self._fences.copying(stall)  # settled by the next fence
         else:
             stall.settled.set()
         if wait:
@@ -435,7 +395,7 @@ class Session:
         waiter.start()
         self._waiters = [t for t in self._waiters if t.is_alive()] + [waiter]
 
-    def _await_commit(self, handle: Any, ack_request: str | None, stall: _Stall) -> None:
+    def _await_commit(self, handle: Any, ack_request: str | None, stall: Stall) -> None:
         """Wait for one save to commit; on global rank 0, publish its commit report (once its stall
         is final: a lazy save's first fence comes from the training thread)."""
         try:
@@ -500,9 +460,8 @@ class Session:
         final = state is not None and step is not None and self._last_saved_step != step + 1
         if final and self.checkpointer is not None and state is not None and step is not None:
             self._save(step + 1, state, ack_request=None, wait=True)
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks.clear()
+        if self._fences is not None:
+            self._fences.remove()
         if self.checkpointer is not None:
             try:
                 self.checkpointer.wait()

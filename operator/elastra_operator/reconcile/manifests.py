@@ -18,7 +18,7 @@ FINALIZER = "elastra.dev/finalizer"
 """The operator's finalizer (Kopf's, renamed). Every Checkpoint is created with it: storage goes first."""
 GPU = "nvidia.com/gpu"
 MASTER_PORT = 29500
-"""The first rendezvous port; generation `g` uses `generations.rendezvous_port(g)`."""
+"""The lowest rendezvous port; generation `g` of a job uses `generations.rendezvous_port(uid, g)`."""
 LOCAL_VOLUME = "elastra-local"
 
 
@@ -186,7 +186,8 @@ def headless_service(job: JobView) -> dict[str, Any]:
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
             "selector": labels(job, "worker"),
-            "ports": [{"name": "rendezvous", "port": MASTER_PORT}],
+            # No ports: a headless Service only names the workers in DNS, and the rendezvous port
+            # changes with every generation (`generations.rendezvous_port`).
         },
     }
 

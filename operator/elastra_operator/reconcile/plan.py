@@ -419,7 +419,9 @@ class _Pass:
 
     def write_generation(self, phase: MembershipPhase, pods: list[PodView], *, reason: str) -> None:
         restore = restore_point(self.ckpts, self.job.restore_from)
-        self.new_m = next_membership(self.m, phase, pods, nproc=self.spec.nproc_per_pod, restore=restore)
+        self.new_m = next_membership(
+            self.m, phase, pods, job_uid=self.job.uid, nproc=self.spec.nproc_per_pod, restore=restore
+        )
         generation = self.new_m.generation
         first = self.r.started_at is None
         self.new_r = self.new_r.model_copy(

@@ -10,8 +10,9 @@ import datetime as dt
 import re
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, field_validator
+
+from elastra.api.base import SpecModel, StatusModel
 
 KIND = "Checkpoint"
 PLURAL = "checkpoints"
@@ -25,17 +26,7 @@ def checkpoint_name(job: str, step: int) -> str:
     return f"{job}-step-{step}"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-        use_attribute_docstrings=True,
-    )
-
-
-class TierLocation(_Model):
+class TierLocation(SpecModel):
     """Where one tier holds the whole checkpoint."""
 
     name: Annotated[str, Field(min_length=1)]
@@ -44,7 +35,7 @@ class TierLocation(_Model):
     """The step directory: `s3://bucket/key/step-N`, or an absolute path ending in `step-N`."""
 
 
-class StorageAccess(_Model):
+class StorageAccess(SpecModel):
     """How the finalizer reaches the durable tier, copied from the job so that it works after the job."""
 
     endpoint: str | None = None
@@ -55,7 +46,7 @@ class StorageAccess(_Model):
     """Secret (same namespace) with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`."""
 
 
-class CheckpointSpec(_Model):
+class CheckpointSpec(SpecModel):
     """A committed checkpoint. Written once by the operator; never changed."""
 
     job: Annotated[str, Field(min_length=1)]
@@ -92,16 +83,8 @@ class CheckpointSpec(_Model):
         return uri
 
 
-class CheckpointStatus(BaseModel):
+class CheckpointStatus(StatusModel):
     """Deletion progress, shown while the finalizer works or refuses."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="ignore",
-        frozen=True,
-        use_attribute_docstrings=True,
-    )
 
     phase: str = "Committed"
     """`Committed`, `Protected` (deletion refused: the newest of a running job) or `Deleting`."""

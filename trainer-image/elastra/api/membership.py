@@ -11,8 +11,9 @@ import datetime as dt
 import enum
 from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, model_validator
+
+from elastra.api.base import StatusModel
 
 PROTOCOL_VERSION = 1
 """Bumped on any incompatible change to the models below."""
@@ -34,10 +35,8 @@ def membership_configmap_name(job: str) -> str:
     return f"{job}-membership"
 
 
-class _Wire(BaseModel):
-    """JSON on the wire: camelCase keys, unknown keys kept out, values validated."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+class _Wire(StatusModel):
+    """JSON on the wire: camelCase keys, unknown keys ignored (a newer writer), values validated."""
 
     def to_json(self) -> str:
         """Serialize with the wire (camelCase) names."""

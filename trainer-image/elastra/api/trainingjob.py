@@ -11,24 +11,13 @@ import datetime as dt
 import enum
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field, model_validator
+
+from elastra.api.base import SpecModel, StatusModel
 
 KIND = "TrainingJob"
 PLURAL = "trainingjobs"
 SHORT_NAME = "tj"
-
-
-class _Model(BaseModel):
-    """camelCase on the wire, unknown keys rejected so that typos are reported, frozen."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-        use_attribute_docstrings=True,
-    )
 
 
 def _cel(rule: str, message: str) -> dict[str, Any]:
@@ -36,7 +25,7 @@ def _cel(rule: str, message: str) -> dict[str, Any]:
     return {"x-kubernetes-validations": [{"rule": rule, "message": message}]}
 
 
-class Replicas(_Model):
+class Replicas(SpecModel):
     """How many worker pods the job may run."""
 
     model_config = ConfigDict(json_schema_extra=_cel("self.min <= self.max", "replicas.min must be <= max"))
@@ -53,7 +42,7 @@ class Replicas(_Model):
         return self
 
 
-class LocalTier(_Model):
+class LocalTier(SpecModel):
     """Node-local NVMe tier: fast saves and restores on the same node."""
 
     path: Annotated[str, Field(min_length=2, pattern=r"^/")]
@@ -62,7 +51,7 @@ class LocalTier(_Model):
     """Checkpoints kept per node (the pod agent prunes older ones)."""
 
 
-class S3Tier(_Model):
+class S3Tier(SpecModel):
     """Durable S3 tier."""
 
     bucket: Annotated[str, Field(min_length=3)]
@@ -79,7 +68,7 @@ class S3Tier(_Model):
     """Committed checkpoints kept; older Checkpoint objects (and their storage) are deleted."""
 
 
-class DirectoryTier(_Model):
+class DirectoryTier(SpecModel):
     """Durable tier on a shared filesystem (a PVC, NFS, or on localcluster the machine's disk)."""
 
     path: Annotated[str, Field(min_length=2, pattern=r"^/")]
@@ -88,7 +77,7 @@ class DirectoryTier(_Model):
     """Committed checkpoints kept; older Checkpoint objects (and their storage) are deleted."""
 
 
-class CheckpointPolicy(_Model):
+class CheckpointPolicy(SpecModel):
     """When and where the trainers checkpoint."""
 
     model_config = ConfigDict(
@@ -144,7 +133,7 @@ class CheckpointPolicy(_Model):
         return f"{self.directory.path.rstrip('/')}/{namespace}/{job}"
 
 
-class ElasticPolicy(_Model):
+class ElasticPolicy(SpecModel):
     """Timing of rescales and failure detection."""
 
     scale_up_cooldown_seconds: Annotated[int, Field(ge=0)] = 60
@@ -165,7 +154,7 @@ class CleanPodPolicy(enum.StrEnum):
     NONE = "None"
 
 
-class RunPolicy(_Model):
+class RunPolicy(SpecModel):
     """Failure budget, deadlines, cleanup and suspension."""
 
     backoff_limit: Annotated[int, Field(ge=0)] = 6
@@ -182,7 +171,7 @@ class RunPolicy(_Model):
     """Exit codes 1-127 that are retried; by default they are permanent (128+ always retry)."""
 
 
-class TrainingJobSpec(_Model):
+class TrainingJobSpec(SpecModel):
     """What the user asks for."""
 
     replicas: Replicas
@@ -219,19 +208,7 @@ class Phase(enum.StrEnum):
         return self in (Phase.SUCCEEDED, Phase.FAILED)
 
 
-class _Status(BaseModel):
-    """Status models: camelCase, unknown keys ignored (an older operator may read a newer status)."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="ignore",
-        frozen=True,
-        use_attribute_docstrings=True,
-    )
-
-
-class Condition(_Status):
+class Condition(StatusModel):
     """A Kubernetes-style condition."""
 
     type: str
@@ -246,7 +223,7 @@ class Condition(_Status):
     """When `status` last changed."""
 
 
-class MemberStatus(_Status):
+class MemberStatus(StatusModel):
     """One pod of the current generation."""
 
     pod: str
@@ -255,7 +232,7 @@ class MemberStatus(_Status):
     """Global ranks the pod runs."""
 
 
-class LastCheckpoint(_Status):
+class LastCheckpoint(StatusModel):
     """The newest committed checkpoint."""
 
     name: str
@@ -265,7 +242,7 @@ class LastCheckpoint(_Status):
     time: dt.datetime | None = None
 
 
-class TrainingJobStatus(_Status):
+class TrainingJobStatus(StatusModel):
     """What the operator observed and decided; re-derived from the API on every pass."""
 
     phase: Phase = Phase.PENDING

@@ -33,6 +33,9 @@ class Failure(NamedTuple):
     permanent: bool
     peer_since: dt.datetime | None = None
     """When the agent reported `PeerLost` (only a symptom); None for a cause."""
+    seen_at: dt.datetime | None = None
+    """Earliest evidence of the failure in what the API holds: the agent's `Failed` report of this
+    generation, the node's NotReady transition, the pod's deletion deadline; None when there is none."""
 
 
 def permanent_exit(code: int | None, retryable: tuple[int, ...]) -> bool:
@@ -105,16 +108,37 @@ class Facts:
                 failed.append(Failure(member.pod, "Drained" if drained else "PodDeleted", False))
             elif (loss := self.loss(pod)) is not None:
                 permanent = pod.phase == "Failed" and permanent_exit(pod.exit_code, retryable)
-                failed.append(Failure(pod.name, loss, permanent))
+                failed.append(Failure(pod.name, loss, permanent, seen_at=self.evidence(pod)))
             elif self.in_generation(pod, AgentState.FAILED):
                 assert pod.agent is not None
                 why = (pod.agent.reason or f"exit code {pod.agent.exit_code}")[:REASON_CHARS]
                 peer = (pod.agent.reason or "").startswith(PEER_LOST)
                 permanent = not peer and permanent_exit(pod.agent.exit_code, retryable)
                 failed.append(
-                    Failure(pod.name, f"WorkerFailed: {why}", permanent, pod.agent.time if peer else None)
+                    Failure(
+                        pod.name,
+                        f"WorkerFailed: {why}",
+                        permanent,
+                        pod.agent.time if peer else None,
+                        seen_at=pod.agent.time,
+                    )
                 )
         return failed
+
+    def evidence(self, pod: PodView) -> dt.datetime | None:
+        """The earliest time the API shows `pod` failing or gone: its agent's `Failed` report of this
+        generation, its node's NotReady transition, its deletion deadline (None when none applies). The
+        caller bounds it by the generation's start and by now (clocks of agents and kubelets differ)."""
+        times: list[dt.datetime] = []
+        if self.in_generation(pod, AgentState.FAILED):
+            assert pod.agent is not None
+            times.append(pod.agent.time)
+        node = self.nodes.get(pod.node or "")
+        if node is not None and not node.ready and node.not_ready_since is not None:
+            times.append(node.not_ready_since)
+        if pod.deleting and pod.deletion_deadline is not None:
+            times.append(pod.deletion_deadline)
+        return min(times, default=None)
 
     def stale(self, pod: PodView) -> bool:
         """Its agent last said it runs an older generation: it missed the change (dead or cut off)."""

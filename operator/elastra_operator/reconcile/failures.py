@@ -20,6 +20,23 @@ def unplanned(failed: list[Failure]) -> list[tuple[str, str]]:
     return [(f.pod, f.reason) for f in failed if f.reason != "Drained" and not (drained and f.peer_since)]
 
 
+def detected_at(
+    failed: list[Failure], counted: list[tuple[str, str]], *, now: dt.datetime, not_before: dt.datetime | None
+) -> dt.datetime:
+    """When the counted failures were first detected: the earliest evidence among them (an agent's
+    `Failed` report, a node's NotReady transition, a deletion deadline), never before the generation was
+    written (`not_before`: older evidence is another generation's) and never after `now` (clocks differ);
+    `now` when there is no evidence."""
+    names = {pod for pod, _ in counted}
+    times = [f.seen_at for f in failed if f.pod in names and f.seen_at is not None]
+    if not times:
+        return now
+    earliest = min(times)
+    if not_before is not None:
+        earliest = max(earliest, not_before)
+    return min(earliest, now)
+
+
 def draining(members: list[PodView | None], now: dt.datetime) -> bool:
     """A member is being evicted and still within its grace period (taking its emergency checkpoint)."""
     return any(

@@ -29,7 +29,7 @@ from .actions import (
     WriteMembership,
 )
 from .checks import spec_problems
-from .facts import Facts
+from .facts import Facts, Failure
 from .generations import next_membership, restore_point
 from .outcomes import after_finish, invalid
 from .status import build_status, changed, set_condition, status_body
@@ -198,7 +198,7 @@ class _Pass:
             wait, self.suspects = failures.silent_suspects(members, failed, self.now)
             if wait:
                 self.phase = Phase.RESCALING
-            elif not self.count_failure(unplanned):
+            elif not self.count_failure(failed, unplanned):
                 self.transition("Failure")
         elif failed:
             self.drain(members)
@@ -232,8 +232,10 @@ class _Pass:
         else:
             self.steady(members)
 
-    def count_failure(self, unplanned: list[tuple[str, str]]) -> bool:
-        """Count this generation's failure once; True when the backoff limit is now exceeded."""
+    def count_failure(self, failed: list[Failure], unplanned: list[tuple[str, str]]) -> bool:
+        """Count this generation's failure once; True when the backoff limit is now exceeded. It was
+        detected at its earliest evidence (`failures.detected_at`), not when this pass counted it: the
+        recovery time runs from there (an unrecovered earlier failure keeps its own, earlier time)."""
         if self.r.failure_generation == self.m.generation:
             return self.new_r.failures > self.spec.run_policy.backoff_limit
         steps = [p.agent.step for p in self.pods.values() if p.agent is not None and p.agent.step is not None]
@@ -242,7 +244,8 @@ class _Pass:
             update={
                 "failures": count,
                 "failure_generation": self.m.generation,
-                "failure_detected_at": self.r.failure_detected_at or self.now,
+                "failure_detected_at": self.r.failure_detected_at
+                or failures.detected_at(failed, unplanned, now=self.now, not_before=self.r.last_rescale_at),
                 "failure_step": max(steps, default=None),
             }
         )

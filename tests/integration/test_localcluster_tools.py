@@ -158,6 +158,16 @@ def test_kubectl_apply_get_watch_describe_logs_delete(cluster: LocalCluster, tmp
     assert logs.strip() == f"hello from {node}"
     described = kubectl(cluster, "describe", "pod", "talker").stdout
     assert "Status:       Running" in described and "Scheduled" in described
+    events = kubectl(cluster, "get", "events", "--field-selector=involvedObject.name=talker").stdout
+    header, *rows = events.splitlines()
+    assert header.split() == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    scheduled = next(row.split(maxsplit=4) for row in rows if " Scheduled " in row)
+    assert scheduled[1:] == [
+        "Normal",
+        "Scheduled",
+        "pod/talker",
+        f"Successfully assigned default/talker to {node}",
+    ]
     assert "deleted" in kubectl(cluster, "delete", "pod", "talker").stdout
     assert "NotFound" in kubectl(cluster, "get", "pod", "talker", check=False).stderr
     watcher.terminate()

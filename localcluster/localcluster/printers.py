@@ -47,7 +47,7 @@ class Printer:
 
 
 def human_age(timestamp: str | None, now: datetime.datetime) -> str:  # noqa: PLR0911 - one per unit
-    """Like kubectl: `45s`, `3m12s`, `25m`, `5h3m`, `17h`, `9d`."""
+    """Like kubectl's HumanDuration: `45s`, `3m12s`, `25m`, `5h3m`, `17h`, `3d4h`, `9d`, `2y10d`."""
     if not timestamp:
         return "<unknown>"
     then = datetime.datetime.strptime(timestamp[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.UTC)
@@ -64,7 +64,14 @@ def human_age(timestamp: str | None, now: datetime.datetime) -> str:  # noqa: PL
         return f"{hours}h{minutes % 60}m" if minutes % 60 else f"{hours}h"
     if hours < 48:
         return f"{hours}h"
-    return f"{hours // 24}d"
+    days = hours // 24
+    if days < 8:
+        return f"{days}d{hours % 24}h" if hours % 24 else f"{days}d"
+    if days < 365 * 2:
+        return f"{days}d"
+    if days < 365 * 8:
+        return f"{days // 365}y{days % 365}d" if days % 365 else f"{days // 365}y"
+    return f"{days // 365}y"
 
 
 def _age(obj: dict[str, Any], now: datetime.datetime) -> str:

@@ -338,3 +338,28 @@ def test_kinds_without_a_printer_show_name_and_age() -> None:
 )
 def test_label_selector_strings(selector: dict[str, Any] | None, text: str) -> None:
     assert printers.format_label_selector(selector) == text
+
+
+@pytest.mark.parametrize(
+    ("seconds_ago", "text"),
+    [
+        pytest.param(45, "45s", id="seconds-under-two-minutes"),
+        pytest.param(3 * 60 + 12, "3m12s", id="minutes-and-seconds"),
+        pytest.param(5 * 60, "5m", id="whole-minutes"),
+        pytest.param(25 * 60, "25m", id="minutes-only-past-ten"),
+        pytest.param(5 * 3600 + 3 * 60, "5h3m", id="hours-and-minutes"),
+        pytest.param(17 * 3600 + 59 * 60, "17h", id="hours-only-past-eight"),
+        pytest.param(3 * 86400 + 4 * 3600, "3d4h", id="days-and-hours-under-eight-days"),
+        pytest.param(9 * 86400 + 4 * 3600, "9d", id="days-only-past-eight"),
+        pytest.param(2 * 365 * 86400 + 10 * 86400, "2y10d", id="years-and-days"),
+        pytest.param(9 * 365 * 86400, "9y", id="years-only-past-eight"),
+        pytest.param(-30, "0s", id="clock-skew-future-is-zero"),
+    ],
+)
+def test_human_age_matches_kubectl(seconds_ago: int, text: str) -> None:
+    then = (NOW - datetime.timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert printers.human_age(then, NOW) == text
+
+
+def test_human_age_of_a_missing_timestamp_is_unknown() -> None:
+    assert printers.human_age(None, NOW) == "<unknown>"

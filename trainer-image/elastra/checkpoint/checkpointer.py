@@ -107,6 +107,7 @@ class Checkpointer:
         self._retention(drop_newer_uncommitted=True)
         self._control: Any = None
         self._commit: Any = None
+        self._closed = False
         if self._pg is not None and self.world_size > 1:
             ranks = dist.get_process_group_ranks(self._pg)
             timeout = timedelta(seconds=timeout_s)
@@ -144,6 +145,8 @@ class Checkpointer:
         does before every optimizer step."""
         if staging not in STAGING_MODES:
             raise ValueError(f"staging must be one of {STAGING_MODES}, got {staging!r}")
+        if self._closed:
+            raise CheckpointError("save() on a closed Checkpointer: its process groups are gone")
         started = time.perf_counter()
         previous = self._inflight
         busy = previous is not None and not previous.done()
@@ -416,9 +419,31 @@ class Checkpointer:
             log.warning("%s", exc)
 
     def close(self) -> None:
-        """Wait for the in-flight save and stop the background thread."""
-        self.wait_quietly()
-        self._executor.shutdown(wait=True)
+        """Wait for the in-flight save, stop the background thread and free the two private groups.
+        Idempotent. Destroying a gloo subgroup is local to this rank (no collective: a dead peer cannot
+        block it); when the default group is already gone (torch destroyed every group with it) there
+        is nothing left to destroy and the references are simply dropped."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.wait_quietly()
+        finally:
+            self._executor.shutdown(wait=True)
+            groups, self._control, self._commit = (self._control, self._commit), None, None
+            self._plan_cache = None
+            for group in groups:
+                _destroy_group(group)
+
+
+def _destroy_group(group: Any) -> None:
+    """Destroy a private subgroup if torch still knows it (it forgets every group with the default one)."""
+    if group is None or not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        dist.destroy_process_group(group)
+    except ValueError as exc:  # "Invalid process group specified": the world was re-initialized since
+        log.debug("checkpoint group already gone: %s", exc)
 
 
 def latest(uri: str, s3: S3Options | None = None) -> int | None:

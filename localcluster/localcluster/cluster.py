@@ -112,9 +112,11 @@ class ClusterCore:
         """Serve the API, start the controllers and the initial nodes."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         port = self.config.port or free_port(self.config.host)
-        self._runner = web.AppRunner(self.api.app, access_log=None, handler_cancellation=True)
+        self._runner = web.AppRunner(
+            self.api.app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5
+        )
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.config.host, port, shutdown_timeout=0.5).start()
+        await web.TCPSite(self._runner, self.config.host, port).start()
         self.url = f"http://{self.config.host}:{port}"
         self.api.address = f"{self.config.host}:{port}"
         self._write_kubeconfig()

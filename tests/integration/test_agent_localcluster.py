@@ -14,12 +14,12 @@ import json
 import pathlib
 import socket
 import sys
-import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from polling import until
 
 pytest.importorskip("localcluster")
 from kubernetes import client, config
@@ -93,13 +93,7 @@ def _pod_manifest(name: str, node: str, ckpt: pathlib.Path, tmp: pathlib.Path) -
 
 
 def _wait(what: str, probe: Callable[[], Any], timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return until(probe, timeout, what)
 
 
 def _annotation(api: Any, pod: str, key: str) -> dict[str, Any] | None:

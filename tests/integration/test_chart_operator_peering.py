@@ -15,7 +15,6 @@ import pathlib
 import signal
 import socket
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -24,6 +23,7 @@ import helm_python as helm
 import kubernetes
 import pytest
 from kubernetes.client.exceptions import ApiException
+from polling import until
 from test_operator_harness import metric_value
 
 from elastra.api.membership import MEMBERSHIP_KEY, Membership, membership_configmap_name
@@ -162,17 +162,13 @@ class Cluster:
         return list(self.core.list_namespaced_pod(JOB_NS, label_selector=f"elastra.dev/job={JOB}").items)
 
     def wait(self, predicate: Callable[[], T | None], timeout: float, what: str) -> T:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                value = predicate()
-            except (ApiException, OSError):
-                value = None  # a replica's server between restarts, a pod between states
-            if value:
-                return value
-            time.sleep(0.2)
-        logs = "".join(f"--- {p.metadata.name} ---\n{self.log_of(p)[-3000:]}\n" for p in self.operator_pods())
-        pytest.fail(f"timed out after {timeout}s waiting for {what}\n{logs}")
+        def replica_logs() -> str:
+            return "".join(
+                f"--- {p.metadata.name} ---\n{self.log_of(p)[-3000:]}\n" for p in self.operator_pods()
+            )
+
+        # ApiException/OSError: a replica's server between restarts, a pod between states.
+        return until(predicate, timeout, what, retry_on=(ApiException, OSError), diagnostics=replica_logs)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import psutil
 import pytest
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
+from polling import until
 
 from localcluster import LocalCluster
 
@@ -41,18 +42,6 @@ def namespace(core: client.CoreV1Api, request: pytest.FixtureRequest) -> str:
     name = request.node.name.replace("_", "-").lower()[:40].strip("-")
     core.create_namespace({"metadata": {"name": name}})
     return name
-
-
-def until(check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    """Poll until check() returns something truthy; the deadline only guards against hangs."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.1)
 
 
 def pod(name: str, command: str, **spec: Any) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -10,10 +11,9 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
+import polling
 import pytest
 from kubernetes import client, config
 
@@ -86,16 +86,7 @@ def configmap(event, name, **_):
 """
 
 
-def until(check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    """Poll until check() is truthy; the deadline only guards against hangs."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.2)
+until = functools.partial(polling.until, timeout=60.0)
 
 
 @pytest.fixture(scope="module")

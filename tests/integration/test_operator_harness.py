@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -21,6 +20,7 @@ import kubernetes
 import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
+from polling import until
 
 from elastra.api.membership import MEMBERSHIP_KEY, Membership, membership_configmap_name
 
@@ -176,14 +176,12 @@ class Harness:
 
     def wait(self, predicate: Callable[[], T | None], timeout: float, what: str) -> T:
         """Poll until `predicate` returns a truthy value; on timeout fail with the operator's log."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.2)
-        tail = self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
-        pytest.fail(f"timed out after {timeout}s waiting for {what}\n--- operator log ---\n{tail}")
+
+        def operator_log() -> str:
+            tail = self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+            return f"--- operator log ---\n{tail}"
+
+        return until(predicate, timeout, what, diagnostics=operator_log)
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

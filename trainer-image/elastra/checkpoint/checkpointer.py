@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,6 +36,7 @@ from elastra.checkpoint.format import (
     Manifest,
     TensorEntry,
     manifest_to_json,
+    shard_file,
     shard_header,
     step_dir,
 )  # fmt: skip
@@ -190,8 +192,12 @@ class Checkpointer:
         by_key = {(x.path, x.box.offsets, x.box.shape): x for x in leaves}
         job = self._staging.prepare(mine, by_key)
         staged_future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        # Fresh file names for every save: re-saving a committed step (an old generation committing
+        # late, a new one saving the same step number) never touches the files its manifest names;
+        # the new manifest replaces the old one atomically, and a crash before that leaves the old one.
+        save_id = uuid.uuid4().hex[:12]
         common: dict[str, Any] = {"step": step, "plan": plan, "mine": mine, "values": values,
-                                  "started": started}  # fmt: skip
+                                  "started": started, "save_id": save_id}  # fmt: skip
         if staging == "eager":
             staged = self._staging.copy(job)
             staged_future.set_result(None)
@@ -246,11 +252,11 @@ class Checkpointer:
     def _persist_and_commit(
         self,
         *, step: int, plan: SavePlan, mine: RankWrites, staged: memoryview | str, values: dict[str, Any],
-        stall: float, started: float,
+        stall: float, started: float, save_id: str,
     ) -> CommitInfo:  # fmt: skip
         """`staged` is the staged bytes, or why staging failed (then this rank reports that error)."""
         report = (
-            self._write_shard(step, mine, staged)
+            self._write_shard(step, mine, staged, shard_file(mine.rank, save_id))
             if isinstance(staged, memoryview)
             else {"ok": False, "error": staged}
         )
@@ -292,10 +298,11 @@ class Checkpointer:
             commit_seconds=time.perf_counter() - started,
         )
 
-    def _write_shard(self, step: int, mine: RankWrites, staged: memoryview) -> dict[str, Any]:
-        """Checksum, persist and upload this rank's shard; its index for the manifest, or the error."""
+    def _write_shard(self, step: int, mine: RankWrites, staged: memoryview, file: str) -> dict[str, Any]:
+        """Checksum, persist and upload this rank's shard as `file`; its index for the manifest, or
+        the error."""
         report: dict[str, Any] = {"ok": True, "error": None}
-        key = join_key(step_dir(step), mine.file)
+        key = join_key(step_dir(step), file)
         try:
             header = shard_header(
                 [(p.name, p.piece.dtype, p.piece.box.shape, p.piece.nbytes) for p in mine.pieces],
@@ -322,7 +329,7 @@ class Checkpointer:
             else:
                 self._durable.put_parts(key, parts)
             self.stats.bytes_by_tier["durable"] += size
-            report.update(file=mine.file, size=size, fragments=fragments)
+            report.update(file=file, size=size, fragments=fragments)
         except Exception as exc:
             log.exception("checkpoint step %d: writing %s failed", step, key)
             report.update(ok=False, error=f"rank {self.rank}: {exc}")
@@ -421,7 +428,7 @@ class Checkpointer:
                 reason = f"rank {self.rank}: {error}" if error else "another rank could not load it"
                 skipped.append(Skipped(candidate, reason))
                 more = "" if requested is not None and not fallback else ", trying an older one"
-                log.warning("%s under %s is unusable (%s)%s", step_dir(candidate), root, reason, more)
+                log.warning("%s is unusable, in %s (%s)%s", step_dir(candidate), root, reason, more)
                 continue
             self._apply(state, leaves, restored, manifest)
             self.stats.restore_bytes_by_tier = dict(sources.bytes_by_tier)
@@ -445,10 +452,20 @@ class Checkpointer:
 
     @staticmethod
     def _fill_target(leaf: TensorLeaf, manifest: Manifest) -> torch.Tensor:
-        """Where the restore of `leaf` is read to: its own memory when it is a contiguous CPU tensor of
-        the saved dtype (no copy at all), else a scratch tensor that `_apply` copies over."""
+        """Where the restore of `leaf` is read to: its own memory when it is a contiguous CPU tensor
+        (no copy at all), else a scratch tensor that `_apply` copies over. The saved tensor must have
+        the target's dtype and global shape (FormatError otherwise: never a silent cast or a prefix)."""
         entry = manifest.tensors.get(leaf.path)
-        dtype = ST_TO_TORCH[entry.dtype] if entry is not None else leaf.local.dtype
+        where = f"step {manifest.step}, tensor {leaf.path!r}"
+        if entry is None:
+            raise FormatError(f"{where}: not in the checkpoint")
+        if entry.dtype != leaf.dtype:
+            raise FormatError(f"{where}, field 'dtype': saved {entry.dtype}, the target is {leaf.dtype}")
+        if entry.shape != leaf.shape:
+            raise FormatError(
+                f"{where}, field 'shape': saved {list(entry.shape)}, the target is {list(leaf.shape)}"
+            )
+        dtype = ST_TO_TORCH[entry.dtype]
         local = leaf.local
         if local.device.type == "cpu" and local.is_contiguous() and local.dtype == dtype:
             return local.detach().view(leaf.box.shape)

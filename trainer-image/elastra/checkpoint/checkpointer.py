@@ -43,20 +43,23 @@ from elastra.checkpoint.format import (
 from elastra.checkpoint.geometry import Box
 from elastra.checkpoint.handles import CheckpointError, CheckpointStats, CommitInfo, SaveHandle
 from elastra.checkpoint.plan import Piece, RankWrites, SavePlan, checksum_chunks, plan_save
-from elastra.checkpoint.reader import Sources, fill_tasks, read_manifest, run_reads
-from elastra.checkpoint.restore import NONE, RestoreResult, Skipped, next_candidate, split_source
+from elastra.checkpoint.restore import (
+    NONE,
+    RestoreResult,
+    Skipped,
+    next_candidate,
+    read_candidate,
+    split_source,
+)
 from elastra.checkpoint.retention import apply_retention, committed_steps
 from elastra.checkpoint.staging import StagingBuffer, StagingJob
-from elastra.checkpoint.state import ST_TO_TORCH, TensorLeaf, is_tensor_value, split_state, walk
+from elastra.checkpoint.state import TensorLeaf, is_tensor_value, split_state, walk
 from elastra.storage import LocalStorage, S3Options, Storage, StorageError, join_key, open_storage
 
 log = logging.getLogger(__name__)
 
 BUSY_POLICIES = ("wait", "skip")
 STAGING_MODES = ("eager", "lazy")
-READ_THREADS = 4
-"""Restore read tasks in flight per rank (a task reads one run of adjacent bytes of one file, or a
-partial chunk): reads and checksums release the GIL, so files are read in parallel."""
 
 
 def _signature(pieces: list[Piece]) -> int:
@@ -412,16 +415,7 @@ class Checkpointer:
                     break
             error = None
             try:
-                manifest = read_manifest(storage, candidate)
-                sources = Sources(manifest, storage, local)
-                restored = [self._fill_target(x, manifest) for x in leaves]
-                tasks = [
-                    task
-                    for leaf, into in zip(leaves, restored, strict=True)
-                    for task in fill_tasks(sources, leaf.path, leaf.box, leaf.layout, into)
-                ]
-                with concurrent.futures.ThreadPoolExecutor(READ_THREADS) as pool:
-                    run_reads(sources, tasks, pool)
+                manifest, sources, restored = read_candidate(storage, local, candidate, leaves)
             except Exception as exc:  # anything a hostile checkpoint provokes: all ranks decide together
                 error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, FormatError) else str(exc)
             if self._agree_max(int(error is not None)):
@@ -449,27 +443,6 @@ class Checkpointer:
         except Exception as exc:
             log.warning("cannot list %s: %s", storage.uri, exc)
             return []
-
-    @staticmethod
-    def _fill_target(leaf: TensorLeaf, manifest: Manifest) -> torch.Tensor:
-        """Where the restore of `leaf` is read to: its own memory when it is a contiguous CPU tensor
-        (no copy at all), else a scratch tensor that `_apply` copies over. The saved tensor must have
-        the target's dtype and global shape (FormatError otherwise: never a silent cast or a prefix)."""
-        entry = manifest.tensors.get(leaf.path)
-        where = f"step {manifest.step}, tensor {leaf.path!r}"
-        if entry is None:
-            raise FormatError(f"{where}: not in the checkpoint")
-        if entry.dtype != leaf.dtype:
-            raise FormatError(f"{where}, field 'dtype': saved {entry.dtype}, the target is {leaf.dtype}")
-        if entry.shape != leaf.shape:
-            raise FormatError(
-                f"{where}, field 'shape': saved {list(entry.shape)}, the target is {list(leaf.shape)}"
-            )
-        dtype = ST_TO_TORCH[entry.dtype]
-        local = leaf.local
-        if local.device.type == "cpu" and local.is_contiguous() and local.dtype == dtype:
-            return local.detach().view(leaf.box.shape)
-        return torch.empty(leaf.box.shape, dtype=dtype)
 
     @staticmethod
     def _apply(

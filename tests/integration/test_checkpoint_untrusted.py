@@ -240,3 +240,20 @@ def test_incomplete_multipart_uploads_of_uncommitted_steps_are_aborted(s3_server
         Bucket=bucket, Key="jobs/d/step-9/rank-00001-live.safetensors", UploadId=in_flight["UploadId"]
     )
     ckpt.close()
+
+
+def _steps(root: Path) -> list[int]:
+    return sorted(int(p.parent.name.removeprefix("step-")) for p in root.glob("step-*/manifest.json"))
+
+
+def test_under_the_operator_trainers_prune_only_their_local_tier(tmp_path: Path) -> None:
+    """Defect 9/10: one owner of durable retention (the operator); trainers honour `local.keep`."""
+    durable, local = tmp_path / "durable", tmp_path / "local"
+    ckpt = Checkpointer(str(durable), local_dir=str(local), keep=1, local_keep=2, prune_durable=False)
+    for step in (1, 2, 3):
+        ckpt.save(step, {"w": torch.ones(3) * step}).wait()
+    assert _steps(durable) == [1, 2, 3] and _steps(local) == [2, 3]
+    standalone = Checkpointer(str(tmp_path / "alone"), keep=1)  # no operator: the Checkpointer's keep
+    for step in (1, 2):
+        standalone.save(step, {"w": torch.ones(3) * step}).wait()
+    assert _steps(tmp_path / "alone") == [2]

@@ -116,8 +116,8 @@ def open_source(uri: str) -> tuple[SourceRef, Manifest, Storage]:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class _Inputs:
-    """The opened sources of one merge, in one process."""
+class Inputs:
+    """The opened sources (and base) of one merge, in one process: what `merge_tensor` reads."""
 
     sources: tuple[Sources, ...]
     base: Sources | None
@@ -128,7 +128,7 @@ def _read(sources: Sources, path: str, box: Box, wide: torch.dtype) -> torch.Ten
 
 
 def merge_tensor(
-    inputs: _Inputs, path: str, dtype: str, boxes: Sequence[Box], options: MergeOptions
+    inputs: Inputs, path: str, dtype: str, boxes: Sequence[Box], options: MergeOptions
 ) -> Iterator[tuple[Box, torch.Tensor]]:
     """The merged chunks of tensor `path`, in the order of `boxes`, in the saved dtype `dtype`."""
     acc = accumulate_dtype(dtype)
@@ -154,7 +154,7 @@ def merge_tensor(
         yield box, merged.to(out_dtype)
 
 
-def _copy_equal(inputs: _Inputs, path: str, boxes: Sequence[Box]) -> Iterator[tuple[Box, torch.Tensor]]:
+def _copy_equal(inputs: Inputs, path: str, boxes: Sequence[Box]) -> Iterator[tuple[Box, torch.Tensor]]:
     everyone = ([inputs.base] if inputs.base is not None else []) + list(inputs.sources)
     for box in boxes:
         first = read_box(everyone[0], path, box, "boxes")
@@ -168,7 +168,7 @@ def _copy_equal(inputs: _Inputs, path: str, boxes: Sequence[Box]) -> Iterator[tu
 
 
 def _ties_thresholds(
-    inputs: _Inputs, path: str, boxes: Sequence[Box], wide: torch.dtype, density: float
+    inputs: Inputs, path: str, boxes: Sequence[Box], wide: torch.dtype, density: float
 ) -> list[float]:
     """Per source, the magnitude TIES trims its task vector of `path` at (two extra read passes)."""
     assert inputs.base is not None
@@ -206,14 +206,14 @@ class _Job:
     progress: bool
 
 
-def _open_inputs(job: _Job) -> _Inputs:
+def _open_inputs(job: _Job) -> Inputs:
     def opened(uri: str) -> Sources:
         root, step = split_uri(uri)
         assert step is not None
         storage = open_storage(root)
         return Sources(read_manifest(storage, step), storage)
 
-    return _Inputs(sources=tuple(opened(u) for u in job.sources), base=opened(job.base) if job.base else None)
+    return Inputs(sources=tuple(opened(u) for u in job.sources), base=opened(job.base) if job.base else None)
 
 
 def _spool(storage: Storage, key: str) -> tuple[BinaryIO, str, Callable[[], None]]:

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
-from elastra.checkpoint.format import ITEMSIZE, Manifest, TensorEntry, shard_file, shard_header
+from elastra.checkpoint.format import ITEMSIZE, Manifest, shard_file, shard_header
 from elastra.checkpoint.geometry import Box
 
 FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
@@ -75,8 +75,8 @@ def check_options(options: MergeOptions, n_sources: int, has_base: bool) -> None
         raise MergeError(f"scale must be finite, got {options.scale}")
     if not options.include or any(not p for p in options.include):
         raise MergeError("include needs at least one non-empty state-path prefix")
-    if options.chunk_bytes < 1 << 10:
-        raise MergeError(f"chunk_bytes must be at least 1 KiB, got {options.chunk_bytes}")
+    if options.chunk_bytes < 8:
+        raise MergeError(f"chunk_bytes must be at least 8 (one element), got {options.chunk_bytes}")
 
 
 def selected(manifest: Manifest, include: tuple[str, ...]) -> list[str]:
@@ -221,8 +221,3 @@ def accumulate_dtype(dtype: str) -> str | None:
     if dtype not in FLOAT_DTYPES:
         return None
     return "F64" if dtype in WIDE_DTYPES else "F32"
-
-
-def entry_sharding(entry: TensorEntry) -> str:
-    """How a source tensor was sharded (for messages)."""
-    return entry.sharding or entry.layout

@@ -10,28 +10,32 @@ the one high bin that holds it), so its memory is two 64 Ki-entry histograms, no
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
 BINS = 1 << 16
 
 
-def linear(chunks: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-    """`sum_i w_i * x_i`."""
-    out = torch.zeros_like(chunks[0])
+def linear(chunks: Iterable[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    """`sum_i w_i * x_i`. `chunks` (consumed: updated in place) may be a generator: one alive at a time."""
+    out: torch.Tensor | None = None
     for chunk, w in zip(chunks, weights, strict=True):
-        out.add_(chunk, alpha=w)
+        if out is None:
+            out = chunk.mul_(w)
+        else:
+            out.add_(chunk, alpha=w)
+    assert out is not None
     return out
 
 
 def task_arithmetic(
-    base: torch.Tensor, chunks: Sequence[torch.Tensor], weights: Sequence[float]
+    base: torch.Tensor, chunks: Iterable[torch.Tensor], weights: Sequence[float]
 ) -> torch.Tensor:
-    """`base + sum_i w_i * (x_i - base)`."""
+    """`base + sum_i w_i * (x_i - base)`. `chunks` (consumed) may be a generator."""
     out = base.clone()
     for chunk, w in zip(chunks, weights, strict=True):
-        out.add_(chunk - base, alpha=w)
+        out.add_(chunk.sub_(base), alpha=w)
     return out
 
 

@@ -141,7 +141,7 @@ def merge_tensor(
     if options.method == MergeMethod.TIES:
         thresholds = _ties_thresholds(inputs, path, boxes, wide, options.density)
     for box in boxes:
-        chunks = [_read(s, path, box, wide) for s in inputs.sources]
+        chunks = (_read(s, path, box, wide) for s in inputs.sources)  # read one at a time
         if options.method == MergeMethod.LINEAR:
             merged = linear(chunks, options.weights)
         else:
@@ -150,7 +150,7 @@ def merge_tensor(
             if options.method == MergeMethod.TASK_ARITHMETIC:
                 merged = task_arithmetic(base, chunks, options.weights)
             else:
-                merged = ties(base, chunks, options.weights, thresholds, options.scale)
+                merged = ties(base, list(chunks), options.weights, thresholds, options.scale)
         yield box, merged.to(out_dtype)
 
 

@@ -128,6 +128,7 @@ def merge_search(
     density: float = 0.2,
     scale: float = 1.0,
     strip: str | None = "model/",
+    normalize: bool = False,
     progress: Callable[[Candidate], None] | None = None,
 ) -> SearchResult:
     """Search merge weights of `sources` with Optuna's multi-objective TPE sampler.
@@ -136,7 +137,8 @@ def merge_search(
     returns a value per objective; `objectives` names them (a sequence: all minimized; a mapping:
     `minimize` or `maximize` each). Every weight is drawn from `weight_range`. With
     `evaluate_sources`, the one-hot weight vectors (the sources themselves) are tried first and count
-    towards `n_trials`. Returns every candidate and the Pareto front."""
+    towards `n_trials`. With `normalize`, each drawn vector is divided by its sum (a convex
+    combination; all-zero draws count as equal weights). Returns every candidate and the Pareto front."""
     import optuna
 
     directions = (
@@ -168,6 +170,9 @@ def merge_search(
 
     def objective(trial: Any) -> list[float]:
         weights = tuple(trial.suggest_float(f"w{j}", low, high) for j in range(n))
+        if normalize:
+            total = sum(weights)
+            weights = tuple(w / total for w in weights) if total else (1.0 / n,) * n
         options = MergeOptions(
             method=template.method,
             weights=weights,

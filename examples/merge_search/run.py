@@ -88,8 +88,10 @@ def plot(result: SearchResult, parent: dict[str, float], best: Any, path: pathli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True, help="emptied, then holds the checkpoints and the outputs")
-    p.add_argument("--parent-steps", type=int, default=300)
-    p.add_argument("--child-steps", type=int, default=150)
+    p.add_argument("--parent-steps", type=int, default=100)
+    p.add_argument("--child-steps", type=int, default=30)
+    p.add_argument("--parent-lr", type=float, default=3e-3)
+    p.add_argument("--child-lr", type=float, default=1e-3)
     p.add_argument("--trials", type=int, default=40)
     p.add_argument("--nproc", default="2,2,1", help="world sizes of parent, child A, child B")
     p.add_argument("--seed", type=int, default=0)

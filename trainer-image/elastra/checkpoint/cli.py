@@ -121,7 +121,11 @@ def _weights(text: str) -> list[float]:
 
 def cmd_merge(ns: argparse.Namespace) -> int:
     from elastra.checkpoint.merging import merge
+    from elastra.checkpoint.register import check_name, connect
 
+    if ns.name:
+        check_name(ns.name)
+    registrar = connect(ns.register, ns.namespace) if ns.register else None  # fail before the work
     result = merge(
         ns.out,
         ns.sources,
@@ -142,12 +146,8 @@ def cmd_merge(ns: argparse.Namespace) -> int:
         f"left out {merge_meta['left_out_tensors']} tensors "
         f"({', '.join(merge_meta['left_out_prefixes']) or '-'})"
     )
-    if ns.register:
-        from elastra.checkpoint.register import register
-
-        created = register(
-            job=ns.register,
-            namespace=ns.namespace,
+    if registrar is not None:
+        created = registrar.create(
             name=ns.name,
             uri=result.uri,
             step=result.step,

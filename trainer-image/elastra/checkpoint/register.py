@@ -36,6 +36,13 @@ def default_name(job: str, manifest_digest: str) -> str:
     return f"{job}-merge-{manifest_digest.removeprefix('sha256:')[:8]}"
 
 
+def check_name(name: str) -> str:
+    """`name` if it is a valid object name (lowercase RFC 1123 subdomain label), else RegisterError."""
+    if not NAME.match(name) or len(name) > 253:
+        raise RegisterError(f"{name!r} is not a valid object name (lowercase RFC 1123)")
+    return name
+
+
 def checkpoint_object(
     *,
     name: str,
@@ -51,8 +58,7 @@ def checkpoint_object(
     committed_at: datetime | None = None,
 ) -> dict[str, Any]:
     """The Checkpoint object for a merged checkpoint at `uri` (a step directory). Pure."""
-    if not NAME.match(name) or len(name) > 253:
-        raise RegisterError(f"{name!r} is not a valid object name (lowercase RFC 1123)")
+    check_name(name)
     if not uri.startswith("s3://"):
         uri = os.path.abspath(uri)
     spec = tj_api.TrainingJobSpec.model_validate(job_spec)
@@ -88,30 +94,65 @@ def checkpoint_object(
     }
 
 
-def register(
-    *,
-    job: str,
-    namespace: str | None,
-    uri: str,
-    step: int,
-    world_size: int,
-    nbytes: int,
-    manifest_digest: str,
-    sources: list[str],
-    name: str | None = None,
-    kubeconfig: str | None = None,
-) -> dict[str, Any]:
-    """Create the Checkpoint object in the cluster of the current kubeconfig (or in-cluster config);
-    the created object. `namespace` defaults to the kubeconfig context's."""
+class Registrar:
+    """A connection to the cluster and the job a merge is registered under; built before the merge
+    (`connect`) so that a missing job or an unreachable cluster fails before any work is done."""
+
+    def __init__(self, custom: Any, namespace: str, job: str, job_spec: dict[str, Any]) -> None:
+        self._custom, self.namespace, self.job, self._job_spec = custom, namespace, job, job_spec
+
+    def create(
+        self,
+        *,
+        uri: str,
+        step: int,
+        world_size: int,
+        nbytes: int,
+        manifest_digest: str,
+        sources: list[str],
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        """Create the Checkpoint object; the object as created."""
+        from kubernetes.client.exceptions import ApiException
+
+        body = checkpoint_object(
+            name=name or default_name(self.job, manifest_digest),
+            namespace=self.namespace,
+            job=self.job,
+            job_spec=self._job_spec,
+            uri=uri,
+            step=step,
+            world_size=world_size,
+            nbytes=nbytes,
+            manifest_digest=manifest_digest,
+            sources=sources,
+        )
+        try:
+            created: dict[str, Any] = self._custom.create_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, ckpt_api.PLURAL, body
+            )
+        except ApiException as exc:
+            raise RegisterError(
+                f"creating Checkpoint {self.namespace}/{body['metadata']['name']}: {exc.status} {exc.reason}"
+            ) from exc
+        return created
+
+
+def connect(job: str, namespace: str | None = None, kubeconfig: str | None = None) -> Registrar:
+    """The cluster of the kubeconfig (`kubeconfig`, `$KUBECONFIG`, `~/.kube/config`) or the in-cluster
+    config, and the TrainingJob `job` in `namespace` (default: the context's, else `default`)."""
     import kubernetes
     from kubernetes.client.exceptions import ApiException
 
+    default = os.path.expanduser("~/.kube/config")
+    path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
+    path = path or (default if os.path.exists(default) else None)
     try:
-        if kubeconfig or os.environ.get("KUBECONFIG") or os.path.exists(os.path.expanduser("~/.kube/config")):
-            client = kubernetes.config.new_client_from_config(config_file=kubeconfig)
+        if path is not None:  # read $KUBECONFIG now: the client library reads it once, at import
+            client = kubernetes.config.new_client_from_config(config_file=path)
             if namespace is None:
-                _, context = kubernetes.config.list_kube_config_contexts(config_file=kubeconfig)
-                namespace = context.get("context", {}).get("namespace") or "default"
+                _, context = kubernetes.config.list_kube_config_contexts(config_file=path)
+                namespace = (context or {}).get("context", {}).get("namespace")
         else:
             kubernetes.config.load_incluster_config()
             client = kubernetes.client.ApiClient()
@@ -125,24 +166,6 @@ def register(
         if exc.status == 404:
             raise RegisterError(f"TrainingJob {namespace}/{job} does not exist") from exc
         raise RegisterError(f"reading TrainingJob {namespace}/{job}: {exc.status} {exc.reason}") from exc
-    body = checkpoint_object(
-        name=name or default_name(job, manifest_digest),
-        namespace=namespace,
-        job=job,
-        job_spec=raw_job.get("spec") or {},
-        uri=uri,
-        step=step,
-        world_size=world_size,
-        nbytes=nbytes,
-        manifest_digest=manifest_digest,
-        sources=sources,
-    )
-    try:
-        created: dict[str, Any] = custom.create_namespaced_custom_object(
-            GROUP, VERSION, namespace, ckpt_api.PLURAL, body
-        )
-    except ApiException as exc:
-        raise RegisterError(
-            f"creating Checkpoint {namespace}/{body['metadata']['name']}: {exc.status} {exc.reason}"
-        ) from exc
-    return created
+    except OSError as exc:  # urllib3 connection errors
+        raise RegisterError(f"cannot reach the cluster: {exc}") from exc
+    return Registrar(custom, namespace, job, raw_job.get("spec") or {})

@@ -34,21 +34,24 @@ from elastra.checkpoint.search import merged_state_dict, open_sources  # noqa: E
 
 
 def train(
-    part: str, steps: int, root: pathlib.Path, nproc: int, init_from: pathlib.Path | None
-) -> subprocess.Popen[bytes]:
-    cmd = [str(HERE / "finetune.py"), "--part", part, "--steps", str(steps), "--checkpoint-uri", str(root)]
-    if init_from is not None:
-        cmd += ["--init-from", str(init_from)]
-    launcher = (
-        [sys.executable]
-        if nproc == 1
-        else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(launcher + cmd, env=env)
+    runs: list[tuple[str, int, pathlib.Path, int, pathlib.Path | None, float]], in_process: bool
+) -> None:
+    """Run `(part, steps, root, nproc, init_from, lr)` trainings: side by side as processes (torchrun
+    when nproc > 1), or one after the other in this process (`--small`: no interpreter start-ups)."""
+    procs = []
+    for part, steps, root, nproc, init_from, lr in runs:
+        args = ["--part", part, "--steps", str(steps), "--checkpoint-uri", str(root), "--lr", str(lr)]
+        args += ["--init-from", str(init_from)] if init_from is not None else []
+        if in_process:
+            import finetune
 
-
-def wait(*procs: subprocess.Popen[bytes]) -> None:
+            finetune.main(args)
+            continue
+        launcher = [sys.executable] if nproc == 1 else [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"
+        ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([*launcher, str(HERE / "finetune.py"), *args], env=env))
     for proc in procs:
         if proc.wait() != 0:
             raise SystemExit(f"training failed: {proc.args}")
@@ -91,25 +94,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parent-steps", type=int, default=100)
     p.add_argument("--child-steps", type=int, default=30)
     p.add_argument("--parent-lr", type=float, default=3e-3)
-    p.add_argument("--child-lr", type=float, default=1e-3)
+    p.add_argument("--child-lr", type=float, default=3e-3)
     p.add_argument("--trials", type=int, default=40)
     p.add_argument("--nproc", default="2,2,1", help="world sizes of parent, child A, child B")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--small", action="store_true", help="the make-test size: few steps and trials")
+    p.add_argument(
+        "--small", action="store_true", help="make-test size: few steps and trials, world 1, in process"
+    )
     args = p.parse_args(argv)
     if args.small:
-        args.parent_steps, args.child_steps, args.trials, args.nproc = 40, 20, 8, "1,1,1"
+        args.parent_steps, args.child_steps, args.trials, args.nproc = 30, 10, 6, "1,1,1"
     worlds = [int(n) for n in args.nproc.split(",")]
     work = pathlib.Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     parent, child_a, child_b = work / "parent", work / "child-a", work / "child-b"
     started = time.perf_counter()
-    wait(train("all", args.parent_steps, parent, worlds[0], None))
-    wait(
-        train("a", args.child_steps, child_a, worlds[1], parent),
-        train("b", args.child_steps, child_b, worlds[2], parent),
-    )
+    train([("all", args.parent_steps, parent, worlds[0], None, args.parent_lr)], args.small)
+    children = [
+        ("a", args.child_steps, child_a, worlds[1], parent, args.child_lr),
+        ("b", args.child_steps, child_b, worlds[2], parent, args.child_lr),
+    ]
+    train(children, args.small)
     print(f"trained parent and children in {time.perf_counter() - started:.0f}s", flush=True)
 
     parts = split_corpus()

@@ -32,7 +32,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand(
         "ckpt",
         "elastra.checkpoint.cli",
-        "inspect, verify and consolidate checkpoints (ls, inspect, verify, consolidate)",
+        "inspect, verify, consolidate and merge checkpoints (ls, inspect, verify, consolidate, merge)",
     ),
     Subcommand(
         "operator", "elastra_operator.cli", "run the TrainingJob operator against the current kubeconfig"

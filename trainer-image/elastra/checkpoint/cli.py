@@ -1,4 +1,4 @@
-"""`elastra ckpt`: list, inspect, verify and consolidate checkpoints.
+"""`elastra ckpt`: list, inspect, verify, consolidate and merge checkpoints.
 
 URIs are a checkpoint root (`s3://bucket/prefix` or a directory) or one step under it (`…/step-N`).
 Exit codes: 0 fine, 1 damage found (verify) or nothing to act on, 2 usage errors.
@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from elastra.checkpoint.format import FormatError, parse_step_dir
 from elastra.checkpoint.geometry import Box
+from elastra.checkpoint.merge_plan import MergeMethod
 from elastra.checkpoint.reader import Sources, read_box, read_manifest, verify_all
+from elastra.checkpoint.register import RegisterError
 from elastra.checkpoint.retention import committed_steps
 from elastra.storage import Storage, StorageError, open_storage
 
@@ -107,8 +110,87 @@ def cmd_consolidate(uri: str, out: str) -> int:
     return 0
 
 
+def _weights(text: str) -> list[float]:
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"weights must be numbers separated by commas, got {text!r}"
+        ) from None
+
+
+def cmd_merge(ns: argparse.Namespace) -> int:
+    from elastra.checkpoint.merging import merge
+    from elastra.checkpoint.register import check_name, connect
+
+    if ns.name:
+        check_name(ns.name)
+    registrar = connect(ns.register, ns.namespace) if ns.register else None  # fail before the work
+    result = merge(
+        ns.out,
+        ns.sources,
+        weights=ns.weights,
+        base=ns.base,
+        method=ns.method,
+        include=ns.include or ["model/"],
+        step=ns.step,
+        workers=ns.workers,
+        density=ns.density,
+        scale=ns.scale,
+        progress=not ns.quiet,
+    )
+    merge_meta = result.manifest.meta["merge"]
+    print(
+        f"merged {result.tensors} tensors ({merge_meta['method']}, weights {merge_meta['weights']}) into "
+        f"{result.uri}: {result.bytes} bytes in {result.files} file(s), {result.seconds:.1f}s; "
+        f"left out {merge_meta['left_out_tensors']} tensors "
+        f"({', '.join(merge_meta['left_out_prefixes']) or '-'})"
+    )
+    if registrar is not None:
+        created = registrar.create(
+            name=ns.name,
+            uri=result.uri,
+            step=result.step,
+            world_size=result.manifest.world_size,
+            nbytes=result.bytes,
+            manifest_digest=result.manifest_digest,
+            sources=[s["uri"] for s in merge_meta["sources"]],
+        )
+        meta = created["metadata"]
+        print(f"registered Checkpoint {meta['namespace']}/{meta['name']} (job {ns.register})")
+    return 0
+
+
+def _merge_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "merge",
+        help="merge checkpoints (weighted, task arithmetic, TIES) into a new one, streaming",
+        description="Merge committed checkpoints (any world size or sharding) into a new committed "
+        "checkpoint at OUT, tensor by tensor in chunks. SRC and BASE are roots (newest committed step) "
+        "or root/step-N.",
+    )
+    p.add_argument("out", metavar="OUT", help="output root (directory or s3://bucket/prefix) or root/step-N")
+    p.add_argument("sources", metavar="SRC", nargs="+")
+    p.add_argument("--weights", type=_weights, required=True, help="w1,w2,...: one per SRC")
+    p.add_argument("--base", help="the checkpoint task vectors start from (task-arithmetic, ties)")
+    p.add_argument("--method", choices=[m.value for m in MergeMethod], default=MergeMethod.LINEAR.value)
+    p.add_argument(
+        "--include", action="append", metavar="PREFIX", help="state-path prefix to merge (repeatable; model/)"
+    )
+    p.add_argument("--step", type=int, help="step of the output (default: the base's, else the newest SRC's)")
+    p.add_argument("--workers", type=int, default=1, help="processes; each writes one output file")
+    p.add_argument("--density", type=float, default=0.2, help="ties: fraction of each task vector kept")
+    p.add_argument("--scale", type=float, default=1.0, help="ties: factor on the merged task vector")
+    p.add_argument("--register", metavar="JOB", help="create a Checkpoint object for the result under JOB")
+    p.add_argument("--namespace", help="namespace for --register (default: the kubeconfig context's)")
+    p.add_argument("--name", help="name of the Checkpoint object (default: JOB-merge-<digest>)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="elastra ckpt", description="Inspect and verify checkpoints.")
+    parser = argparse.ArgumentParser(
+        prog="elastra ckpt", description="Inspect, verify and merge checkpoints."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("ls", help="list the steps under a root").add_argument("uri")
     sub.add_parser("inspect", help="tensors, shapes, sharding and bytes of a step").add_argument("uri")
@@ -116,18 +198,20 @@ def main(argv: list[str]) -> int:
     consolidate = sub.add_parser("consolidate", help="write the full unsharded state as one safetensors file")
     consolidate.add_argument("uri")
     consolidate.add_argument("--out", required=True)
+    _merge_parser(sub)
     ns = parser.parse_args(argv)
+    commands = {
+        "ls": lambda: cmd_ls(ns.uri),
+        "inspect": lambda: cmd_inspect(ns.uri),
+        "verify": lambda: cmd_verify(ns.uri),
+        "consolidate": lambda: cmd_consolidate(ns.uri, ns.out),
+        "merge": lambda: cmd_merge(ns),
+    }
     try:
-        if ns.command == "ls":
-            return cmd_ls(ns.uri)
-        if ns.command == "inspect":
-            return cmd_inspect(ns.uri)
-        if ns.command == "verify":
-            return cmd_verify(ns.uri)
-        return cmd_consolidate(ns.uri, ns.out)
+        return commands[ns.command]()
     except NothingCommitted as exc:
         print(exc, file=sys.stderr)
         return 1
-    except (FormatError, StorageError, ValueError) as exc:
+    except (FormatError, StorageError, ValueError, RegisterError) as exc:
         print(f"elastra ckpt {ns.command}: {exc}", file=sys.stderr)
         return 1

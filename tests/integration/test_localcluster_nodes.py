@@ -285,3 +285,48 @@ def test_cordon_and_drain(cluster: LocalCluster, core: client.CoreV1Api, namespa
     until(lambda: core.read_namespaced_pod("newcomer", namespace).spec.node_name == node)
     core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
     assert os.path.exists(cluster.kubeconfig)
+
+
+def stopped(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_node_freeze_stops_every_process_until_thaw(
+    cluster: LocalCluster, core: client.CoreV1Api, namespace: str, tmp_path: pathlib.Path
+) -> None:
+    """Freeze hangs the node without a reset: its processes (a child in its own session included) stop,
+    the node goes NotReady; a pod deleted meanwhile is terminated only once the node thaws."""
+    pidfile = tmp_path / "child.pid"
+    # setsid: the child leaves the container's process group, as a worker forked elsewhere might
+    # (`$$` is `$` in a pod command)
+    core.create_namespaced_pod(
+        namespace, pod("hung", f"setsid sh -c 'echo $$$$ > {pidfile}; exec sleep 300' & wait")
+    )
+    running = until(phase(core, namespace, "hung", "Running"))
+    node = running.spec.node_name
+    leader = int(running.status.container_statuses[0].container_id.rsplit("/", 1)[1])
+    child = int(until(lambda: pidfile.exists() and pidfile.read_text().strip()))
+    assert os.getpgid(child) != os.getpgid(leader)
+
+    assert cluster.freeze_node(node) >= 2
+    assert stopped(leader) and stopped(child)
+    assert cluster.status()["nodes"][int(node.rsplit("-", 1)[1]) - 1]["kubelet"] == "frozen"
+    until(
+        lambda: any(
+            c.type == "Ready" and c.status == "Unknown" for c in core.read_node(node).status.conditions
+        ),
+        timeout=GRACE_S + 10,
+    )
+    core.delete_namespaced_pod("hung", namespace, grace_period_seconds=1)
+    time.sleep(1.5)
+    assert stopped(leader) and stopped(child)  # a frozen kubelet acts on nothing
+
+    assert cluster.thaw_node(node) >= 2
+    until(
+        lambda: any(c.type == "Ready" and c.status == "True" for c in core.read_node(node).status.conditions)
+    )
+    until(lambda: not alive(leader), timeout=10)  # the deletion is carried out after the thaw
+    os.kill(child, 9)  # the setsid child is outside the pod's process group: the test's to clean up

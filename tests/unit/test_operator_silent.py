@@ -36,6 +36,18 @@ def member(index: int, *, silent_for: float = 0.0, generation: int = 1, state: s
 
 CASES = [
     pytest.param(
+        [member(0), member(1), member(2, silent_for=4.5), member(3)],
+        nodes(4),
+        {"members": None, "events": [], "labels": [], "deleted": [], "timeout": 1},
+        id="timeout-1s-still-waits-for-the-5s-floor",
+    ),
+    pytest.param(
+        [member(0), member(1), member(2, silent_for=5.5), member(3)],
+        nodes(4),
+        {"members": ["tj-w-0", "tj-w-1", "tj-w-3"], "events": ["Failure", "Rescaled"], "timeout": 1},
+        id="timeout-1s-counts-after-the-5s-floor",
+    ),
+    pytest.param(
         [member(0), member(1), member(2, silent_for=TIMEOUT + 0.5), member(3)],
         nodes(4),
         {
@@ -93,7 +105,9 @@ CASES = [
 @pytest.mark.parametrize(("pods", "nodes_", "expect"), CASES)
 def test_silent_member(pods: list[Any], nodes_: Any, expect: dict[str, Any]) -> None:
     min_ = 3 if "Held" in expect["events"] else 2  # replicas.min
-    out = summarize(plan(job(m=M4, record=STARTED, replicas={"min": min_, "max": 4}), pods, nodes_, [], NOW))
+    elastic = {"nodeLossTimeoutSeconds": expect.get("timeout", TIMEOUT)}
+    view = job(m=M4, record=STARTED, replicas={"min": min_, "max": 4}, elastic=elastic)
+    out = summarize(plan(view, pods, nodes_, [], NOW))
     if expect["members"] is None:
         assert out.membership is None or out.membership.generation == 1 or not out.membership.members
     else:
@@ -101,7 +115,7 @@ def test_silent_member(pods: list[Any], nodes_: Any, expect: dict[str, Any]) -> 
         assert [m.pod for m in out.membership.members] == expect["members"]
         assert out.membership.world_size == len(expect["members"])
     assert out.events == expect["events"]
-    assert out.failure_labels == expect["labels"]
+    assert out.failure_labels == expect.get("labels", ["Unresponsive"])
     if "deleted" in expect:
         assert out.deleted_pods == expect["deleted"]
     if "detected" in expect:
@@ -113,10 +127,10 @@ def test_silent_member(pods: list[Any], nodes_: Any, expect: dict[str, Any]) -> 
     [
         pytest.param(30, 3.0, id="default-3s"),
         pytest.param(8, 2.0, id="quarter"),
-        pytest.param(1, 0.25, id="tiny"),
+        pytest.param(1, 1.25, id="floor-5s"),
     ],
 )
-def test_heartbeat_is_a_quarter_of_the_timeout(timeout: int, interval: float) -> None:
+def test_heartbeat_is_a_quarter_of_the_silence_timeout(timeout: int, interval: float) -> None:
     view = job(elastic={"nodeLossTimeoutSeconds": timeout})
     assert view.spec is not None and report_interval(view.spec) == interval
     out = summarize(plan(job(elastic={"nodeLossTimeoutSeconds": timeout}), [], nodes(2), [], NOW))

@@ -26,7 +26,15 @@ REASON_CHARS = 160
 UNRESPONSIVE = "Unresponsive"
 """Failure reason prefix of a member whose agent stopped reporting (`Facts.unresponsive`)."""
 HEARTBEAT_FRACTION = 4
-"""Agents report at least every `nodeLossTimeoutSeconds / 4` (and 3 s): one late write is no loss."""
+"""Agents report at least every quarter of the silence timeout (and 3 s): one late write is no loss."""
+MIN_SILENCE_SECONDS = 5.0
+"""Least silence that counts as a loss whatever `nodeLossTimeoutSeconds` says (1 s would count a busy
+API server or a loaded machine's scheduling delay as a lost node)."""
+
+
+def silence_timeout(spec: TrainingJobSpec) -> float:
+    """How long a member's agent may go without a report before the member counts as lost."""
+    return max(float(spec.elastic.node_loss_timeout_seconds), MIN_SILENCE_SECONDS)
 
 
 class Failure(NamedTuple):
@@ -115,12 +123,12 @@ class Facts:
                 failed.append(Failure(pod.name, loss, permanent, seen_at=self.evidence(pod)))
             elif self.unresponsive(pod) and self.someone_reports(members):
                 assert pod.agent is not None
-                timeout = self.spec.elastic.node_loss_timeout_seconds
+                timeout = silence_timeout(self.spec)
                 silent = (self.now - pod.agent.time).total_seconds()
                 failed.append(
                     Failure(
                         pod.name,
-                        f"{UNRESPONSIVE}: no agent report for {silent:.0f}s (timeout {timeout}s)",
+                        f"{UNRESPONSIVE}: no agent report for {silent:.0f}s (timeout {timeout:g}s)",
                         False,
                         seen_at=pod.agent.time + dt.timedelta(seconds=timeout),
                     )
@@ -142,7 +150,8 @@ class Facts:
         return failed
 
     def unresponsive(self, pod: PodView) -> bool:
-        """Its agent, which heartbeats its report, has written nothing for `nodeLossTimeoutSeconds`: the
+        """Its agent, which heartbeats its report, has written nothing for `silence_timeout` (the node-loss
+        timeout, at least `MIN_SILENCE_SECONDS`): the
         pod's processes, its node or its path to the API server hang (a frozen node, a partition). No TCP
         reset reached its peers, so their collectives block until their own timeout; this is the inside
         path for that silent loss, before node NotReady (the kubelet's grace) plus the same timeout.
@@ -150,7 +159,7 @@ class Facts:
         agent = pod.agent
         if agent is None or pod.phase != "Running" or pod.deleting:
             return False
-        return (self.now - agent.time).total_seconds() >= self.spec.elastic.node_loss_timeout_seconds
+        return (self.now - agent.time).total_seconds() >= silence_timeout(self.spec)
 
     def someone_reports(self, members: list[PodView | None]) -> bool:
         """Some member's agent reports on time: the API path works, so a silent one is the one in trouble

@@ -12,7 +12,7 @@ from elastra.api import checkpoint as ckpt_api
 from elastra.api import trainingjob as tj_api
 from elastra.api.membership import JOB_LABEL, ROLE_LABEL, CommitReport
 
-from .facts import HEARTBEAT_FRACTION
+from .facts import HEARTBEAT_FRACTION, silence_timeout
 from .views import JobView, NodeView
 
 FINALIZER = "elastra.dev/finalizer"
@@ -92,8 +92,8 @@ def free_nodes(template: dict[str, Any], nodes: Iterable[NodeView], occupied: se
 
 
 def report_interval(spec: tj_api.TrainingJobSpec) -> float:
-    """Longest gap between two agent reports: a quarter of the node-loss timeout, at most 3 s."""
-    return min(3.0, spec.elastic.node_loss_timeout_seconds / HEARTBEAT_FRACTION)
+    """Longest gap between two agent reports: a quarter of the silence timeout, at most 3 s."""
+    return min(3.0, silence_timeout(spec) / HEARTBEAT_FRACTION)
 
 
 def _env(job: JobView, name: str) -> list[dict[str, Any]]:

@@ -75,16 +75,6 @@ class Stateful(Protocol):
     def load_state_dict(self, state: Any) -> Any: ...
 
 
-class RngState:
-    """The torch CPU generator as state (replicated: every rank continues from rank 0's state)."""
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"torch_cpu": torch.get_rng_state()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        torch.set_rng_state(state["torch_cpu"].to(torch.uint8))
-
-
 PEER_FAILURE_MARKERS = (
     "gloo/transport",
     "Connection closed by peer",

@@ -1,4 +1,5 @@
-"""`elastra demo`: the main job end to end on localcluster, with a node killed and one added.
+"""`elastra demo`: the main job end to end on localcluster, with a node killed and one added (or, with
+`--fault freeze`, a node frozen, then thawed so that its pod rejoins).
 
 Side effects only (cluster, operator process, API calls, files); the summary is `report.summarize`.
 Everything started here is stopped in `finally`, also on Ctrl-C or SIGTERM.
@@ -61,7 +62,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--timeout", type=float, default=None, help="give up after this many seconds (default 280)"
     )
-    p.add_argument("--nodes", type=int, default=4, help="nodes at start, one GPU slot each")
+    p.add_argument("--nodes", type=int, default=4, help="nodes at start, one GPU slot per rank of a pod")
+    p.add_argument("--nproc-per-pod", type=int, default=1, help="ranks per pod (spec.nprocPerPod)")
+    p.add_argument(
+        "--fault",
+        choices=("kill", "freeze"),
+        default="kill",
+        help="at 1/3: kill a node (SIGKILL, peers see a reset) or freeze it (SIGSTOP: silent, no reset); "
+        "at 2/3: add a node, or (at 1/2) thaw the frozen one",
+    )
+    p.add_argument(
+        "--node-grace",
+        type=float,
+        default=None,
+        help=f"seconds without a heartbeat before a node turns NotReady (default {NODE_GRACE_S:g}; "
+        "real clusters: 40): longer keeps a frozen node's pod until its thaw",
+    )
     p.add_argument(
         "--checkpoint-every",
         type=int,
@@ -166,6 +182,7 @@ def job_manifest(
     *,
     cold_start: bool = False,
     checkpoint_every: int | None = None,
+    nproc_per_pod: int = 1,
 ) -> dict[str, Any]:
     """The example TrainingJob, pointed at the local S3 endpoint and this machine's Python.
 
@@ -174,6 +191,8 @@ def job_manifest(
     job["spec"]["checkpoint"]["s3"]["endpoint"] = s3_endpoint
     if checkpoint_every:
         job["spec"]["checkpoint"]["everySteps"] = checkpoint_every
+    job["spec"]["nprocPerPod"] = nproc_per_pod  # one GPU per rank: the nodes get as many
+    job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = nproc_per_pod
     container = job["spec"]["template"]["spec"]["containers"][0]
     command = [sys.executable if part == "python" else part for part in container["command"]]
     command = [str(TRAIN) if part == "examples/gpt_tiny/train.py" else part for part in command]
@@ -242,6 +261,7 @@ class Demo:
             self.metrics_port,
             cold_start=self.args.cold_start,
             checkpoint_every=self.args.checkpoint_every,
+            nproc_per_pod=self.args.nproc_per_pod,
         )
         s3.create_bucket(Bucket=job["spec"]["checkpoint"]["s3"]["bucket"])
         self.core.create_namespaced_secret(
@@ -366,14 +386,23 @@ class Demo:
         if not nodes:
             return
         node = nodes[-1]
-        self._say(f"killing {node} at step {membership_step}")
+        fault = self.args.fault
+        self._say(f"{'killing' if fault == 'kill' else 'freezing'} {node} at step {membership_step}")
         wall = time.time()
-        lc.kill_node(node)
+        (lc.kill_node if fault == "kill" else lc.freeze_node)(node)
         self.observed.events.append(
-            Event(t=time.monotonic() - self.t0, kind="kill", node=node, step=membership_step, wall=wall)
+            Event(t=time.monotonic() - self.t0, kind=fault, node=node, step=membership_step, wall=wall)
         )
 
     def _add_a_node(self, lc: Any, step: int | None) -> None:
+        frozen = next((e.node for e in self.observed.events if e.kind == "freeze"), None)
+        if frozen is not None:  # its pod's agent wakes, finds itself left out, stops its stale workers
+            lc.thaw_node(frozen)
+            self._say(f"thawed {frozen} at step {step}")
+            self.observed.events.append(
+                Event(t=time.monotonic() - self.t0, kind="thaw", node=frozen, step=step, wall=time.time())
+            )
+            return
         node = lc.add_node()
         self._say(f"added {node} at step {step}")
         self.observed.events.append(
@@ -394,11 +423,11 @@ class Demo:
         with LocalCluster(
             workdir=workdir,
             nodes=self.args.nodes,
-            gpus_per_node=1,
+            gpus_per_node=self.args.nproc_per_pod,
             s3=True,
             container_cwd=str(REPO),
             heartbeat_interval_s=NODE_HEARTBEAT_S,
-            node_grace_s=NODE_GRACE_S,
+            node_grace_s=self.args.node_grace or NODE_GRACE_S,
         ) as lc:
             self._say(
                 f"localcluster up: {self.args.nodes} nodes, S3 at {lc.s3_url}; kubeconfig {lc.kubeconfig}"
@@ -435,14 +464,15 @@ class Demo:
             if sample.phase in ("Succeeded", "Failed"):
                 return sample.phase
             step = sample.step or 0
-            if not killed and sample.world >= 2 and step >= self.steps // 3:
+            if not killed and sample.world >= 2 * self.args.nproc_per_pod and step >= self.steps // 3:
                 self._kill_a_worker_node(lc, step)
                 killed, shrunk_world = True, None
             elif killed and shrunk_world is None and sample.phase == "Running" and sample.world > 0:
                 last_kill_world = max((s.world for s in self.observed.samples), default=0)
                 if sample.world < last_kill_world:
                     shrunk_world = sample.world
-            if killed and not added and shrunk_world is not None and step >= 2 * self.steps // 3:
+            back_at = self.steps // 2 if self.args.fault == "freeze" else 2 * self.steps // 3
+            if killed and not added and shrunk_world is not None and step >= back_at:
                 self._add_a_node(lc, step)
                 added = True
             time.sleep(POLL_S)

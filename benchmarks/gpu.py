@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         compute = Compute(args.matmuls, device, args.compute_size)
         kind = device.type.upper()
         log(
-            f"{machine()['gpu']}: {nbytes / 2**30:.2f} GiB of {kind} state in {len(state)} tensors; dir {root}"
+            f"{machine()['gpu']}: {nbytes / 2**30:.2f} GiB of {kind} state, {len(state)} tensors; in {root}"
         )
         args.applied = 0
         baseline = timed_loop(args, state, compute, None)

@@ -28,6 +28,7 @@ from elastra.checkpoint import faults
 from elastra.checkpoint.checksum import crc32
 from elastra.checkpoint.format import (
     CHUNK_BYTES,
+    FILE_TAG,
     FORMAT_VERSION,
     MANIFEST,
     FormatError,
@@ -80,11 +81,17 @@ class Checkpointer:
         s3: S3Options | None = None,
         timeout_s: float = 600.0,
         chunk_bytes: int = CHUNK_BYTES,
+        file_tag: str = "",
     ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
         if busy_policy not in BUSY_POLICIES:
             raise ValueError(f"busy_policy must be one of {BUSY_POLICIES}, got {busy_policy!r}")
+        if not FILE_TAG.match(file_tag):
+            raise ValueError(f"file_tag must be up to 16 letters and digits, got {file_tag!r}")
+        self.file_tag = file_tag
+        """Tag in this writer's shard file names (the session passes `g<generation>`: a stale generation's
+        late upload lands beside the current generation's files, never over them)."""
         if chunk_bytes < 1 << 10 or chunk_bytes % 16:
             raise ValueError(f"chunk_bytes must be a multiple of 16 and at least 1 KiB, got {chunk_bytes}")
         self.uri = uri.rstrip("/") if uri.startswith("s3://") else uri
@@ -168,7 +175,10 @@ class Checkpointer:
             plan = self._plan_cache[1]  # every rank's layout is unchanged: no second collective
         else:
             everyone = self._all_gather([p.to_json() for p in pieces], self._control)
-            plan = plan_save([[Piece.from_json(raw) for raw in rank_pieces] for rank_pieces in everyone])
+            plan = plan_save(
+                [[Piece.from_json(raw) for raw in rank_pieces] for rank_pieces in everyone],
+                file_tag=self.file_tag,
+            )
             self._plan_cache = (signatures, plan)
         self.stats.saves += 1
         faults.crash_point("stage", self.rank)

@@ -46,8 +46,14 @@ def parse_step_dir(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def shard_file(rank: int) -> str:
-    return f"rank-{rank:05d}.safetensors"
+FILE_TAG = re.compile(r"^[A-Za-z0-9]{0,16}$")
+"""A writer's tag in its shard file names (the generation under an agent: `g7`)."""
+
+
+def shard_file(rank: int, tag: str = "") -> str:
+    """The shard file of `rank`; with a tag (`rank-00003-g7.safetensors`), writers of different
+    generations never share a file name, so a stale writer cannot overwrite a committed shard."""
+    return f"rank-{rank:05d}-{tag}.safetensors" if tag else f"rank-{rank:05d}.safetensors"
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,7 +83,7 @@ class SavePlan:
     """path → (dtype, shape, layout, sharding) of every logical tensor."""
 
 
-def plan_save(pieces_by_rank: list[list[Piece]]) -> SavePlan:
+def plan_save(pieces_by_rank: list[list[Piece]], *, file_tag: str = "") -> SavePlan:
     """Assign each distinct piece to exactly one holder and lay out the shard files.
 
     Pieces held by a single rank go to it; pieces held by several ranks (replicated) go, largest first,
@@ -116,7 +116,7 @@ def plan_save(pieces_by_rank: list[list[Piece]]) -> SavePlan:
         for i, piece in enumerate(pieces):
             placed.append(Placed(piece, f"{i}:{piece.path}", offset))
             offset += piece.nbytes
-        writes.append(RankWrites(rank, shard_file(rank), tuple(placed)))
+        writes.append(RankWrites(rank, shard_file(rank, file_tag), tuple(placed)))
     return SavePlan(tuple(writes), tensors)
 
 

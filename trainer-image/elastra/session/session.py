@@ -152,8 +152,10 @@ class Session:
         if config.checkpoint_uri:
             from elastra.checkpoint import Checkpointer
 
+            # Shard names carry the generation: a thawed stale rank's late upload cannot overwrite them.
+            tag = f"g{config.generation}" if config.generation is not None else ""
             self.checkpointer = Checkpointer(
-                config.checkpoint_uri, local_dir=config.local_dir, keep=config.keep
+                config.checkpoint_uri, local_dir=config.local_dir, keep=config.keep, file_tag=tag
             )
             self._fences = Fences(self.checkpointer.fence, self.rank)
 

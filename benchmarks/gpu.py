@@ -19,7 +19,8 @@ that encode their position, so every restore is checked exactly. Per method:
   (`posix_fadvise(DONTNEED)`), then checked bit for bit.
 
 Without a CUDA device it prints why and exits 77, which `benchmarks/run_all.py` reports as skipped.
-Results: `benchmarks/results/gpu.json` (`--out`), with the device, driver, torch and the load average.
+Results: `benchmarks/results/gpu.json` (`--out`), with the device, CUDA, torch and the load average; a
+GPU run also rewrites the `gpu` section of docs/benchmarks.md (a smoke run on CPU never does).
 """
 
 from __future__ import annotations
@@ -303,6 +304,31 @@ def run_method(
     return result
 
 
+def markdown(document: dict[str, Any]) -> str:
+    """The docs section: one row per method, ratios against DCP async_save. Pure."""
+    m = document["machine"]
+    lines = [
+        f"Measured {m['date'][:10]} on {m['gpu']} ({m['gpu_memory_gib']} GiB), CUDA {m['cuda']}, torch "
+        f"{m['torch']}, {m['cpu_count']} CPUs, load average {m['load_average'][0]}; "
+        f"{document['state_bytes'] / 2**30:.2f} GiB of CUDA state, {document['steps']} steps saving every "
+        f"{document['every']} (loop without saves: {document['baseline_loop_s']:.2f} s). One run.",
+        "",
+        "| method | stall (s) | vs DCP async | loop overhead (s) | durable (s) | restore (s) "
+        "| vs DCP async |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, r in document["methods"].items():
+        stall_ratio = r.get("stall_vs_dcp_async")
+        restore_ratio = r.get("restore_vs_dcp_async")
+        lines.append(
+            f"| {name} | {r['stall_median_s']:.3f} | "
+            f"{'' if stall_ratio is None else f'{stall_ratio:.2f}x'} | {r['loop_overhead_s']:+.2f} | "
+            f"{r['durable_median_s']:.2f} | {r['restore_s']:.2f} | "
+            f"{'' if restore_ratio is None else f'{restore_ratio:.2f}x'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def machine() -> dict[str, Any]:
     cuda = torch.cuda.is_available()
     return {
@@ -354,9 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         nbytes = sum(t.numel() * t.element_size() for t in state.values())
         compute = Compute(args.matmuls, device, args.compute_size)
         kind = device.type.upper()
-        log(
-            f"{machine()['gpu']}: {nbytes / 2**30:.2f} GiB of {kind} state, {len(state)} tensors; in {root}"
-        )
+        log(f"{machine()['gpu']}: {nbytes / 2**30:.2f} GiB of {kind} state, {len(state)} tensors; in {root}")
         args.applied = 0
         baseline = timed_loop(args, state, compute, None)
         args.applied += args.steps
@@ -392,6 +416,12 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(document, indent=2) + "\n")
         log(f"wrote {args.out} in {document['wall_s']:.0f} s")
+        if not args.smoke_on_cpu:
+            from _report import replace_section
+
+            docs = HERE.parent / "docs" / "benchmarks.md"
+            docs.write_text(replace_section(docs.read_text(), "gpu", markdown(document)))
+            log("wrote the gpu section of docs/benchmarks.md")
     finally:
         dist.destroy_process_group()
         if args.dir is None:

@@ -496,8 +496,10 @@ class Kubelet:
                 await asyncio.wait(still, timeout=5)
 
     async def _finish_deletion(self, run: PodRun) -> None:
-        with contextlib.suppress(ApiError):
-            self.store.delete(self.store.type_of("", "v1", "pods"), *run.key, grace_seconds=0)
+        # Only this run's object: after a force delete (a frozen node's pod) a new pod may carry the name.
+        if self._pod(run) is not None:
+            with contextlib.suppress(ApiError):
+                self.store.delete(self.store.type_of("", "v1", "pods"), *run.key, grace_seconds=0)
         self.pods.pop(run.uid, None)
 
 

@@ -298,7 +298,8 @@ def test_node_freeze_stops_every_process_until_thaw(
     cluster: LocalCluster, core: client.CoreV1Api, namespace: str, tmp_path: pathlib.Path
 ) -> None:
     """Freeze hangs the node without a reset: its processes (a child in its own session included) stop,
-    the node goes NotReady; a pod deleted meanwhile is terminated only once the node thaws."""
+    the node goes NotReady; a pod force-deleted and recreated meanwhile: the old run is terminated once
+    the node thaws, and the new pod of the same name runs."""
     pidfile = tmp_path / "child.pid"
     # setsid: the child leaves the container's process group, as a worker forked elsewhere might
     # (`$$` is `$` in a pod command)
@@ -320,13 +321,21 @@ def test_node_freeze_stops_every_process_until_thaw(
         ),
         timeout=GRACE_S + 10,
     )
-    core.delete_namespaced_pod("hung", namespace, grace_period_seconds=1)
+    # As the operator does on a lost node: force-delete, then a new pod with the same name.
+    old_uid = running.metadata.uid
+    core.delete_namespaced_pod("hung", namespace, grace_period_seconds=0)
+    core.create_namespaced_pod(namespace, pod("hung", "sleep 300", nodeName=node))
     time.sleep(1.5)
     assert stopped(leader) and stopped(child)  # a frozen kubelet acts on nothing
+    assert core.read_namespaced_pod("hung", namespace).status.phase == "Pending"
 
     assert cluster.thaw_node(node) >= 2
     until(
         lambda: any(c.type == "Ready" and c.status == "True" for c in core.read_node(node).status.conditions)
     )
-    until(lambda: not alive(leader), timeout=10)  # the deletion is carried out after the thaw
+    until(lambda: not alive(leader), timeout=10)  # the old run is terminated after the thaw...
+    fresh = until(phase(core, namespace, "hung", "Running"))  # ...and the new pod runs,
+    assert fresh.metadata.uid != old_uid
+    time.sleep(1.0)  # not deleted by the old run's clean-up (it deleted by name)
+    assert core.read_namespaced_pod("hung", namespace).metadata.uid == fresh.metadata.uid
     os.kill(child, 9)  # the setsid child is outside the pod's process group: the test's to clean up

@@ -6,7 +6,8 @@ just block, their timeout is 60 s). Its agent stops reporting, so the operator l
 max(nodeLossTimeoutSeconds, 5 s) of silence: world 4, and the survivors' agents kill their blocked
 workers. The node's 30 s grace keeps its pod (a real cluster's is 40 s), so at 1/2 the thaw resumes its
 stale generation-1 workers while generation 2 trains: they must fail alone (their peers are gone) and
-change nothing, and the pod, reporting on time again, rejoins in place: world 6.
+change nothing, and the pod, reporting on time again, rejoins in place: world 6. The job has the
+node-local tier: each pod's two ranks share one local directory.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def test_frozen_node_is_left_out_then_rejoins_with_two_ranks_per_pod(tmp_path: p
         "freeze",
         "--node-grace",
         "30",
+        "--local-tier",
     ]
     done = subprocess.run(
         [str(ELASTRA), *args, "--out", str(out)], capture_output=True, text=True, timeout=320, check=False
@@ -65,3 +67,15 @@ def test_frozen_node_is_left_out_then_rejoins_with_two_ranks_per_pod(tmp_path: p
     assert "generation 1: forked" in agent_log and "starting generation 3" in agent_log
     assert "starting generation 2" not in agent_log, "a frozen pod never runs the generation it missed"
     assert re.search(r"rank [45] generation 3 start", agent_log)
+
+    # The local tier is one hostPath directory per node, shared by the pod's two ranks: each wrote its
+    # own shard (names differ by rank and carry the generation) beside the other's, under one manifest.
+    survivor = next(n for n in ("node-1", "node-2", "node-3") if n != frozen)
+    local = out / "cluster" / "nodes" / survivor / "hostpath" / "var" / "lib" / "elastra" / "local"
+    steps = [d for d in local.glob("step-*") if (d / "manifest.json").exists()]
+    assert steps, f"no committed step in the local tier {local}"
+    newest = max(steps, key=lambda d: int(d.name.split("-")[1]))
+    manifest = json.loads((newest / "manifest.json").read_text())
+    shards = sorted(p.name for p in newest.glob("rank-*.safetensors"))
+    assert len(shards) == 2 and all(name in manifest["files"] for name in shards), (shards, manifest["files"])
+    assert all(name.endswith("-g3.safetensors") for name in shards), shards

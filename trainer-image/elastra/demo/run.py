@@ -8,8 +8,6 @@ Everything started here is stopped in `finally`, also on Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
 import json
 import logging
 import os
@@ -21,18 +19,22 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
-import yaml
-
 from elastra.api.membership import COMMIT_ANNOTATION, MEMBERSHIP_KEY, membership_configmap_name
+from elastra.demo.parts import (
+    CRDS,
+    LOCAL_TIER,
+    NODE_GRACE_S,
+    NODE_HEARTBEAT_S,
+    REPO,
+    DemoError,
+    check_parts,
+    job_manifest,
+    operator_process,
+)
 from elastra.demo.report import Event, Generation, Observed, Sample, plot, summarize
 
-REPO = pathlib.Path(__file__).resolve().parents[3]
-JOB_YAML = REPO / "examples" / "gpt_tiny" / "trainingjob.yaml"
-TRAIN = REPO / "examples" / "gpt_tiny" / "train.py"
-CRDS = REPO / "crds"
 GROUP, VERSION, PLURAL = "elastra.dev", "v1alpha1", "trainingjobs"
 S3_SECRET = "elastra-demo-s3"  # noqa: S105 - the Secret's name
 POLL_S = 0.5
@@ -41,10 +43,6 @@ POLL_S = 0.5
 DEMO_CHECKPOINT_EVERY = 5
 """Steps between checkpoints in the demo: a save stalls a step ~15-20 ms here (~2% of 5 steps of ~0.15 s)
 and bounds the steps a failure makes the job redo (docs/benchmarks.md, Recovery)."""
-
-
-class DemoError(RuntimeError):
-    """The demo cannot run (a part is missing) or did not finish."""
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -70,6 +68,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="kill",
         help="at 1/3: kill a node (SIGKILL, peers see a reset) or freeze it (SIGSTOP: silent, no reset); "
         "at 2/3: add a node, or (at 1/2) thaw the frozen one",
+    )
+    p.add_argument(
+        "--local-tier",
+        action="store_true",
+        help=f"add the node-local tier (hostPath {LOCAL_TIER}; a pod's ranks share it)",
     )
     p.add_argument(
         "--node-grace",
@@ -102,110 +105,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="the pod agents serve /metrics on <pod IP>:<this port> (default 0: a free port)",
     )
     return p.parse_args(argv)
-
-
-def check_parts() -> None:
-    """Fail with what is missing, before starting anything."""
-    missing = []
-    for module, part in (
-        ("localcluster", "localcluster (issue 4)"),
-        ("elastra_operator.handlers", "the operator (issue 5)"),
-    ):
-        try:
-            __import__(module)
-        except Exception as exc:  # a missing or broken part: say which, start nothing
-            missing.append(f"{part}: cannot import {module} ({type(exc).__name__}: {exc})")
-    if not sorted(CRDS.glob("*.yaml")):
-        missing.append(f"the CRDs: no {CRDS}/*.yaml (run `make crds`)")
-    for path in (JOB_YAML, TRAIN):
-        if not path.exists():
-            missing.append(f"the example: {path} is missing")
-    if missing:
-        raise DemoError("the demo cannot run, missing:\n  - " + "\n  - ".join(missing))
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    from elastra.agent.workers import _die_with_agent
-
-    _die_with_agent()
-
-
-@contextlib.contextmanager
-def operator_process(
-    kubeconfig: str, log_path: pathlib.Path, env: dict[str, str], metrics_port: int = 0
-) -> Iterator[subprocess.Popen[bytes]]:
-    """The operator as a subprocess, stopped (SIGTERM, then SIGKILL) on the way out.
-
-    It serves /metrics on `metrics_port` (0: not at all)."""
-    log = open(log_path, "ab")  # noqa: SIM115 - closed below
-    cmd = [
-        sys.executable,
-        "-m",
-        "elastra.cli",
-        "operator",
-        "--kubeconfig",
-        kubeconfig,
-        "--standalone",
-        "--metrics-port",
-        str(metrics_port),
-    ]
-    proc = subprocess.Popen(
-        cmd,
-        stdout=log,
-        stderr=log,
-        env=env,
-        start_new_session=True,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
-
-
-NODE_HEARTBEAT_S, NODE_GRACE_S = 1.0, 4.0
-"""localcluster node leases: a killed node turns NotReady after 4 s (real clusters: 40 s)."""
-
-
-def job_manifest(
-    steps: int,
-    s3_endpoint: str,
-    step_sleep: float,
-    metrics_port: int,
-    *,
-    cold_start: bool = False,
-    checkpoint_every: int | None = None,
-    nproc_per_pod: int = 1,
-) -> dict[str, Any]:
-    """The example TrainingJob, pointed at the local S3 endpoint and this machine's Python.
-
-    The agents serve /metrics on `metrics_port` (pod IPs of side-by-side localclusters repeat)."""
-    job = copy.deepcopy(yaml.safe_load(JOB_YAML.read_text()))
-    job["spec"]["checkpoint"]["s3"]["endpoint"] = s3_endpoint
-    if checkpoint_every:
-        job["spec"]["checkpoint"]["everySteps"] = checkpoint_every
-    job["spec"]["nprocPerPod"] = nproc_per_pod  # one GPU per rank: the nodes get as many
-    job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = nproc_per_pod
-    container = job["spec"]["template"]["spec"]["containers"][0]
-    command = [sys.executable if part == "python" else part for part in container["command"]]
-    command = [str(TRAIN) if part == "examples/gpt_tiny/train.py" else part for part in command]
-    if "--steps" in command:
-        command[command.index("--steps") + 1] = str(steps)
-    command += ["--step-sleep", str(step_sleep)]
-    container["command"] = command
-    container["env"] = [
-        *container.get("env", []),
-        {"name": "ELASTRA_METRICS_PORT", "value": str(metrics_port)},
-        *([{"name": "ELASTRA_ZYGOTE", "value": "0"}] if cold_start else []),
-    ]
-    return dict(job)
 
 
 def _free_port() -> int:
@@ -262,6 +161,7 @@ class Demo:
             cold_start=self.args.cold_start,
             checkpoint_every=self.args.checkpoint_every,
             nproc_per_pod=self.args.nproc_per_pod,
+            local_tier=self.args.local_tier,
         )
         s3.create_bucket(Bucket=job["spec"]["checkpoint"]["s3"]["bucket"])
         self.core.create_namespaced_secret(

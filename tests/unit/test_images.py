@@ -51,13 +51,12 @@ def _tested_torch() -> Version:
 
 
 @pytest.mark.parametrize("dockerfile", [TRAINER, OPERATOR], ids=["trainer", "operator"])
-def test_python_base_matches_requires_python_and_the_tests(dockerfile: Path) -> None:
+def test_python_base_is_official_slim_within_requires_python(dockerfile: Path) -> None:
     for base in _bases(dockerfile):
         m = re.fullmatch(r"python:(\d+)\.(\d+)(?:\.\d+)?-slim(?:-\w+)?", base)
         assert m, f"{dockerfile.name}: base {base!r} is not an official python:X.Y-slim image"
         minor = Version(f"{m.group(1)}.{m.group(2)}")
         assert minor in SpecifierSet(PYPROJECT["project"]["requires-python"])
-        assert (minor.major, minor.minor) == sys.version_info[:2], "image Python differs from the tests'"
 
 
 def test_trainer_image_pins_the_tested_torch() -> None:

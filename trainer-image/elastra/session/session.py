@@ -339,9 +339,9 @@ class Session:
             flags = flags.to(self.device)
         try:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            flags = flags.cpu()  # NCCL is asynchronous: its error (blocking wait) surfaces at this sync
         except Exception as exc:  # gloo/nccl raise several types when a peer is gone
             self._peer_lost(exc)
-        flags = flags.cpu()
         return float(flags[0]) / 1000.0, bool(flags[1] > 0), bool(flags[2] > 0)
 
     def _peer_lost(self, exc: BaseException) -> None:

@@ -4,9 +4,11 @@
     .venv/bin/python benchmarks/run_all.py checkpoint    # a subset, by module name
 
 A benchmark module is `benchmarks/<name>.py` with a `main()` that returns an exit code (or None for
-success); files starting with `_` are helpers, not benchmarks. Known benchmarks run first, in the
-order below, then any others alphabetically. Each runs in its own process (so one's memory and
-process groups cannot disturb the next) with `benchmarks/` on `sys.path`, and prints its own progress.
+success), or 77 when it cannot run on this machine (`benchmarks/gpu.py` without a CUDA device): that
+is reported as skipped, not failed. Files starting with `_` are helpers, not benchmarks. Known
+benchmarks run first, in the order below, then any others alphabetically. Each runs in its own
+process (so one's memory and process groups cannot disturb the next) with `benchmarks/` on
+`sys.path`, and prints its own progress.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import sys
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
+SKIPPED = 77
+"""Exit status of a benchmark that cannot run here (automake's convention): reported, not a failure."""
 KNOWN_ORDER = ("checkpoint", "localcluster")
 """Benchmarks this runner knows, in the order they run."""
 
@@ -60,15 +64,18 @@ def main(argv: list[str] | None = None) -> int:
         code = subprocess.call([sys.executable, "-c", BOOTSTRAP, str(HERE), name, str(HERE / f"{name}.py")])
         elapsed = time.monotonic() - started
         outcomes.append((name, code, elapsed))
-        print(
-            f"[bench] ({index}/{len(names)}) {name}: {'ok' if code == 0 else f'FAILED (exit {code})'} "
-            f"in {elapsed:.0f} s",
-            flush=True,
-        )
+        print(f"[bench] ({index}/{len(names)}) {name}: {verdict(code)} in {elapsed:.0f} s", flush=True)
     print("[bench] summary:", flush=True)
     for name, code, elapsed in outcomes:
-        print(f"[bench]   {name:<16} {'ok' if code == 0 else f'FAILED (exit {code})':<18} {elapsed:6.0f} s")
-    return 1 if any(code for _, code, _ in outcomes) else 0
+        print(f"[bench]   {name:<16} {verdict(code):<18} {elapsed:6.0f} s")
+    return 1 if any(code not in (0, SKIPPED) for _, code, _ in outcomes) else 0
+
+
+def verdict(code: int) -> str:
+    """How one benchmark's exit status is reported."""
+    if code == SKIPPED:
+        return "skipped"
+    return "ok" if code == 0 else f"FAILED (exit {code})"
 
 
 if __name__ == "__main__":

@@ -130,6 +130,14 @@ class LocalCluster:
         """SIGKILL the node's pods and stop its heartbeats (it turns NotReady after `node_grace_s`)."""
         self._call(ClusterCore.kill_node, name)
 
+    def freeze_node(self, name: str) -> int:
+        """SIGSTOP the node's pod processes and stop its heartbeats; returns how many were stopped."""
+        return int(self._call(ClusterCore.freeze_node, name))
+
+    def thaw_node(self, name: str) -> int:
+        """Resume a frozen node; returns how many processes were resumed."""
+        return int(self._call(ClusterCore.thaw_node, name))
+
     def add_node(self, name: str | None = None) -> str:
         """Add a node (or restart a killed one by name); returns its name."""
         return str(self._call(ClusterCore.add_node, name))

@@ -1,7 +1,7 @@
 """`elastra local ...`: start, inspect, disturb and stop a detached local cluster.
 
     elastra local up [--nodes 4] [--gpus-per-node 1] [--dir D] [--s3] [--no-validation-rules]
-    elastra local node kill|add|cordon|uncordon|drain NAME
+    elastra local node kill|freeze|thaw|add|cordon|uncordon|drain NAME
     elastra local status
     elastra local down
 
@@ -130,7 +130,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    """kill | add | cordon | uncordon | drain a node."""
+    """kill | freeze | thaw | add | cordon | uncordon | drain a node."""
     state = _require_state(args.dir.resolve())
     if args.action == "add":
         result = _call(state, "POST", "/localcluster/v1/nodes", {"name": args.name} if args.name else {})
@@ -142,6 +142,10 @@ def cmd_node(args: argparse.Namespace) -> int:
     if args.action == "drain":
         for pod in result["result"] or []:
             print(f"evicting pod {pod}")
+    if args.action in ("freeze", "thaw"):
+        done = "frozen" if args.action == "freeze" else "thawed"
+        print(f"node {args.name} {done} ({result['result']} processes)")
+        return 0
     print(f"node {args.name} {'killed' if args.action == 'kill' else args.action + 'ed'}")
     return 0
 
@@ -206,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_arguments(up)
     up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the API")
     up.set_defaults(func=cmd_up)
-    node = sub.add_parser("node", help="kill, add, cordon, uncordon or drain a node")
-    node.add_argument("action", choices=["kill", "add", "cordon", "uncordon", "drain"])
+    node = sub.add_parser("node", help="kill, freeze, thaw, add, cordon, uncordon or drain a node")
+    node.add_argument("action", choices=["kill", "freeze", "thaw", "add", "cordon", "uncordon", "drain"])
     node.add_argument("name", nargs="?", help="node name (optional for add)")
     node.set_defaults(func=cmd_node)
     for name, func, text in (

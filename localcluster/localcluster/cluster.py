@@ -274,6 +274,20 @@ class ClusterCore:
         """SIGKILL the node's pod processes and stop its heartbeats (NotReady after the grace period)."""
         self._kubelet(name).kill()
 
+    def freeze_node(self, name: str) -> int:
+        """SIGSTOP the node's pod processes and stop its heartbeats; returns the processes stopped."""
+        kubelet = self._kubelet(name)
+        if not kubelet.alive:
+            raise ApiError(409, f'node "{name}" is killed, not running: nothing to freeze')
+        return kubelet.freeze()
+
+    def thaw_node(self, name: str) -> int:
+        """SIGCONT a frozen node's processes and resume its heartbeats; returns the processes resumed."""
+        kubelet = self._kubelet(name)
+        if not kubelet.frozen:
+            raise ApiError(409, f'node "{name}" is not frozen')
+        return kubelet.thaw()
+
     def cordon(self, name: str, *, unschedulable: bool = True) -> None:
         """Mark a node (un)schedulable."""
         nodes_rt = self.store.type_of("", "v1", "nodes")
@@ -314,7 +328,7 @@ class ClusterCore:
                 "name": name,
                 "ready": ready,
                 "schedulable": not (node.get("spec") or {}).get("unschedulable"),
-                "kubelet": "running" if name in self.kubelets and self.kubelets[name].alive else "killed",
+                "kubelet": _kubelet_state(self.kubelets.get(name)),
                 "pods": sum(1 for p in pods if (p.get("spec") or {}).get("nodeName") == name),
             })  # fmt: skip
         return {
@@ -357,6 +371,10 @@ class ClusterCore:
             result: Any = None
             if action == "kill":
                 self.kill_node(name)
+            elif action == "freeze":
+                result = self.freeze_node(name)
+            elif action == "thaw":
+                result = self.thaw_node(name)
             elif action in {"cordon", "uncordon"}:
                 self.cordon(name, unschedulable=action == "cordon")
             elif action == "drain":
@@ -375,3 +393,10 @@ class ClusterCore:
         app.router.add_post("/localcluster/v1/nodes", add)
         app.router.add_post("/localcluster/v1/nodes/{name}/{action}", node_action)
         app.router.add_post("/localcluster/v1/shutdown", shutdown)
+
+
+def _kubelet_state(kubelet: Kubelet | None) -> str:
+    """`running`, `frozen` or `killed`, for `status()`."""
+    if kubelet is None or not kubelet.alive:
+        return "killed"
+    return "frozen" if kubelet.frozen else "running"

@@ -1,6 +1,8 @@
 """Process kubelets: one per simulated node. Each runs its pods' containers as local processes (one
 process group per container), reports pod status, terminates gracefully on deletion and renews its
-node Lease. `kill()` SIGKILLs every process group of the node and stops its heartbeats.
+node Lease. `kill()` SIGKILLs every process group of the node and stops its heartbeats. `freeze()` hangs
+the node instead (a kernel hang, a partition from everything): SIGSTOP to every process of its pods,
+descendants included, and no heartbeats or pod syncs; `thaw()` resumes all of it.
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ class Kubelet:
         self.default_cwd = default_cwd
         self.on_event = on_event
         self.alive = False
+        self.frozen = False
+        """SIGSTOPped by `freeze()`: no heartbeats, no pod syncs, every pod process stopped."""
         self.pods: dict[str, PodRun] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
@@ -108,6 +112,37 @@ class Kubelet:
         for task in self._tasks:
             task.cancel()
         self.pods.clear()
+
+    def freeze(self) -> int:
+        """Hang the node: SIGSTOP every process of its pods (each container's process group first, then
+        every descendant, so workers forked into other groups stop too) and stop renewing the Lease and
+        syncing pods. Sockets stay open, so peers see no reset: their collectives just block. Returns
+        how many processes were stopped."""
+        self.frozen = True
+        stopped: set[int] = set()
+        for _ in range(2):  # a second sweep catches a process forked while the first one ran
+            for pod in self.pods.values():
+                for run in pod.containers.values():
+                    _killpg(run.process, signal.SIGSTOP)
+                    for pid in _tree(run.process):
+                        if pid not in stopped:
+                            _signal(pid, signal.SIGSTOP)
+                            stopped.add(pid)
+        return len(stopped)
+
+    def thaw(self) -> int:
+        """Resume a frozen node: SIGCONT its processes, renew the Lease (Ready again) and sync pods at once
+        (pods deleted meanwhile are terminated then). Returns how many processes were resumed."""
+        resumed = 0
+        for pod in self.pods.values():
+            for run in pod.containers.values():
+                pids = _tree(run.process)
+                _killpg(run.process, signal.SIGCONT)
+                for pid in pids:
+                    resumed += _signal(pid, signal.SIGCONT)
+        self.frozen = False
+        self._wake.set()
+        return resumed
 
     async def stop(self) -> None:
         """Shut down (the cluster is going away): kill everything and wait for the tasks."""
@@ -144,6 +179,9 @@ class Kubelet:
         leases = self.store.type_of("coordination.k8s.io", "v1", "leases")
         nodes = self.store.type_of("", "v1", "nodes")
         while self.alive:
+            if self.frozen:
+                await asyncio.sleep(self.heartbeat_interval_s)
+                continue
             lease_spec = {
                 "holderIdentity": self.node,
                 "leaseDurationSeconds": max(1, round(self.lease_duration_s)),
@@ -204,6 +242,8 @@ class Kubelet:
         while self.alive:
             await self._wake.wait()
             self._wake.clear()
+            if self.frozen:  # `thaw()` wakes the loop again
+                continue
             bound, _ = self.store.list(pods_rt, None)
             seen = set()
             for pod in bound:
@@ -456,9 +496,33 @@ class Kubelet:
                 await asyncio.wait(still, timeout=5)
 
     async def _finish_deletion(self, run: PodRun) -> None:
-        with contextlib.suppress(ApiError):
-            self.store.delete(self.store.type_of("", "v1", "pods"), *run.key, grace_seconds=0)
+        # Only this run's object: after a force delete (a frozen node's pod) a new pod may carry the name.
+        if self._pod(run) is not None:
+            with contextlib.suppress(ApiError):
+                self.store.delete(self.store.type_of("", "v1", "pods"), *run.key, grace_seconds=0)
         self.pods.pop(run.uid, None)
+
+
+def _tree(process: asyncio.subprocess.Process | None) -> list[int]:
+    """The pid of a container's process and of all its descendants (empty when it is gone)."""
+    import psutil
+
+    if process is None:
+        return []
+    try:
+        root = psutil.Process(process.pid)
+        return [root.pid, *(child.pid for child in root.children(recursive=True))]
+    except psutil.Error:
+        return []
+
+
+def _signal(pid: int, sig: int) -> int:
+    """Send `sig` to one process; 1 when it was delivered."""
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        return 0
+    return 1
 
 
 def _killpg(process: asyncio.subprocess.Process | None, sig: int) -> None:

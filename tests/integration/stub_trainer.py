@@ -68,6 +68,8 @@ class Stub:
         self.rank0 = False
         self.handled_request: str | None = None
         self.last_report = 0.0
+        # the agent's heartbeat period (the operator sets it): a silent stub would count as a lost node
+        self.report_interval = min(1.0, float(os.environ.get("ELASTRA_REPORT_INTERVAL_SECONDS", "1")))
         self.reported: tuple[Any, ...] = ()
 
     # ------------------------------------------------------------------ API
@@ -87,7 +89,7 @@ class Stub:
     def report(self, *, force: bool = False) -> None:
         exit_code, reason = self.exit_code, self.reason
         key = (self.generation, self.state, exit_code)
-        if not force and key == self.reported and time.monotonic() - self.last_report < 1.0:
+        if not force and key == self.reported and time.monotonic() - self.last_report < self.report_interval:
             return
         restored = self.state is AgentState.RUNNING and self.generation > 0
         report = AgentReport(

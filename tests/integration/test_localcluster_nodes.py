@@ -285,3 +285,57 @@ def test_cordon_and_drain(cluster: LocalCluster, core: client.CoreV1Api, namespa
     until(lambda: core.read_namespaced_pod("newcomer", namespace).spec.node_name == node)
     core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
     assert os.path.exists(cluster.kubeconfig)
+
+
+def stopped(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_node_freeze_stops_every_process_until_thaw(
+    cluster: LocalCluster, core: client.CoreV1Api, namespace: str, tmp_path: pathlib.Path
+) -> None:
+    """Freeze hangs the node without a reset: its processes (a child in its own session included) stop,
+    the node goes NotReady; a pod force-deleted and recreated meanwhile: the old run is terminated once
+    the node thaws, and the new pod of the same name runs."""
+    pidfile = tmp_path / "child.pid"
+    # setsid: the child leaves the container's process group, as a worker forked elsewhere might
+    # (`$$` is `$` in a pod command)
+    core.create_namespaced_pod(
+        namespace, pod("hung", f"setsid sh -c 'echo $$$$ > {pidfile}; exec sleep 300' & wait")
+    )
+    running = until(phase(core, namespace, "hung", "Running"))
+    node = running.spec.node_name
+    leader = int(running.status.container_statuses[0].container_id.rsplit("/", 1)[1])
+    child = int(until(lambda: pidfile.exists() and pidfile.read_text().strip()))
+    assert os.getpgid(child) != os.getpgid(leader)
+
+    assert cluster.freeze_node(node) >= 2
+    assert stopped(leader) and stopped(child)
+    assert cluster.status()["nodes"][int(node.rsplit("-", 1)[1]) - 1]["kubelet"] == "frozen"
+    until(
+        lambda: any(
+            c.type == "Ready" and c.status == "Unknown" for c in core.read_node(node).status.conditions
+        ),
+        timeout=GRACE_S + 10,
+    )
+    # As the operator does on a lost node: force-delete, then a new pod with the same name.
+    old_uid = running.metadata.uid
+    core.delete_namespaced_pod("hung", namespace, grace_period_seconds=0)
+    core.create_namespaced_pod(namespace, pod("hung", "sleep 300", nodeName=node))
+    time.sleep(1.5)
+    assert stopped(leader) and stopped(child)  # a frozen kubelet acts on nothing
+    assert core.read_namespaced_pod("hung", namespace).status.phase == "Pending"
+
+    assert cluster.thaw_node(node) >= 2
+    until(
+        lambda: any(c.type == "Ready" and c.status == "True" for c in core.read_node(node).status.conditions)
+    )
+    until(lambda: not alive(leader), timeout=10)  # the old run is terminated after the thaw...
+    fresh = until(phase(core, namespace, "hung", "Running"))  # ...and the new pod runs,
+    assert fresh.metadata.uid != old_uid
+    time.sleep(1.0)  # not deleted by the old run's clean-up (it deleted by name)
+    assert core.read_namespaced_pod("hung", namespace).metadata.uid == fresh.metadata.uid
+    os.kill(child, 9)  # the setsid child is outside the pod's process group: the test's to clean up

@@ -294,3 +294,72 @@ def test_torch_save_row_says_it_cannot_reshard() -> None:
     table = report.render_markdown(results(**GOOD_ELASTRA))
     torch_row = next(line for line in table.splitlines() if line.startswith("| torch_save |"))
     assert torch_row.startswith("| torch_save | 2.000 | missing | 2.500 | 1.500 | cannot reshard | 900 |")
+
+
+def test_run_all_reports_a_skipped_benchmark_without_failing(tmp_path: pathlib.Path) -> None:
+    """A benchmark that cannot run here (gpu.py without CUDA) exits 77: skipped, and `make bench` passes;
+    any other non-zero status still fails it."""
+    import subprocess
+
+    for name, body in (
+        ("skips", "def main():\n    return 77\n"),
+        ("works", "def main():\n    return None\n"),
+    ):
+        (tmp_path / f"{name}.py").write_text(body)
+    (tmp_path / "run_all.py").write_text((BENCHMARKS / "run_all.py").read_text())
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "run_all.py")], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout
+    assert "skips            skipped" in done.stdout and "works            ok" in done.stdout
+    (tmp_path / "fails.py").write_text("def main():\n    return 3\n")
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "run_all.py")], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 1 and "FAILED (exit 3)" in done.stdout
+
+
+def test_gpu_benchmark_skips_cleanly_without_cuda() -> None:
+    import subprocess
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here: the benchmark would run")
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu.py")], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert done.returncode == 77, done.stderr
+    assert "skipped: no CUDA device" in done.stdout
+
+
+def test_gpu_benchmark_runs_end_to_end_on_cpu_tensors(tmp_path: pathlib.Path) -> None:
+    """The GPU benchmark's own logic (every method saves, restores and is checked bit for bit) on a tiny
+    CPU state; its figures come only from a GPU run."""
+    import json
+    import subprocess
+
+    out = tmp_path / "gpu.json"
+    args = [
+        "--smoke-on-cpu",
+        "--state-gib",
+        "0.004",
+        "--matmuls",
+        "1",
+        "--compute-size",
+        "16",
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu.py"), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    assert result["smoke_on_cpu"] is True
+    assert set(result["methods"]) == {"torch_save", "dcp_async_save", "elastra", "elastra_lazy"}
+    assert all(len(m["stall_s"]) == 3 and m["restore_s"] > 0 for m in result["methods"].values())

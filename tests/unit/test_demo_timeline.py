@@ -61,6 +61,14 @@ def test_kill_milestones_follow_the_slowest_pod() -> None:
     }
 
 
+def test_freeze_milestones_start_at_the_operator_noticing_the_silence() -> None:
+    """A frozen node's peers report nothing (no reset): the first milestone is the operator's count."""
+    silent = [line for line in KILL if "Running -> Failed" not in line.text]
+    got = {m.name: None if m.at is None else round(m.at - T0, 2) for m in milestones("freeze", T0, silent)}
+    assert "first agent reports Failed (PeerLost)" not in got
+    assert got["operator counts the failure"] == 1.2 and got["operator: Recovered"] == 6.7
+
+
 def test_missing_generation_stops_the_timeline_and_prints_gaps() -> None:
     steps = milestones("add", T0, [op(0.5, "INFO elastra.operator.kube: created Pod default/tj-w-3")])
     assert [m.name for m in steps][-1] == "new membership written" and steps[-1].at is None

@@ -23,6 +23,18 @@ operator stops waiting: live peers of a dead rank fail together (their collectiv
 milliseconds of each other, measured in docs/benchmarks.md, Recovery), so a second of quiet means the
 silent ones are not about to speak."""
 REASON_CHARS = 160
+UNRESPONSIVE = "Unresponsive"
+"""Failure reason prefix of a member whose agent stopped reporting (`Facts.unresponsive`)."""
+HEARTBEAT_FRACTION = 4
+"""Agents report at least every quarter of the silence timeout (and 3 s): one late write is no loss."""
+MIN_SILENCE_SECONDS = 5.0
+"""Least silence that counts as a loss whatever `nodeLossTimeoutSeconds` says (1 s would count a busy
+API server or a loaded machine's scheduling delay as a lost node)."""
+
+
+def silence_timeout(spec: TrainingJobSpec) -> float:
+    """How long a member's agent may go without a report before the member counts as lost."""
+    return max(float(spec.elastic.node_loss_timeout_seconds), MIN_SILENCE_SECONDS)
 
 
 class Failure(NamedTuple):
@@ -109,6 +121,18 @@ class Facts:
             elif (loss := self.loss(pod)) is not None:
                 permanent = pod.phase == "Failed" and permanent_exit(pod.exit_code, retryable)
                 failed.append(Failure(pod.name, loss, permanent, seen_at=self.evidence(pod)))
+            elif self.unresponsive(pod) and self.someone_reports(members):
+                assert pod.agent is not None
+                timeout = silence_timeout(self.spec)
+                silent = (self.now - pod.agent.time).total_seconds()
+                failed.append(
+                    Failure(
+                        pod.name,
+                        f"{UNRESPONSIVE}: no agent report for {silent:.0f}s (timeout {timeout:g}s)",
+                        False,
+                        seen_at=pod.agent.time + dt.timedelta(seconds=timeout),
+                    )
+                )
             elif self.in_generation(pod, AgentState.FAILED):
                 assert pod.agent is not None
                 why = (pod.agent.reason or f"exit code {pod.agent.exit_code}")[:REASON_CHARS]
@@ -124,6 +148,23 @@ class Facts:
                     )
                 )
         return failed
+
+    def unresponsive(self, pod: PodView) -> bool:
+        """Its agent, which heartbeats its report, has written nothing for `silence_timeout` (the node-loss
+        timeout, at least `MIN_SILENCE_SECONDS`): the
+        pod's processes, its node or its path to the API server hang (a frozen node, a partition). No TCP
+        reset reached its peers, so their collectives block until their own timeout; this is the inside
+        path for that silent loss, before node NotReady (the kubelet's grace) plus the same timeout.
+        Clocks: the agent stamps `time`; skew between nodes must stay well under the timeout (NTP)."""
+        agent = pod.agent
+        if agent is None or pod.phase != "Running" or pod.deleting:
+            return False
+        return (self.now - agent.time).total_seconds() >= silence_timeout(self.spec)
+
+    def someone_reports(self, members: list[PodView | None]) -> bool:
+        """Some member's agent reports on time: the API path works, so a silent one is the one in trouble
+        (when every agent is silent, the operator's own view or the API server is the suspect: wait)."""
+        return any(p is not None and p.agent is not None and not self.unresponsive(p) for p in members)
 
     def evidence(self, pod: PodView) -> dt.datetime | None:
         """The earliest time the API shows `pod` failing or gone: its agent's `Failed` report of this
@@ -146,9 +187,16 @@ class Facts:
         running = (AgentState.RUNNING, AgentState.RESTORING)
         return agent is not None and agent.generation < self.membership.generation and agent.state in running
 
+    def can_join(self, pod: PodView) -> bool:
+        """Runs, did not miss the last generation change, and its agent reports on time."""
+        return self.running(pod) and not self.stale(pod) and not self.unresponsive(pod)
+
     def any_node_unsure(self, members: list[PodView | None]) -> bool:
         """A member sits on a NotReady node not yet declared lost: a peer's error may be its symptom."""
         return any(
-            p is not None and not self.node_lost(p) and not self.nodes.get(p.node or "", READY).ready
+            p is not None
+            and not self.node_lost(p)
+            and not self.nodes.get(p.node or "", READY).ready
+            and not (self.unresponsive(p) and self.someone_reports(members))  # known culprit, not unsure
             for p in members
         )

@@ -12,6 +12,7 @@ from elastra.api import checkpoint as ckpt_api
 from elastra.api import trainingjob as tj_api
 from elastra.api.membership import JOB_LABEL, ROLE_LABEL, CommitReport
 
+from .facts import HEARTBEAT_FRACTION, silence_timeout
 from .views import JobView, NodeView
 
 FINALIZER = "elastra.dev/finalizer"
@@ -90,6 +91,11 @@ def free_nodes(template: dict[str, Any], nodes: Iterable[NodeView], occupied: se
     ]
 
 
+def report_interval(spec: tj_api.TrainingJobSpec) -> float:
+    """Longest gap between two agent reports: a quarter of the silence timeout, at most 3 s."""
+    return min(3.0, silence_timeout(spec) / HEARTBEAT_FRACTION)
+
+
 def _env(job: JobView, name: str) -> list[dict[str, Any]]:
     spec = job.spec
     assert spec is not None
@@ -103,6 +109,8 @@ def _env(job: JobView, name: str) -> list[dict[str, Any]]:
         {"name": "ELASTRA_CHECKPOINT_URI", "value": ck.root_uri(job.namespace, job.name)},
         {"name": "ELASTRA_NPROC_PER_POD", "value": str(spec.nproc_per_pod)},
         {"name": "ELASTRA_CHECKPOINT_KEEP", "value": str(ck.keep)},
+        # the agent's heartbeat: silent for nodeLossTimeoutSeconds counts as lost (facts.unresponsive)
+        {"name": "ELASTRA_REPORT_INTERVAL_SECONDS", "value": f"{report_interval(spec):g}"},
     ]
     if ck.every_steps is not None:
         env.append({"name": "ELASTRA_CHECKPOINT_EVERY_STEPS", "value": str(ck.every_steps)})

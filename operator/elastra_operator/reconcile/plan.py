@@ -214,8 +214,8 @@ class _Pass:
         self.transition("Drain")
 
     def candidate(self, pod: PodView) -> bool:
-        """May join the next generation: runs, and is not suspected dead."""
-        return self.facts.running(pod) and not self.facts.stale(pod) and pod.name not in self.suspects
+        """May join the next generation: runs, reports on time, and is not suspected dead."""
+        return self.facts.can_join(pod) and pod.name not in self.suspects
 
     def planned_changes(self, members: list[PodView | None]) -> None:
         """No failure: suspend, shrink or grow when asked to, else keep running."""

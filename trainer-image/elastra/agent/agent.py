@@ -313,10 +313,11 @@ class Agent:
         )
         now = time.monotonic()
         changed = key != self._reported
-        step_due = now - self._reported_at >= self.cfg.report_interval_s
-        if not (force or changed or step_due):
-            return
-        if not (force or changed) and self.step is None:
+        # Due even when nothing changed (Waiting, a long restore, workers blocked in a collective): the
+        # report's `time` is this pod's heartbeat; the operator counts an agent silent for
+        # nodeLossTimeoutSeconds as lost (its node frozen or cut off), whatever the collectives do.
+        heartbeat_due = now - self._reported_at >= self.cfg.report_interval_s
+        if not (force or changed or heartbeat_due):
             return
         report = AgentReport(
             generation=self.generation,

@@ -52,8 +52,8 @@ from elastra.checkpoint.restore import (
     split_source,
 )
 from elastra.checkpoint.retention import apply_retention, committed_steps
-from elastra.checkpoint.staging import StagingBuffer, StagingJob
-from elastra.checkpoint.state import TensorLeaf, is_tensor_value, split_state, walk
+from elastra.checkpoint.staging import FillKind, StagingBuffer, StagingJob, fill_kind
+from elastra.checkpoint.state import ST_TO_TORCH, TensorLeaf, is_tensor_value, split_state, walk
 from elastra.storage import LocalStorage, S3Options, Storage, StorageError, join_key, open_storage
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,9 @@ class Checkpointer:
             plan = self._plan_cache[1]  # every rank's layout is unchanged: no second collective
         else:
             everyone = self._all_gather([p.to_json() for p in pieces], self._control)
-            plan = plan_save([[Piece.from_json(raw) for raw in rank_pieces] for rank_pieces in everyone])
+            plan = plan_save(
+                [[Piece.from_json(raw) for raw in rank_pieces] for rank_pieces in everyone],
+            )
             self._plan_cache = (signatures, plan)
         self.stats.saves += 1
         faults.crash_point("stage", self.rank)
@@ -445,13 +447,33 @@ class Checkpointer:
             return []
 
     @staticmethod
+    def _fill_target(leaf: TensorLeaf, manifest: Manifest) -> torch.Tensor:
+        """Where the restore of `leaf` is read to: its own memory when it is a contiguous CPU tensor of
+        the saved dtype (no copy at all); for a CUDA tensor pinned host memory (the reads land there,
+        then one asynchronous copy each goes to the device at full PCIe speed); else a scratch tensor.
+        `_apply` copies the last two over."""
+        entry = manifest.tensors.get(leaf.path)
+        dtype = ST_TO_TORCH[entry.dtype] if entry is not None else leaf.local.dtype
+        local = leaf.local
+        kind = fill_kind(local.device.type, local.is_contiguous(), local.dtype == dtype)
+        if kind is FillKind.IN_PLACE:
+            return local.detach().view(leaf.box.shape)
+        return torch.empty(leaf.box.shape, dtype=dtype, pin_memory=kind is FillKind.PINNED)
+
+    @staticmethod
     def _apply(
         state: object, leaves: list[TensorLeaf], restored: list[torch.Tensor], manifest: Manifest
     ) -> None:
+        devices: set[torch.device] = set()
         with torch.no_grad():
             for leaf, data in zip(leaves, restored, strict=True):
                 if data.data_ptr() != leaf.local.data_ptr():  # not already read in place
-                    leaf.local.copy_(data.view(leaf.local.shape))
+                    on_cuda = leaf.local.is_cuda
+                    leaf.local.copy_(data.view(leaf.local.shape), non_blocking=on_cuda)
+                    if on_cuda:
+                        devices.add(leaf.local.device)
+        for device in devices:  # the copies ran on the current streams: done before load() returns
+            torch.cuda.current_stream(device).synchronize()  # type: ignore[no-untyped-call]
         for path, container, key, value in list(walk(state)):
             if not is_tensor_value(value) and path in manifest.values:
                 container[key] = manifest.values[path]  # type: ignore[index]

@@ -7,10 +7,14 @@ copies run on a side stream that first waits for the training thread's current s
 
 Staging is split in two so that the copy can run off the training thread (lazy staging):
 `prepare` runs on the training thread (buffer, stream ordering), `copy` anywhere, once.
+
+Restores go the other way: `fill_kind` says where a tensor's saved bytes are read to (in place, or
+pinned host memory for a CUDA tensor, then one asynchronous host-to-device copy).
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +22,25 @@ import torch
 
 from elastra.checkpoint.plan import RankWrites
 from elastra.checkpoint.state import ST_TO_TORCH, TensorLeaf
+
+
+class FillKind(enum.Enum):
+    """Where a restore reads a tensor's saved bytes to."""
+
+    IN_PLACE = "in-place"
+    """The tensor's own memory (a contiguous CPU tensor of the saved dtype): no copy at all."""
+    PINNED = "pinned"
+    """Pinned host memory, then an asynchronous copy to the device (a CUDA tensor): pageable memory
+    would make every copy synchronous and go through a driver bounce buffer at about half the speed."""
+    SCRATCH = "scratch"
+    """Pageable host memory, then a copy (a strided CPU tensor, another dtype, another device)."""
+
+
+def fill_kind(device_type: str, contiguous: bool, same_dtype: bool) -> FillKind:
+    """Where the restore of a tensor on `device_type` is read to. Pure."""
+    if device_type == "cpu":
+        return FillKind.IN_PLACE if contiguous and same_dtype else FillKind.SCRATCH
+    return FillKind.PINNED if device_type == "cuda" else FillKind.SCRATCH
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ class Event:
 
     t: float
     kind: str
-    """`kill` (a node) or `add` (a node)."""
+    """`kill`, `freeze` or `thaw` (a node), or `add` (a node)."""
     node: str
     step: int | None
     wall: float | None = None
@@ -56,7 +56,7 @@ class Observed:
     """Commit reports by step."""
 
 
-REASONS = {"kill": "NodeLost", "add": "ScaleUp"}
+REASONS = {"kill": "NodeLost", "freeze": "Unresponsive", "add": "ScaleUp", "thaw": "ScaleUp"}
 
 
 def summarize(observed: Observed, *, phase: str) -> dict[str, Any]:
@@ -92,6 +92,7 @@ def summarize(observed: Observed, *, phase: str) -> dict[str, Any]:
                 "to": new.world,
                 "reason": REASONS.get(cause.kind, "Restart") if cause is not None else "Restart",
                 "generation": new.generation,
+                "detected_s": round(new.t - started, 2),
                 "recovery_s": round(resumed - started, 2) if resumed is not None else None,
                 "steps_lost": max(0, last_before - restored),
             }
@@ -129,19 +130,20 @@ def plot(observed: Observed, path: str) -> None:
         ax_loss.plot([p[0] for p in points], [p[1] for p in points], ".", markersize=3, label="loss")
     for event in observed.events:
         if event.step is not None:
-            color = "tab:red" if event.kind == "kill" else "tab:green"
+            color = "tab:red" if event.kind in ("kill", "freeze") else "tab:green"
             ax_loss.axvline(event.step, color=color, linestyle="--", label=f"{event.kind} {event.node}")
     for commit_step in sorted(observed.commits):
         ax_loss.axvline(commit_step, color="0.85", linewidth=0.8, zorder=0)
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("loss")
-    ax_loss.set_title("gpt_tiny: loss (grey: checkpoints; dashed: node killed / added)")
+    ax_loss.set_title("gpt_tiny: loss (grey: checkpoints; dashed: node lost / back)")
     ax_loss.legend(loc="upper right", fontsize=8)
     times = [s.t for s in observed.samples]
     worlds = [s.world for s in observed.samples]
     ax_world.step(times, worlds, where="post")
     for event in observed.events:
-        ax_world.axvline(event.t, color="tab:red" if event.kind == "kill" else "tab:green", linestyle="--")
+        red = event.kind in ("kill", "freeze")
+        ax_world.axvline(event.t, color="tab:red" if red else "tab:green", linestyle="--")
     ax_world.set_xlabel("seconds since the job was applied")
     ax_world.set_ylabel("world size")
     ax_world.set_ylim(0, max([*worlds, 4]) + 1)

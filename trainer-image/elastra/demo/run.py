@@ -1,4 +1,5 @@
-"""`elastra demo`: the main job end to end on localcluster, with a node killed and one added.
+"""`elastra demo`: the main job end to end on localcluster, with a node killed and one added (or, with
+`--fault freeze`, a node frozen, then thawed so that its pod rejoins).
 
 Side effects only (cluster, operator process, API calls, files); the summary is `report.summarize`.
 Everything started here is stopped in `finally`, also on Ctrl-C or SIGTERM.
@@ -7,8 +8,6 @@ Everything started here is stopped in `finally`, also on Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
 import json
 import logging
 import os
@@ -20,18 +19,22 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
-import yaml
-
 from elastra.api.membership import COMMIT_ANNOTATION, MEMBERSHIP_KEY, membership_configmap_name
+from elastra.demo.parts import (
+    CRDS,
+    LOCAL_TIER,
+    NODE_GRACE_S,
+    NODE_HEARTBEAT_S,
+    REPO,
+    DemoError,
+    check_parts,
+    job_manifest,
+    operator_process,
+)
 from elastra.demo.report import Event, Generation, Observed, Sample, plot, summarize
 
-REPO = pathlib.Path(__file__).resolve().parents[3]
-JOB_YAML = REPO / "examples" / "gpt_tiny" / "trainingjob.yaml"
-TRAIN = REPO / "examples" / "gpt_tiny" / "train.py"
-CRDS = REPO / "crds"
 GROUP, VERSION, PLURAL = "elastra.dev", "v1alpha1", "trainingjobs"
 S3_SECRET = "elastra-demo-s3"  # noqa: S105 - the Secret's name
 POLL_S = 0.5
@@ -40,10 +43,6 @@ POLL_S = 0.5
 DEMO_CHECKPOINT_EVERY = 5
 """Steps between checkpoints in the demo: a save stalls a step ~15-20 ms here (~2% of 5 steps of ~0.15 s)
 and bounds the steps a failure makes the job redo (docs/benchmarks.md, Recovery)."""
-
-
-class DemoError(RuntimeError):
-    """The demo cannot run (a part is missing) or did not finish."""
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -61,7 +60,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--timeout", type=float, default=None, help="give up after this many seconds (default 280)"
     )
-    p.add_argument("--nodes", type=int, default=4, help="nodes at start, one GPU slot each")
+    p.add_argument("--nodes", type=int, default=4, help="nodes at start, one GPU slot per rank of a pod")
+    p.add_argument("--nproc-per-pod", type=int, default=1, help="ranks per pod (spec.nprocPerPod)")
+    p.add_argument(
+        "--fault",
+        choices=("kill", "freeze"),
+        default="kill",
+        help="at 1/3: kill a node (SIGKILL, peers see a reset) or freeze it (SIGSTOP: silent, no reset); "
+        "at 2/3: add a node, or (at 1/2) thaw the frozen one",
+    )
+    p.add_argument(
+        "--local-tier",
+        action="store_true",
+        help=f"add the node-local tier (hostPath {LOCAL_TIER}; a pod's ranks share it)",
+    )
+    p.add_argument(
+        "--node-grace",
+        type=float,
+        default=None,
+        help=f"seconds without a heartbeat before a node turns NotReady (default {NODE_GRACE_S:g}; "
+        "real clusters: 40): longer keeps a frozen node's pod until its thaw",
+    )
     p.add_argument(
         "--checkpoint-every",
         type=int,
@@ -86,107 +105,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="the pod agents serve /metrics on <pod IP>:<this port> (default 0: a free port)",
     )
     return p.parse_args(argv)
-
-
-def check_parts() -> None:
-    """Fail with what is missing, before starting anything."""
-    missing = []
-    for module, part in (
-        ("localcluster", "localcluster (issue 4)"),
-        ("elastra_operator.handlers", "the operator (issue 5)"),
-    ):
-        try:
-            __import__(module)
-        except Exception as exc:  # a missing or broken part: say which, start nothing
-            missing.append(f"{part}: cannot import {module} ({type(exc).__name__}: {exc})")
-    if not sorted(CRDS.glob("*.yaml")):
-        missing.append(f"the CRDs: no {CRDS}/*.yaml (run `make crds`)")
-    for path in (JOB_YAML, TRAIN):
-        if not path.exists():
-            missing.append(f"the example: {path} is missing")
-    if missing:
-        raise DemoError("the demo cannot run, missing:\n  - " + "\n  - ".join(missing))
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    from elastra.agent.workers import _die_with_agent
-
-    _die_with_agent()
-
-
-@contextlib.contextmanager
-def operator_process(
-    kubeconfig: str, log_path: pathlib.Path, env: dict[str, str], metrics_port: int = 0
-) -> Iterator[subprocess.Popen[bytes]]:
-    """The operator as a subprocess, stopped (SIGTERM, then SIGKILL) on the way out.
-
-    It serves /metrics on `metrics_port` (0: not at all)."""
-    log = open(log_path, "ab")  # noqa: SIM115 - closed below
-    cmd = [
-        sys.executable,
-        "-m",
-        "elastra.cli",
-        "operator",
-        "--kubeconfig",
-        kubeconfig,
-        "--standalone",
-        "--metrics-port",
-        str(metrics_port),
-    ]
-    proc = subprocess.Popen(
-        cmd,
-        stdout=log,
-        stderr=log,
-        env=env,
-        start_new_session=True,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
-
-
-NODE_HEARTBEAT_S, NODE_GRACE_S = 1.0, 4.0
-"""localcluster node leases: a killed node turns NotReady after 4 s (real clusters: 40 s)."""
-
-
-def job_manifest(
-    steps: int,
-    s3_endpoint: str,
-    step_sleep: float,
-    metrics_port: int,
-    *,
-    cold_start: bool = False,
-    checkpoint_every: int | None = None,
-) -> dict[str, Any]:
-    """The example TrainingJob, pointed at the local S3 endpoint and this machine's Python.
-
-    The agents serve /metrics on `metrics_port` (pod IPs of side-by-side localclusters repeat)."""
-    job = copy.deepcopy(yaml.safe_load(JOB_YAML.read_text()))
-    job["spec"]["checkpoint"]["s3"]["endpoint"] = s3_endpoint
-    if checkpoint_every:
-        job["spec"]["checkpoint"]["everySteps"] = checkpoint_every
-    container = job["spec"]["template"]["spec"]["containers"][0]
-    command = [sys.executable if part == "python" else part for part in container["command"]]
-    command = [str(TRAIN) if part == "examples/gpt_tiny/train.py" else part for part in command]
-    if "--steps" in command:
-        command[command.index("--steps") + 1] = str(steps)
-    command += ["--step-sleep", str(step_sleep)]
-    container["command"] = command
-    container["env"] = [
-        *container.get("env", []),
-        {"name": "ELASTRA_METRICS_PORT", "value": str(metrics_port)},
-        *([{"name": "ELASTRA_ZYGOTE", "value": "0"}] if cold_start else []),
-    ]
-    return dict(job)
 
 
 def _free_port() -> int:
@@ -242,6 +160,8 @@ class Demo:
             self.metrics_port,
             cold_start=self.args.cold_start,
             checkpoint_every=self.args.checkpoint_every,
+            nproc_per_pod=self.args.nproc_per_pod,
+            local_tier=self.args.local_tier,
         )
         s3.create_bucket(Bucket=job["spec"]["checkpoint"]["s3"]["bucket"])
         self.core.create_namespaced_secret(
@@ -366,14 +286,23 @@ class Demo:
         if not nodes:
             return
         node = nodes[-1]
-        self._say(f"killing {node} at step {membership_step}")
+        fault = self.args.fault
+        self._say(f"{'killing' if fault == 'kill' else 'freezing'} {node} at step {membership_step}")
         wall = time.time()
-        lc.kill_node(node)
+        (lc.kill_node if fault == "kill" else lc.freeze_node)(node)
         self.observed.events.append(
-            Event(t=time.monotonic() - self.t0, kind="kill", node=node, step=membership_step, wall=wall)
+            Event(t=time.monotonic() - self.t0, kind=fault, node=node, step=membership_step, wall=wall)
         )
 
     def _add_a_node(self, lc: Any, step: int | None) -> None:
+        frozen = next((e.node for e in self.observed.events if e.kind == "freeze"), None)
+        if frozen is not None:  # its pod's agent wakes, finds itself left out, stops its stale workers
+            lc.thaw_node(frozen)
+            self._say(f"thawed {frozen} at step {step}")
+            self.observed.events.append(
+                Event(t=time.monotonic() - self.t0, kind="thaw", node=frozen, step=step, wall=time.time())
+            )
+            return
         node = lc.add_node()
         self._say(f"added {node} at step {step}")
         self.observed.events.append(
@@ -394,11 +323,11 @@ class Demo:
         with LocalCluster(
             workdir=workdir,
             nodes=self.args.nodes,
-            gpus_per_node=1,
+            gpus_per_node=self.args.nproc_per_pod,
             s3=True,
             container_cwd=str(REPO),
             heartbeat_interval_s=NODE_HEARTBEAT_S,
-            node_grace_s=NODE_GRACE_S,
+            node_grace_s=self.args.node_grace or NODE_GRACE_S,
         ) as lc:
             self._say(
                 f"localcluster up: {self.args.nodes} nodes, S3 at {lc.s3_url}; kubeconfig {lc.kubeconfig}"
@@ -435,14 +364,15 @@ class Demo:
             if sample.phase in ("Succeeded", "Failed"):
                 return sample.phase
             step = sample.step or 0
-            if not killed and sample.world >= 2 and step >= self.steps // 3:
+            if not killed and sample.world >= 2 * self.args.nproc_per_pod and step >= self.steps // 3:
                 self._kill_a_worker_node(lc, step)
                 killed, shrunk_world = True, None
             elif killed and shrunk_world is None and sample.phase == "Running" and sample.world > 0:
                 last_kill_world = max((s.world for s in self.observed.samples), default=0)
                 if sample.world < last_kill_world:
                     shrunk_world = sample.world
-            if killed and not added and shrunk_world is not None and step >= 2 * self.steps // 3:
+            back_at = self.steps // 2 if self.args.fault == "freeze" else 2 * self.steps // 3
+            if killed and not added and shrunk_world is not None and step >= back_at:
                 self._add_a_node(lc, step)
                 added = True
             time.sleep(POLL_S)

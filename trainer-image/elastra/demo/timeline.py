@@ -69,12 +69,15 @@ def _last_of_each(lines: Sequence[Line], after: float, pattern: str) -> float | 
 
 
 def milestones(kind: str, at: float, lines: Sequence[Line]) -> list[Milestone]:
-    """The milestones of the rescale a demo `kind` event (`kill`, `add`) at `at` caused. Pure."""
+    """The milestones of the rescale a demo `kind` event (`kill`, `freeze`: a loss; `add`, `thaw`: a
+    grow) at `at` caused. Pure."""
     steps: list[Milestone] = [Milestone("disruption (demo)", at)]
     op = [x for x in lines if x.source == "operator"]
+    loss = kind in ("kill", "freeze")
     if kind == "kill":
         failed = _first([x for x in lines if x.source != "operator"], at, r"Running -> Failed")
         steps.append(Milestone("first agent reports Failed (PeerLost)", failed))
+    if loss:  # a frozen node says nothing: the operator notices its agent's silence (or its node)
         steps.append(Milestone("operator counts the failure", _first(op, at, r"event Failure on")))
     else:
         steps.append(Milestone("operator creates the new pod", _first(op, at, r"created Pod")))
@@ -121,7 +124,7 @@ def milestones(kind: str, at: float, lines: Sequence[Line]) -> list[Milestone]:
             _last_of_each(lines, written, rf"generation {generation}: Restoring -> Running"),
         )
     )
-    if kind == "kill":
+    if loss:
         steps.append(Milestone("operator: Recovered", _first(op, written, r"event Recovered")))
     return steps
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from elastra.control import EXIT_PEER_LOST, EXIT_PEER_STOPPED
 from elastra.session.config import ConfigError, SessionConfig, from_env, save_due
-from elastra.session.session import RngState, Session, Stateful, init
+from elastra.session.rng import RngState
+from elastra.session.session import Session, Stateful, init
 
 __all__ = [
     "EXIT_PEER_LOST",

@@ -80,16 +80,6 @@ class Stateful(Protocol):
     def load_state_dict(self, state: Any) -> Any: ...
 
 
-class RngState:
-    """The torch CPU generator as state (replicated: every rank continues from rank 0's state)."""
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"torch_cpu": torch.get_rng_state()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        torch.set_rng_state(state["torch_cpu"].to(torch.uint8))
-
-
 PEER_FAILURE_MARKERS = (
     "gloo/transport",
     "Connection closed by peer",
@@ -381,9 +371,9 @@ class Session:
             flags = flags.to(self.device)
         try:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            flags = flags.cpu()  # NCCL is asynchronous: its error (blocking wait) surfaces at this sync
         except Exception as exc:  # gloo/nccl raise several types when a peer is gone
             self._peer_lost(exc)
-        flags = flags.cpu()
         return float(flags[0]) / 1000.0, bool(flags[1] > 0), bool(flags[2] > 0)
 
     def _peer_lost(self, exc: BaseException) -> None:

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from localcluster import admission, resources
+from localcluster import admission, names, resources
 from localcluster.errors import ApiError, already_exists, conflict, not_found
 from localcluster.resources import ResourceType
 from localcluster.selectors import Requirement, fields_match, labels_match
@@ -51,6 +51,9 @@ class Store:
         self.events = WatchLog(history_per_resource=history_per_resource)
         """The watch event log: history, compaction, watchers."""
         self.listeners: list[Callable[[StorageKey, WatchEvent], None]] = []
+        self.create_hooks: list[Callable[[ResourceType, dict[str, Any]], dict[str, Any]]] = []
+        """Admission plugins run on every create before the built-in admission (e.g. the
+        ServiceAccount plugin of `localcluster.serviceaccounts`); each returns the object or raises."""
         self._dependents: dict[str, set[tuple[StorageKey, ObjectKey]]] = collections.defaultdict(set)
         self._rule_warnings = admission.RuleWarnings()
         for rt in resources.BUILTIN_TYPES:
@@ -134,6 +137,7 @@ class Store:
             suffix = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(5))
             meta["name"] = meta["generateName"] + suffix
         name = meta["name"]
+        names.check_name(rt, name)
         if (namespace, name) in self.objects[rt.storage_key]:
             raise already_exists(rt.group, rt.plural, name)
         obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
@@ -279,6 +283,11 @@ class Store:
 
     def _prepare(self, rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
         """Admission (`localcluster.admission`); a CRD also (re)registers the types it serves."""
+        if rt.kind == "Pod":
+            names.check_pod_paths(rt, obj)
+        if old is None:
+            for hook in self.create_hooks:
+                obj = hook(rt, obj)
         obj = admission.admit(rt, obj, old, validation_rules=self.validation_rules)
         if rt.kind == "CustomResourceDefinition":
             served = admission.crd_types(obj)

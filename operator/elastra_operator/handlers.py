@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
-import kubernetes
 from pydantic import ValidationError
 
+from elastra import kubeclient
 from elastra.api import GROUP, VERSION
 from elastra.api import checkpoint as ckpt_api
 from elastra.api import trainingjob as tj_api
@@ -62,12 +62,7 @@ class _State:
 
 def setup(kubeconfig: str | None, metrics: OperatorMetrics) -> None:
     """Connect the `kube` layer (kubeconfig, else $KUBECONFIG, else in-cluster) and pick the metrics."""
-    if kubeconfig or os.environ.get("KUBECONFIG") or not os.environ.get("KUBERNETES_SERVICE_HOST"):
-        client = kubernetes.config.new_client_from_config(config_file=kubeconfig)
-    else:
-        kubernetes.config.load_incluster_config()
-        client = kubernetes.client.ApiClient()
-    _State.kube = Kube(client)
+    _State.kube = Kube(kubeclient.api_client(kubeconfig))
     _State.metrics = metrics
 
 
@@ -75,6 +70,22 @@ def _kube() -> Kube:
     if _State.kube is None:
         raise RuntimeError("elastra_operator.handlers.setup() was not called")
     return _State.kube
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Kopf's credentials: the kubeconfig when one is named, else the pod's ServiceAccount read the
+    same way as the `kube` layer's (`elastra.kubeclient`)."""
+    if os.environ.get("KUBECONFIG") or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return kopf.login_via_client(**kwargs)
+    settings = kubeclient.in_cluster()
+    return kopf.ConnectionInfo(
+        server=settings.server,
+        ca_path=str(settings.ca_path) if settings.ca_path else None,
+        scheme="Bearer",
+        token=settings.token(),
+        default_namespace=settings.namespace,
+    )
 
 
 @kopf.on.startup()

@@ -39,6 +39,7 @@ from elastra.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 from .reconcile import manifests
 from .reconcile.actions import (
     Action,
+    ApplyObject,
     CreateObject,
     DeleteCheckpoint,
     DeleteJob,
@@ -206,8 +207,10 @@ class Kube:
     """Reads and writes through one kubernetes ApiClient (synchronous; Kopf runs it in a thread)."""
 
     def __init__(self, client: kubernetes.client.ApiClient) -> None:
+        self.api = client
         self.core = kubernetes.client.CoreV1Api(client)
         self.custom = kubernetes.client.CustomObjectsApi(client)
+        self.rbac = kubernetes.client.RbacAuthorizationV1Api(client)
 
     # ------------------------------------------------------------------ reads
     def _raw(self, call: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -295,6 +298,8 @@ class Kube:
             match action:
                 case CreateObject(manifest=manifest):
                     self._create(job.namespace, manifest)
+                case ApplyObject(manifest=manifest):
+                    self._apply(job.namespace, manifest)
                 case WriteMembership():
                     self._write_membership(job, action)
                 case DeletePod(name=name, reason=reason, force=force):
@@ -343,6 +348,12 @@ class Kube:
                 self.core.create_namespaced_pod(namespace, manifest)
             elif kind == "Service":
                 self.core.create_namespaced_service(namespace, manifest)
+            elif kind == "ServiceAccount":
+                self.core.create_namespaced_service_account(namespace, manifest)
+            elif kind == "Role":
+                self.rbac.create_namespaced_role(namespace, manifest)
+            elif kind == "RoleBinding":
+                self.rbac.create_namespaced_role_binding(namespace, manifest)
             else:
                 plural = {ckpt_api.KIND: ckpt_api.PLURAL}[kind]
                 self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, manifest)
@@ -351,6 +362,22 @@ class Kube:
                 raise
             return
         log.info("created %s %s/%s", kind, namespace, manifest["metadata"]["name"])
+
+    def _apply(self, namespace: str, manifest: dict[str, Any]) -> None:
+        """Create the job's Role, or bring an existing one's rules up to date."""
+        assert manifest["kind"] == "Role"
+        name = manifest["metadata"]["name"]
+        try:
+            current = self.rbac.read_namespaced_role(name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            self._create(namespace, manifest)
+            return
+        rules = self.api.sanitize_for_serialization(current.rules or [])
+        if rules != manifest["rules"]:
+            self.rbac.patch_namespaced_role(name, namespace, {"rules": manifest["rules"]})
+            log.info("updated Role %s/%s", namespace, name)
 
     def _ignore_404(self, call: Any, *args: Any, **kwargs: Any) -> None:
         try:

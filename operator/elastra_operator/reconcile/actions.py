@@ -18,6 +18,13 @@ class CreateObject:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ApplyObject:
+    """Create an object, or replace an existing one whose content differs (the job's Role)."""
+
+    manifest: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DeletePod:
     """Delete a pod; `force` for pods on a lost node (grace period 0)."""
 
@@ -77,5 +84,13 @@ class Observe:
 
 
 Action = (
-    CreateObject | DeletePod | DeleteCheckpoint | WriteMembership | PatchStatus | DeleteJob | Event | Observe
+    CreateObject
+    | ApplyObject
+    | DeletePod
+    | DeleteCheckpoint
+    | WriteMembership
+    | PatchStatus
+    | DeleteJob
+    | Event
+    | Observe
 )

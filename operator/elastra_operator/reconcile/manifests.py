@@ -10,7 +10,8 @@ from typing import Any
 from elastra.api import API_VERSION
 from elastra.api import checkpoint as ckpt_api
 from elastra.api import trainingjob as tj_api
-from elastra.api.membership import JOB_LABEL, ROLE_LABEL, CommitReport
+from elastra.api.membership import JOB_LABEL, ROLE_LABEL, CommitReport, membership_configmap_name
+from elastra.api.pod import SERVICEACCOUNT_DIR, SERVICEACCOUNT_DIR_ENV
 
 from .views import JobView, NodeView
 
@@ -100,6 +101,7 @@ def _env(job: JobView, name: str) -> list[dict[str, Any]]:
         {"name": "POD_NAMESPACE", "value": job.namespace},
         {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": SERVICEACCOUNT_DIR_ENV, "value": SERVICEACCOUNT_DIR},
         {"name": "ELASTRA_CHECKPOINT_URI", "value": ck.root_uri(job.namespace, job.name)},
         {"name": "ELASTRA_NPROC_PER_POD", "value": str(spec.nproc_per_pod)},
         {"name": "ELASTRA_CHECKPOINT_KEEP", "value": str(ck.keep)},
@@ -130,6 +132,10 @@ def worker_pod(job: JobView, index: int) -> dict[str, Any]:
     meta = template.get("metadata", {}) or {}
     pod_spec: dict[str, Any] = template.get("spec", {}) or {}
     pod_spec["restartPolicy"] = "Never"  # the agent restarts workers in place; a dead pod is a failure
+    # The job's own identity, unless the template names one (e.g. for cloud IAM): that account then
+    # needs what the job's Role grants (`worker_identity`).
+    pod_spec.setdefault("serviceAccountName", worker_service_account(job.name))
+    pod_spec.pop("automountServiceAccountToken", None)  # the agent reports through the token
     pod_spec["hostname"] = name
     pod_spec["subdomain"] = job.name
     pod_spec.setdefault(
@@ -169,6 +175,61 @@ def worker_pod(job: JobView, index: int) -> dict[str, Any]:
         },
         "spec": pod_spec,
     }
+
+
+def worker_service_account(job: str) -> str:
+    """The ServiceAccount (and Role, RoleBinding) every worker pod of `job` runs as."""
+    return f"{job}-worker"
+
+
+def identity_names(job: str, highest_index: int, replicas_max: int) -> list[str]:
+    """The pod names the job's Role covers: every index up to the highest in use, and at least twice
+    `replicas.max` (a failed member's index stays taken for a generation), so it rarely changes."""
+    top = max(highest_index + 1, 2 * replicas_max + 2)
+    return [pod_name(job, i) for i in range(top)]
+
+
+def worker_identity(job: JobView, pod_names: list[str]) -> list[dict[str, Any]]:
+    """The ServiceAccount, Role and RoleBinding of the job's worker pods. The Role reaches only this
+    job's objects: get and patch its own worker pods (the agent's reports are annotations on them) and
+    read its membership record. Nothing else: no other job's pods, no Secrets."""
+    name = worker_service_account(job.name)
+    meta = {
+        "name": name,
+        "namespace": job.namespace,
+        "labels": labels(job, "identity"),
+        "ownerReferences": [owner_reference(job)],
+    }
+    rbac = "rbac.authorization.k8s.io/v1"
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": copy.deepcopy(meta)},
+        {
+            "apiVersion": rbac,
+            "kind": "Role",
+            "metadata": copy.deepcopy(meta),
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods"],
+                    "resourceNames": pod_names,
+                    "verbs": ["get", "patch"],
+                },
+                {
+                    "apiGroups": [""],
+                    "resources": ["configmaps"],
+                    "resourceNames": [membership_configmap_name(job.name)],
+                    "verbs": ["get", "list", "watch"],
+                },
+            ],
+        },
+        {
+            "apiVersion": rbac,
+            "kind": "RoleBinding",
+            "metadata": copy.deepcopy(meta),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": job.namespace}],
+        },
+    ]
 
 
 def headless_service(job: JobView) -> dict[str, Any]:

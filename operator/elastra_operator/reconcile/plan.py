@@ -21,6 +21,7 @@ from elastra.api.trainingjob import Phase, TrainingJobStatus
 from . import commits, failures, manifests
 from .actions import (
     Action,
+    ApplyObject,
     CreateObject,
     DeletePod,
     Event,
@@ -150,11 +151,20 @@ class _Pass:
         taken = {manifests.pod_index(self.job.name, name) for name in names}
         index = 0
         self.creating = max(want, 0)
+        pods: list[Action] = []
         for _ in range(self.creating):
             while index in taken:
                 index += 1
-            self.creates.append(CreateObject(manifest=manifests.worker_pod(self.job, index)))
+            pods.append(CreateObject(manifest=manifests.worker_pod(self.job, index)))
             taken.add(index)
+        if pods or self.job.membership is None:
+            # The identity first: a pod naming a missing ServiceAccount is refused.
+            highest = max((i for i in taken if i is not None), default=0)
+            names = manifests.identity_names(self.job.name, highest, self.spec.replicas.max)
+            account, role, binding = manifests.worker_identity(self.job, names)
+            self.creates += [CreateObject(manifest=account), ApplyObject(manifest=role)]
+            self.creates.append(CreateObject(manifest=binding))
+        self.creates.extend(pods)
         if len(self.keep) + self.creating < self.spec.replicas.min:
             self.conditions = set_condition(
                 self.conditions,

@@ -39,6 +39,7 @@ from elastra.api.membership import (
 from . import storage
 from .kube import Conflict, Kube, checkpoint_view, job_view
 from .metrics import OperatorMetrics
+from .reconcile import trust
 from .reconcile.actions import Event, PatchStatus
 from .reconcile.checks import deletion_refusal, teardown
 from .reconcile.facts import PEER_LOST, PEER_QUIET_SECONDS
@@ -49,6 +50,8 @@ from .reconcile.status import status_body
 RESYNC_SECONDS = float(os.environ.get("ELASTRA_RESYNC_SECONDS", "2"))
 """How often each TrainingJob is re-planned."""
 PROTECTED_RETRY_SECONDS = 10.0
+REASON_STORAGE_KEPT = "StorageKept"
+"""Event: a finalizer left the data alone (not the job's own path, a link, no credentials)."""
 
 log = logging.getLogger("elastra.operator")
 
@@ -224,7 +227,7 @@ def _one_pass(namespace: str, name: str) -> None:
 
 
 @kopf.on.delete(GROUP, VERSION, tj_api.PLURAL, backoff=5)
-def delete_job(*, namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> None:
+def delete_job(*, namespace: str | None, name: str, uid: str | None, spec: kopf.Spec, **_: Any) -> None:
     """Finalizer: stop the workers, then delete every checkpoint under the job's root — including commits
     made while it was going away, which no Checkpoint object covers."""
     assert namespace is not None
@@ -244,8 +247,25 @@ def delete_job(*, namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -
     credentials = None
     if s3 is not None and s3.credentials_secret and kube.secret_exists(namespace, s3.credentials_secret):
         credentials = kube.s3_credentials(namespace, s3.credentials_secret)
+    directory = parsed.checkpoint.directory
+    root = parsed.checkpoint.root_uri(namespace, name)
     try:
-        done = storage.delete_job_storage(parsed.checkpoint.root_uri(namespace, name), access, credentials)
+        done = storage.delete_job_storage(
+            root, access, credentials, base=directory.path if directory is not None else None
+        )
+    except storage.StorageKept as exc:
+        involved = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": tj_api.KIND,
+            "name": name,
+            "namespace": namespace,
+            "uid": uid or "",
+        }
+        kube.post_event(
+            namespace, involved, Event(reason=REASON_STORAGE_KEPT, message=str(exc), warning=True)
+        )
+        log.warning("job %s/%s deleted, storage kept: %s", namespace, name, exc)
+        return
     except storage.StorageError as exc:
         raise kopf.TemporaryError(str(exc), delay=15) from exc
     log.info("job %s/%s deleted: %s", namespace, name, done)
@@ -284,10 +304,35 @@ def delete_checkpoint_storage(*, namespace: str | None, name: str, body: kopf.Bo
             namespace, involved, Event(reason="CheckpointProtected", message=refusal, warning=True)
         )
         raise kopf.TemporaryError(refusal, delay=PROTECTED_RETRY_SECONDS)
+    if job is None or job.spec is None:
+        # The job is gone (its own finalizer deleted its whole root) or unreadable: nothing to derive
+        # the path from, so nothing is deleted.
+        why = f"job {spec.job} is gone or invalid: storage left to the job's own deletion"
+        kube.post_event(namespace, involved, Event(reason=REASON_STORAGE_KEPT, message=why))
+        return
     secret = spec.storage.credentials_secret if spec.storage is not None else None
-    credentials = kube.s3_credentials(namespace, secret) if secret else None
+    credentials = None
+    if secret and kube.secret_exists(namespace, secret):
+        credentials = kube.s3_credentials(namespace, secret)
+    directory = job.spec.checkpoint.directory
     try:
-        done = storage.delete_checkpoint(spec, credentials)
+        done = storage.delete_checkpoint(
+            spec,
+            credentials,
+            expected=trust.expected_commit_uri(job, spec.step),
+            base=directory.path if directory is not None else None,
+        )
+    except storage.StorageKept as exc:
+        kube.post_event(
+            namespace, involved, Event(reason=REASON_STORAGE_KEPT, message=str(exc), warning=True)
+        )
+        kube.post_event(
+            namespace,
+            kube.involved(job),
+            Event(reason=REASON_STORAGE_KEPT, message=f"{name}: {exc}", warning=True),
+        )
+        log.warning("checkpoint %s/%s: storage kept: %s", namespace, name, exc)
+        return
     except storage.StorageError as exc:
         kube.patch_checkpoint_status(namespace, name, "Deleting", str(exc))
         kube.post_event(

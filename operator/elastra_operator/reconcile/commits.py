@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from elastra.api.checkpoint import checkpoint_name
 
-from . import manifests
+from . import manifests, trust
 from .actions import Action, CreateObject, DeleteCheckpoint, Event, Observe
 from .views import CheckpointView, JobView, PodView
 
@@ -35,6 +35,11 @@ def record(job: JobView, pods: Sequence[PodView], known: Sequence[CheckpointView
     for pod in pods:
         commit = pod.commit
         if commit is None or checkpoint_name(job.name, commit.step) in names:
+            continue
+        problem = trust.commit_problem(job, pod, commit)
+        if problem is not None:
+            message = f"{pod.name}: commit of step {commit.step} ignored: {problem}"
+            events.append(Event(reason=trust.Reason.COMMIT_REJECTED, message=message, warning=True))
             continue
         try:
             manifest = manifests.checkpoint_object(job, commit)

@@ -1,0 +1,76 @@
+"""A pod speaks only for its own job: commit reports that fail a check are not adopted (no Checkpoint,
+hence no finalizer that could delete storage elsewhere) and leave a CommitRejected Event."""
+
+from __future__ import annotations
+
+import pytest
+from test_operator_support import commit, job, membership, pod
+
+from elastra.api.membership import CommitReport
+from elastra_operator.reconcile import commits
+from elastra_operator.reconcile.actions import CreateObject, Event
+
+
+def _with(step: int, **over: object) -> CommitReport:
+    return commit(step).model_copy(update=over)
+
+
+MEMBERS = ["tj-w-0", "tj-w-1"]
+
+
+@pytest.mark.parametrize(
+    ("m", "on_pod", "report", "problem"),
+    [
+        pytest.param(membership(1, MEMBERS), 0, commit(60), None, id="own-root-rank0-current-generation"),
+        pytest.param(
+            membership(1, MEMBERS),
+            0,
+            _with(7, uri="/other/prod/step-7"),
+            "is not the job's own",
+            id="outside-root",
+        ),
+        pytest.param(
+            membership(1, MEMBERS),
+            0,
+            _with(60, uri="/ck/ns/tj/../other/step-60"),
+            "is not the job's own",
+            id="dotdot",
+        ),
+        pytest.param(
+            membership(1, MEMBERS),
+            0,
+            _with(60, uri="/ck/ns/tj/step-61"),
+            "is not the job's own",
+            id="step-mismatch",
+        ),
+        pytest.param(
+            membership(1, MEMBERS),
+            0,
+            _with(60, uri="/ck/ns/tj2/step-60"),
+            "is not the job's own",
+            id="sibling-job-root",
+        ),
+        pytest.param(membership(1, MEMBERS), 1, commit(60), "only the pod of global rank 0", id="not-rank0"),
+        pytest.param(
+            membership(2, MEMBERS), 0, commit(60), "not the current generation", id="stale-generation"
+        ),
+        pytest.param(
+            membership(1, MEMBERS, restore=50),
+            0,
+            commit(40),
+            "before the generation's restore step",
+            id="before-restore",
+        ),
+        pytest.param(None, 0, commit(60), "no generation is running", id="no-generation"),
+    ],
+)
+def test_commit_checks(m: object, on_pod: int, report: CommitReport, problem: str | None) -> None:
+    the_job = job(m=m)
+    found = commits.record(the_job, [pod(on_pod, commit=report)], [])
+    created = [a.manifest["spec"]["uri"] for a in found.creates if isinstance(a, CreateObject)]
+    rejected = [a.message for a in found.events if isinstance(a, Event) and a.reason == "CommitRejected"]
+    if problem is None:
+        assert created == [report.uri] and not rejected
+    else:
+        assert created == [] and len(rejected) == 1 and problem in rejected[0]
+        assert all(c.uri != report.uri for c in found.checkpoints)

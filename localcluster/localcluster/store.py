@@ -240,7 +240,8 @@ class Store:
         if propagation == "Orphan" and "orphan" not in finalizers and self._dependents.get(meta["uid"]):
             finalizers.append("orphan")
         grace = self._grace(rt, old, grace_seconds)
-        if not finalizers and grace == 0:
+        # A namespace is held by its spec.finalizers (`kubernetes`) until its objects are gone.
+        if not finalizers and grace == 0 and rt.kind != "Namespace":
             return self._remove(rt, old)
         if meta.get("deletionTimestamp") and (grace != 0 or finalizers):
             current = meta.get("deletionGracePeriodSeconds")
@@ -437,8 +438,9 @@ class Store:
             rt = self._type_for(skey)
             if rt is None or not rt.namespaced:
                 continue
-            for (ns, name), obj in list(objs.items()):
-                if ns != namespace:
+            for ns, name in list(objs):
+                obj = objs.get((ns, name))  # a deletion above may have removed it already
+                if ns != namespace or obj is None:
                     continue
                 remaining = True
                 if not obj["metadata"].get("deletionTimestamp"):

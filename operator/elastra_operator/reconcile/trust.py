@@ -31,6 +31,9 @@ def expected_commit_uri(job: JobView, step: int) -> str:
 
 def commit_problem(job: JobView, pod: PodView, commit: CommitReport) -> str | None:
     """Why the commit report on `pod` must not be adopted, or None when it may. Pure."""
+    expected = expected_commit_uri(job, commit.step)
+    if commit.uri.rstrip("/") != expected:
+        return f"uri {commit.uri!r} is not the job's own {expected!r}"
     m = job.membership
     if m is None or not m.members:
         return "no generation is running"
@@ -41,7 +44,4 @@ def commit_problem(job: JobView, pod: PodView, commit: CommitReport) -> str | No
         return f"generation {commit.generation} is not the current generation {m.generation}"
     if m.restore is not None and commit.step < m.restore.step:
         return f"step {commit.step} is before the generation's restore step {m.restore.step}"
-    expected = expected_commit_uri(job, commit.step)
-    if commit.uri.rstrip("/") != expected:
-        return f"uri {commit.uri!r} is not the job's own {expected!r}"
     return None

@@ -242,6 +242,15 @@ def case_pods_get_the_default_service_account(ctx: Any) -> None:
     ctx.core.delete_namespaced_pod(name, ctx.namespace, grace_period_seconds=0)
 
 
+def case_secret_string_data_is_merged_into_data(ctx: Any) -> None:
+    # What the operator's finalizer reads (`data`), whatever the writer used (`stringData`).
+    name = ctx.name("sec")
+    body = {"metadata": {"name": name}, "data": {"a": "YQ=="}, "stringData": {"b": "bee"}}
+    ctx.core.create_namespaced_secret(ctx.namespace, body)
+    stored = ctx.core.read_namespaced_secret(name, ctx.namespace)
+    assert stored.data == {"a": "YQ==", "b": "YmVl"} and not stored.string_data
+
+
 CASES = [
     pytest.param(case_service_account_without_roles_is_forbidden, id="sa-without-roles-403"),
     pytest.param(case_bad_token_is_401, id="bad-token-401"),
@@ -252,6 +261,7 @@ CASES = [
     pytest.param(case_cluster_roles, id="cluster-roles"),
     pytest.param(case_deleted_service_account_token_stops_working, id="deleted-sa-401"),
     pytest.param(case_pods_get_the_default_service_account, id="pod-default-sa"),
+    pytest.param(case_secret_string_data_is_merged_into_data, id="secret-stringdata-merged"),
 ]
 
 

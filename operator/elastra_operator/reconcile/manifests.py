@@ -123,6 +123,14 @@ def _env(job: JobView, name: str) -> list[dict[str, Any]]:
     return env
 
 
+def local_host_path(job: JobView) -> str:
+    """The node folder of the job's local tier: `<local.path>/<namespace>/<job>-<uid>`. Pods see it at
+    `local.path` and nothing beside it, so one job's retention can never touch another's steps (a job
+    recreated under the same name gets a new uid, hence a new folder)."""
+    assert job.spec is not None and job.spec.checkpoint.local is not None
+    return f"{job.spec.checkpoint.local.path.rstrip('/')}/{job.namespace}/{job.name}-{job.uid}"
+
+
 def worker_pod(job: JobView, index: int) -> dict[str, Any]:
     """The pod for worker `index`: the user's template plus identity, anti-affinity and tiers."""
     spec = job.spec
@@ -157,7 +165,8 @@ def worker_pod(job: JobView, index: int) -> dict[str, Any]:
     local = spec.checkpoint.local
     if local is not None:
         volumes = pod_spec.setdefault("volumes", [])
-        volumes.append({"name": LOCAL_VOLUME, "hostPath": {"path": local.path, "type": "DirectoryOrCreate"}})
+        host = {"path": local_host_path(job), "type": "DirectoryOrCreate"}
+        volumes.append({"name": LOCAL_VOLUME, "hostPath": host})
     for container in pod_spec.get("containers", []):
         container["env"] = [*container.get("env", []), *env]
         if local is not None:

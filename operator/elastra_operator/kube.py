@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -49,6 +50,7 @@ from .reconcile.actions import (
     PatchStatus,
     WriteMembership,
 )
+from .reconcile.status import CREATE_FAILED
 from .reconcile.views import RECORD_KEY, CheckpointView, JobView, NodeView, OperatorRecord, PodView
 
 log = logging.getLogger("elastra.operator.kube")
@@ -56,6 +58,59 @@ COMPONENT = "elastra-operator"
 
 
 _R = TypeVar("_R", AgentReport, CommitReport)
+
+
+CREATE_BACKOFF_MAX_S = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class CreateFailure:
+    """A create the API refused (anything but 409), and when to try again."""
+
+    message: str
+    """Kind, name and the API's message."""
+    attempts: int
+    """Failed passes in a row."""
+    retry_at: float
+    """time.monotonic() before which no create is tried for the job."""
+
+
+def api_message(exc: ApiException) -> str:
+    """The Status message of an API error (its reason and code when the body has none)."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except ValueError:
+        body = {}
+    message = body.get("message") if isinstance(body, dict) else None
+    return f"{exc.status} {exc.reason}: {message}" if message else f"{exc.status} {exc.reason}"
+
+
+class _Creates:
+    """The creates of one pass: skipped while the job backs off after a failed create; the first
+    failure stops the others (later ones depend on earlier ones: a pod on its ServiceAccount)."""
+
+    def __init__(self, kube: Kube, job: JobView) -> None:
+        self.kube, self.job = kube, job
+        failure = kube.create_failures.get((job.namespace, job.name))
+        self.open = failure is None or time.monotonic() >= failure.retry_at
+        self.all_made = True
+
+    def run(self, action: CreateObject | ApplyObject) -> None:
+        if not self.open:
+            self.all_made = False
+            return
+        try:
+            if isinstance(action, ApplyObject):
+                self.kube._apply(self.job.namespace, action.manifest)
+            else:
+                self.kube._create(self.job.namespace, action.manifest)
+        except ApiException as exc:
+            self.open = self.all_made = False
+            self.kube._create_failed(self.job, action.manifest, exc)
+
+    def done(self) -> None:
+        if self.all_made:
+            self.kube.create_failures.pop((self.job.namespace, self.job.name), None)
 
 
 class Conflict(RuntimeError):
@@ -152,6 +207,7 @@ def job_view(
     *,
     restore_from: CheckpointView | None = None,
     missing_secret: str | None = None,
+    create_failure: str | None = None,
 ) -> JobView:
     """Pure: a TrainingJob and its membership ConfigMap → JobView."""
     meta = raw["metadata"]
@@ -190,6 +246,7 @@ def job_view(
         membership_version=version,
         restore_from=restore_from,
         missing_secret=missing_secret,
+        create_failure=create_failure,
     )
 
 
@@ -211,6 +268,8 @@ class Kube:
         self.core = kubernetes.client.CoreV1Api(client)
         self.custom = kubernetes.client.CustomObjectsApi(client)
         self.rbac = kubernetes.client.RbacAuthorizationV1Api(client)
+        self.create_failures: dict[tuple[str, str], CreateFailure] = {}
+        """Per job: the last failed create, retried with backoff (this process's memory only)."""
 
     # ------------------------------------------------------------------ reads
     def _raw(self, call: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -279,7 +338,14 @@ class Kube:
             restore_from = checkpoint_view(found) if found is not None else None
         secret = (spec.get("s3") or {}).get("credentialsSecret")
         missing = secret if secret and not self.secret_exists(namespace, secret) else None
-        job = job_view(raw, cm, restore_from=restore_from, missing_secret=missing)
+        failure = self.create_failures.get((namespace, name))
+        job = job_view(
+            raw,
+            cm,
+            restore_from=restore_from,
+            missing_secret=missing,
+            create_failure=failure.message if failure is not None else None,
+        )
         return Observed(
             job=job,
             pods=self.worker_pods(namespace, name),
@@ -294,12 +360,11 @@ class Kube:
         Raises `Conflict` when the membership record moved under us: nothing after it is applied.
         """
         observations: list[Observe] = []
+        creates = _Creates(self, job)
         for action in actions:
             match action:
-                case CreateObject(manifest=manifest):
-                    self._create(job.namespace, manifest)
-                case ApplyObject(manifest=manifest):
-                    self._apply(job.namespace, manifest)
+                case CreateObject() | ApplyObject():
+                    creates.run(action)
                 case WriteMembership():
                     self._write_membership(job, action)
                 case DeletePod(name=name, reason=reason, force=force):
@@ -331,7 +396,20 @@ class Kube:
                     self.post_event(job.namespace, self.involved(job), action)
                 case Observe():
                     observations.append(action)
+        creates.done()
         return observations
+
+    def _create_failed(self, job: JobView, manifest: dict[str, Any], exc: ApiException) -> None:
+        """Remember a failed create (backoff 2 s doubling to 5 min) and say why in an Event."""
+        key = (job.namespace, job.name)
+        attempts = (self.create_failures[key].attempts + 1) if key in self.create_failures else 1
+        message = f"{manifest['kind']} {manifest['metadata']['name']}: {api_message(exc)}"
+        delay = min(CREATE_BACKOFF_MAX_S, 2.0**attempts)
+        self.create_failures[key] = CreateFailure(message, attempts, time.monotonic() + delay)
+        log.warning("%s/%s: create failed (retry in %.0fs): %s", *key, delay, message)
+        self.post_event(
+            job.namespace, self.involved(job), Event(reason=CREATE_FAILED, message=message, warning=True)
+        )
 
     def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         # Merge patch: name every field so that ones which became empty are cleared, not kept.

@@ -106,12 +106,26 @@ def _attacks(h: Harness, job: str) -> dict[str, str]:
     return found
 
 
-def test_deleting_a_namespace_with_jobs_and_checkpoints_completes(
+def test_refused_creates_are_reported_and_a_namespace_with_jobs_is_deleted_in_bounded_time(
     make_harness: Callable[[int], Harness],  # noqa: F811
 ) -> None:
     h = make_harness(2)
     h.core.create_namespace({"metadata": {"name": "doomed"}})
     h.create_job("gone", namespace="doomed", replicas=TWO)
+
+    # A pod the API refuses (here: a ServiceAccount that does not exist) is a condition and an Event,
+    # retried with backoff; the pass still writes status.
+    container = {"name": "c", "image": "stub", "command": ["true"]}
+    template = {"spec": {"serviceAccountName": "nobody", "containers": [container]}}
+    h.create_job("refused", replicas={"min": 1, "max": 1}, template=template)
+
+    def create_failed() -> dict[str, str] | None:
+        ready = [c for c in h.status("refused").get("conditions") or [] if c["type"] == "Ready"]
+        return ready[0] if ready and ready[0]["reason"] == "CreateFailed" else None
+
+    ready = h.wait(create_failed, 30, "Ready=False/CreateFailed on the refused job")
+    assert ready["status"] == "False" and 'serviceaccount "nobody" not found' in ready["message"]
+    assert "CreateFailed" in h.events("refused")
     h.wait(
         lambda: h.custom.list_namespaced_custom_object(GROUP, VERSION, "doomed", "checkpoints")["items"],
         60,

@@ -74,3 +74,47 @@ def test_commit_checks(m: object, on_pod: int, report: CommitReport, problem: st
     else:
         assert created == [] and len(rejected) == 1 and problem in rejected[0]
         assert all(c.uri != report.uri for c in found.checkpoints)
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        pytest.param(None, "Starting", id="no-failure"),
+        pytest.param(
+            'Pod tj-w-0: 403 Forbidden: serviceaccount "x" not found', "CreateFailed", id="create-failed"
+        ),
+    ],
+)
+def test_a_failed_create_is_the_ready_condition(failure: str | None, reason: str) -> None:
+    from dataclasses import replace
+
+    from test_operator_support import NOW, node, summarize
+
+    from elastra_operator.reconcile.plan import plan
+
+    view = replace(job(m=membership(1, MEMBERS)), create_failure=failure)
+    out = summarize(plan(view, [pod(0), pod(1)], [node(0), node(1)], [], NOW))
+    assert out.status is not None
+    ready = next(c for c in out.status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == reason and ready["status"] == ("False" if failure else ready["status"])
+    if failure:
+        assert ready["message"] == failure
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        pytest.param("gpt-tiny", True, id="plain"),
+        pytest.param("a" * 52, True, id="longest"),
+        pytest.param("a" * 53, False, id="too-long-for-pod-hostnames"),
+        pytest.param("team.job", False, id="dots"),
+    ],
+)
+def test_the_crd_refuses_job_names_that_cannot_name_pods(name: str, ok: bool) -> None:
+    from elastra_operator.crdgen import trainingjob_crd
+    from localcluster import celrules
+
+    schema = trainingjob_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    root = {"type": "object", "x-kubernetes-validations": schema["x-kubernetes-validations"]}
+    errors = celrules.check(root, {"metadata": {"name": name}}, None, skip_status=True)
+    assert (not errors) is ok, errors

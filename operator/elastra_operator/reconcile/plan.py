@@ -504,6 +504,7 @@ class _Pass:
             checkpoints=self.ckpts,
             completion=self.completion,
             now=self.now,
+            create_failure=self.job.create_failure,
         )
 
 

@@ -114,15 +114,11 @@ JOB_NAME_RULES = [
         "rule": f"self.metadata.name.size() <= {JOB_NAME_MAX}",
         "message": f"metadata.name must be at most {JOB_NAME_MAX} characters: the worker pods "
         "<name>-w-<index> are their own hostnames (DNS labels of at most 63)",
-        "reason": "FieldValueInvalid",
-        "fieldPath": ".metadata.name",
     },
     {
         "rule": "!self.metadata.name.contains('.')",
         "message": "metadata.name must not contain '.': it names the job's headless Service and its "
         "worker pods' hostnames (DNS labels)",
-        "reason": "FieldValueInvalid",
-        "fieldPath": ".metadata.name",
     },
 ]
 """CEL on metadata.name: names that cannot produce valid pod names are refused by the API server."""

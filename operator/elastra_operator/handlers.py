@@ -65,7 +65,8 @@ class _State:
 
 def setup(kubeconfig: str | None, metrics: OperatorMetrics) -> None:
     """Connect the `kube` layer (kubeconfig, else $KUBECONFIG, else in-cluster) and pick the metrics."""
-    _State.kube = Kube(kubeclient.api_client(kubeconfig))
+    allowed = trust.parse_allowed(os.environ.get(trust.ALLOWED_ENDPOINTS_ENV))
+    _State.kube = Kube(kubeclient.api_client(kubeconfig), allowed_endpoints=allowed)
     _State.metrics = metrics
 
 
@@ -245,11 +246,15 @@ def delete_job(*, namespace: str | None, name: str, uid: str | None, spec: kopf.
     s3 = parsed.checkpoint.s3
     access = ckpt_api.StorageAccess(endpoint=s3.endpoint, region=s3.region) if s3 is not None else None
     credentials = None
-    if s3 is not None and s3.credentials_secret and kube.secret_exists(namespace, s3.credentials_secret):
-        credentials = kube.s3_credentials(namespace, s3.credentials_secret)
+    refused = trust.endpoint_refusal(s3.endpoint, kube.allowed_endpoints) if s3 is not None else None
+    secret = s3.credentials_secret if s3 is not None and refused is None else None
+    if secret and kube.secret_exists(namespace, secret):
+        credentials = kube.s3_credentials(namespace, secret)
     directory = parsed.checkpoint.directory
     root = parsed.checkpoint.root_uri(namespace, name)
     try:
+        if refused is not None:
+            raise storage.StorageKept(f"{refused}: nothing contacted, the data is kept")
         done = storage.delete_job_storage(
             root, access, credentials, base=directory.path if directory is not None else None
         )
@@ -311,11 +316,15 @@ def delete_checkpoint_storage(*, namespace: str | None, name: str, body: kopf.Bo
         kube.post_event(namespace, involved, Event(reason=REASON_STORAGE_KEPT, message=why))
         return
     secret = spec.storage.credentials_secret if spec.storage is not None else None
+    s3 = job.spec.checkpoint.s3
+    refused = trust.endpoint_refusal(s3.endpoint, kube.allowed_endpoints) if s3 is not None else None
     credentials = None
-    if secret and kube.secret_exists(namespace, secret):
+    if secret and refused is None and kube.secret_exists(namespace, secret):
         credentials = kube.s3_credentials(namespace, secret)
     directory = job.spec.checkpoint.directory
     try:
+        if refused is not None:
+            raise storage.StorageKept(f"{refused}: nothing contacted, the data is kept")
         done = storage.delete_checkpoint(
             spec,
             credentials,

@@ -37,7 +37,7 @@ from elastra.api.membership import (
 )
 from elastra.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 
-from .reconcile import manifests
+from .reconcile import manifests, trust
 from .reconcile.actions import (
     Action,
     ApplyObject,
@@ -208,6 +208,7 @@ def job_view(
     restore_from: CheckpointView | None = None,
     missing_secret: str | None = None,
     create_failure: str | None = None,
+    endpoint_refused: str | None = None,
 ) -> JobView:
     """Pure: a TrainingJob and its membership ConfigMap → JobView."""
     meta = raw["metadata"]
@@ -247,6 +248,7 @@ def job_view(
         restore_from=restore_from,
         missing_secret=missing_secret,
         create_failure=create_failure,
+        endpoint_refused=endpoint_refused,
     )
 
 
@@ -263,7 +265,11 @@ class Observed:
 class Kube:
     """Reads and writes through one kubernetes ApiClient (synchronous; Kopf runs it in a thread)."""
 
-    def __init__(self, client: kubernetes.client.ApiClient) -> None:
+    def __init__(
+        self, client: kubernetes.client.ApiClient, *, allowed_endpoints: tuple[str, ...] = ()
+    ) -> None:
+        self.allowed_endpoints = allowed_endpoints
+        """S3 endpoints beyond AWS's that jobs may name (`trust.endpoint_refusal`)."""
         self.api = client
         self.core = kubernetes.client.CoreV1Api(client)
         self.custom = kubernetes.client.CustomObjectsApi(client)
@@ -336,8 +342,12 @@ class Kube:
         if spec.get("restoreFrom"):
             found = self.get_checkpoint(namespace, spec["restoreFrom"])
             restore_from = checkpoint_view(found) if found is not None else None
+        refused = trust.endpoint_refusal((spec.get("s3") or {}).get("endpoint"), self.allowed_endpoints)
         secret = (spec.get("s3") or {}).get("credentialsSecret")
-        missing = secret if secret and not self.secret_exists(namespace, secret) else None
+        # A refused endpoint is all the job gets told: not even its Secret is read.
+        missing = None
+        if secret and refused is None and not self.secret_exists(namespace, secret):
+            missing = secret
         failure = self.create_failures.get((namespace, name))
         job = job_view(
             raw,
@@ -345,6 +355,7 @@ class Kube:
             restore_from=restore_from,
             missing_secret=missing,
             create_failure=failure.message if failure is not None else None,
+            endpoint_refused=refused,
         )
         return Observed(
             job=job,

@@ -118,3 +118,35 @@ def test_the_crd_refuses_job_names_that_cannot_name_pods(name: str, ok: bool) ->
     root = {"type": "object", "x-kubernetes-validations": schema["x-kubernetes-validations"]}
     errors = celrules.check(root, {"metadata": {"name": name}}, None, skip_status=True)
     assert (not errors) is ok, errors
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "allowed", "ok"),
+    [
+        pytest.param(None, (), True, id="aws-default"),
+        pytest.param("https://s3.eu-west-1.amazonaws.com", (), True, id="aws-regional"),
+        pytest.param("https://s3.amazonaws.com.evil.example", (), False, id="aws-lookalike"),
+        pytest.param("http://169.254.169.254", (), False, id="metadata-service"),
+        pytest.param("http://minio.storage:9000", ("http://minio.storage:9000/",), True, id="listed"),
+        pytest.param("http://minio.storage:9001", ("http://minio.storage:9000",), False, id="other-port"),
+    ],
+)
+def test_s3_endpoint_allow_list(endpoint: str | None, allowed: tuple[str, ...], ok: bool) -> None:
+    from elastra_operator.reconcile.trust import endpoint_refusal
+
+    assert (endpoint_refusal(endpoint, allowed) is None) is ok
+
+
+def test_a_job_outside_the_allow_list_is_refused_before_anything_starts() -> None:
+    from dataclasses import replace
+
+    from test_operator_support import NOW, node, summarize
+
+    from elastra_operator.reconcile.plan import plan
+
+    refusal = "S3 endpoint 'http://10.0.0.1' is not in the operator's allowed endpoints (none)"
+    out = summarize(plan(replace(job(), endpoint_refused=refusal), [], [node(0), node(1)], [], NOW))
+    assert out.created_kinds == [] and "InvalidSpec" in out.events
+    assert out.status is not None
+    valid = next(c for c in out.status["conditions"] if c["type"] == "Valid")
+    assert valid["status"] == "False" and refusal in valid["message"]

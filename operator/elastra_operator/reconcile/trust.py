@@ -10,6 +10,8 @@ exactly the job's own checkpoint root + `/step-<step>`. Anything else is ignored
 from __future__ import annotations
 
 import enum
+import re
+from collections.abc import Sequence
 
 from elastra.api.membership import CommitReport
 
@@ -21,6 +23,30 @@ class Reason(enum.StrEnum):
 
     COMMIT_REJECTED = "CommitRejected"
     """A commit report failed a check: nothing was adopted."""
+
+
+ALLOWED_ENDPOINTS_ENV = "ELASTRA_S3_ALLOWED_ENDPOINTS"
+"""Comma-separated S3 endpoint URLs the operator may contact (chart: `s3.allowedEndpoints`)."""
+_AWS_ENDPOINT = re.compile(r"https://s3([.-][a-z0-9-]+)*\.amazonaws\.com(\.cn)?/?")
+
+
+def endpoint_refusal(endpoint: str | None, allowed: Sequence[str]) -> str | None:
+    """Why the operator must not contact this S3 endpoint, or None. Pure.
+
+    Unset (the AWS default) and AWS's own `https://s3…amazonaws.com` endpoints are always allowed;
+    anything else only when listed exactly (trailing `/` ignored): a user must not make the operator
+    send requests, with whatever credentials, to an address of their choosing."""
+    if endpoint is None or _AWS_ENDPOINT.fullmatch(endpoint):
+        return None
+    if endpoint.rstrip("/") in {a.strip().rstrip("/") for a in allowed if a.strip()}:
+        return None
+    listed = ", ".join(a for a in allowed if a.strip()) or "none: AWS endpoints only"
+    return f"S3 endpoint {endpoint!r} is not in the operator's allowed endpoints ({listed})"
+
+
+def parse_allowed(raw: str | None) -> tuple[str, ...]:
+    """`ELASTRA_S3_ALLOWED_ENDPOINTS` as a tuple. Pure."""
+    return tuple(e.strip() for e in (raw or "").split(",") if e.strip())
 
 
 def expected_commit_uri(job: JobView, step: int) -> str:

@@ -405,7 +405,8 @@ class Demo:
             )
             # The operator deletes checkpoint storage on retention with the job's credentials Secret
             # only (never with credentials of its own), so it gets none here.
-            operator_env = dict(os.environ)
+            # The local S3 endpoint is not AWS: allow it explicitly (chart: s3.allowedEndpoints).
+            operator_env = {**os.environ, "ELASTRA_S3_ALLOWED_ENDPOINTS": str(lc.s3_url)}
             with operator_process(
                 lc.kubeconfig, self.out / "operator.log", operator_env, self.args.operator_metrics_port
             ) as operator:

@@ -11,7 +11,7 @@ from elastra.api import API_VERSION
 from elastra.api import checkpoint as ckpt_api
 from elastra.api import trainingjob as tj_api
 from elastra.api.membership import JOB_LABEL, ROLE_LABEL, CommitReport, membership_configmap_name
-from elastra.api.pod import SERVICEACCOUNT_DIR, SERVICEACCOUNT_DIR_ENV
+from elastra.api.pod import PodContract
 
 from .views import JobView, NodeView
 
@@ -91,38 +91,6 @@ def free_nodes(template: dict[str, Any], nodes: Iterable[NodeView], occupied: se
     ]
 
 
-def _env(job: JobView, name: str) -> list[dict[str, Any]]:
-    spec = job.spec
-    assert spec is not None
-    ck = spec.checkpoint
-    env: list[dict[str, Any]] = [
-        {"name": "ELASTRA_JOB", "value": job.name},
-        {"name": "POD_NAME", "value": name},
-        {"name": "POD_NAMESPACE", "value": job.namespace},
-        {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": SERVICEACCOUNT_DIR_ENV, "value": SERVICEACCOUNT_DIR},
-        {"name": "ELASTRA_CHECKPOINT_URI", "value": ck.root_uri(job.namespace, job.name)},
-        {"name": "ELASTRA_NPROC_PER_POD", "value": str(spec.nproc_per_pod)},
-        {"name": "ELASTRA_CHECKPOINT_KEEP", "value": str(ck.keep)},
-    ]
-    if ck.every_steps is not None:
-        env.append({"name": "ELASTRA_CHECKPOINT_EVERY_STEPS", "value": str(ck.every_steps)})
-    if ck.every_seconds is not None:
-        env.append({"name": "ELASTRA_CHECKPOINT_EVERY_SECONDS", "value": str(ck.every_seconds)})
-    if ck.local is not None:
-        env.append({"name": "ELASTRA_LOCAL_DIR", "value": ck.local.path})
-    if ck.s3 is not None:
-        env.append({"name": "AWS_REGION", "value": ck.s3.region})
-        if ck.s3.endpoint:
-            env.append({"name": "AWS_ENDPOINT_URL_S3", "value": ck.s3.endpoint})
-        if ck.s3.credentials_secret:
-            for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-                ref = {"name": ck.s3.credentials_secret, "key": key}
-                env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
-    return env
-
-
 def local_host_path(job: JobView) -> str:
     """The node folder of the job's local tier: `<local.path>/<namespace>/<job>-<uid>`. Pods see it at
     `local.path` and nothing beside it, so one job's retention can never touch another's steps (a job
@@ -159,9 +127,11 @@ def worker_pod(job: JobView, index: int) -> dict[str, Any]:
             }
         },
     )
-    env = _env(job, name)
     grace = pod_spec.get("terminationGracePeriodSeconds", 30)
-    env.append({"name": "ELASTRA_TERMINATION_GRACE_SECONDS", "value": str(grace)})
+    contract = PodContract.from_spec(
+        namespace=job.namespace, job=job.name, pod=name, spec=spec, grace_seconds=grace
+    )
+    env = contract.to_env()
     local = spec.checkpoint.local
     if local is not None:
         volumes = pod_spec.setdefault("volumes", [])

@@ -81,7 +81,7 @@ class RuleWarnings:
         self._seen: set[tuple[str, str, str]] = set()
 
     def warn(self, crd_name: str, served: list[ResourceType]) -> None:
-        """Log the rules of `served` outside the CEL subset that were not logged before."""
+        """Log the rules of `served` that do not compile and were not logged before."""
         for served_type in served:
             for skipped in celrules.unsupported_rules(served_type.schema or {}):
                 key = (crd_name, skipped.field, skipped.rule)

@@ -45,12 +45,13 @@ from .reconcile.checks import deletion_refusal, teardown
 from .reconcile.facts import PEER_LOST, PEER_QUIET_SECONDS
 from .reconcile.manifests import FINALIZER
 from .reconcile.plan import plan
+from .reconcile.reasons import Reason
 from .reconcile.status import status_body
 
 RESYNC_SECONDS = float(os.environ.get("ELASTRA_RESYNC_SECONDS", "2"))
 """How often each TrainingJob is re-planned."""
 PROTECTED_RETRY_SECONDS = 10.0
-REASON_STORAGE_KEPT = "StorageKept"
+REASON_STORAGE_KEPT = Reason.STORAGE_KEPT
 """Event: a finalizer left the data alone (not the job's own path, a link, no credentials)."""
 
 log = logging.getLogger("elastra.operator")
@@ -294,7 +295,9 @@ def delete_checkpoint_storage(*, namespace: str | None, name: str, body: kopf.Bo
         kube.post_event(
             namespace,
             involved,
-            Event(reason="StorageKept", message="spec does not validate: storage left alone", warning=True),
+            Event(
+                reason=Reason.STORAGE_KEPT, message="spec does not validate: storage left alone", warning=True
+            ),
         )
         return
     spec = ckpt_api.CheckpointSpec.model_validate(raw["spec"])
@@ -306,7 +309,7 @@ def delete_checkpoint_storage(*, namespace: str | None, name: str, body: kopf.Bo
     if refusal is not None:
         kube.patch_checkpoint_status(namespace, name, "Protected", refusal)
         kube.post_event(
-            namespace, involved, Event(reason="CheckpointProtected", message=refusal, warning=True)
+            namespace, involved, Event(reason=Reason.CHECKPOINT_PROTECTED, message=refusal, warning=True)
         )
         raise kopf.TemporaryError(refusal, delay=PROTECTED_RETRY_SECONDS)
     if job is None or job.spec is None:
@@ -345,11 +348,11 @@ def delete_checkpoint_storage(*, namespace: str | None, name: str, body: kopf.Bo
     except storage.StorageError as exc:
         kube.patch_checkpoint_status(namespace, name, "Deleting", str(exc))
         kube.post_event(
-            namespace, involved, Event(reason="StorageDeleteFailed", message=str(exc), warning=True)
+            namespace, involved, Event(reason=Reason.STORAGE_DELETE_FAILED, message=str(exc), warning=True)
         )
         raise kopf.TemporaryError(str(exc), delay=15) from exc
     log.info("checkpoint %s/%s: %s", namespace, name, done)
     if job is not None:
         kube.post_event(
-            namespace, kube.involved(job), Event(reason="CheckpointDeleted", message=f"{name}: {done}")
+            namespace, kube.involved(job), Event(reason=Reason.CHECKPOINT_DELETED, message=f"{name}: {done}")
         )

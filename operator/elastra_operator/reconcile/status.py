@@ -9,6 +9,7 @@ from typing import Any
 from elastra.api.membership import Membership, MembershipPhase
 from elastra.api.trainingjob import Condition, LastCheckpoint, MemberStatus, Phase, TrainingJobStatus
 
+from .reasons import Reason
 from .views import CheckpointView, OperatorRecord, PodView
 
 
@@ -40,7 +41,7 @@ def changed(old: TrainingJobStatus, new: TrainingJobStatus) -> bool:
     return status_body(old) != status_body(new)
 
 
-CREATE_FAILED = "CreateFailed"
+CREATE_FAILED = Reason.CREATE_FAILED
 """Ready condition reason (and Event reason): an object of the job could not be created."""
 
 

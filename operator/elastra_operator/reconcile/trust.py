@@ -9,21 +9,12 @@ exactly the job's own checkpoint root + `/step-<step>`. Anything else is ignored
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Sequence
 
 from elastra.api.membership import CommitReport
 
 from .views import JobView, PodView
-
-
-class Reason(enum.StrEnum):
-    """Event reasons of this module."""
-
-    COMMIT_REJECTED = "CommitRejected"
-    """A commit report failed a check: nothing was adopted."""
-
 
 ALLOWED_ENDPOINTS_ENV = "ELASTRA_S3_ALLOWED_ENDPOINTS"
 """Comma-separated S3 endpoint URLs the operator may contact (chart: `s3.allowedEndpoints`)."""

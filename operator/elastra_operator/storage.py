@@ -4,8 +4,9 @@ Only a `step-N` directory is ever deleted (the Checkpoint model refuses other UR
 `manifest.json` goes first: a checkpoint is committed when its manifest exists, so a deletion cut short
 leaves an uncommitted leftover that no restore will pick, never a committed checkpoint with holes.
 
-Directory URIs are deleted with the filesystem (the operator must mount the shared tier, as on
-localcluster); `s3://` URIs with boto3 (imported lazily: the operator image carries boto3, never torch).
+The tiers are `elastra.storage`'s (the same code the trainers write with): directory URIs on the
+operator's filesystem (it must mount the shared tier, as on localcluster), `s3://` URIs with boto3
+(imported lazily: the operator image carries boto3, never torch).
 
 What gets deleted is never taken from a report alone: the caller derives the uri again from the job's
 spec and passes it as `expected`; anything else is refused with `StorageKept`. No path component from
@@ -19,11 +20,11 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
-import shutil
 import stat
-from typing import Any
 
 from elastra.api.checkpoint import STEP_DIR, CheckpointSpec, StorageAccess
+from elastra.storage import LocalStorage, S3Options, S3Storage, Storage
+from elastra.storage import StorageError as TierError
 
 MANIFEST = "manifest.json"
 
@@ -79,10 +80,13 @@ def delete_checkpoint(
     uri = spec.uri.rstrip("/")
     if uri != expected.rstrip("/"):
         raise StorageKept(f"{uri!r} is not the job's own {expected!r}: nothing deleted")
-    if not STEP_DIR.match(uri.rsplit("/", 1)[-1]):  # the model checks this too; never widen a deletion
+    root, _, step = uri.rpartition("/")
+    if not STEP_DIR.match(step):  # the model checks this too; never widen a deletion
         raise StorageKept(f"refusing to delete {uri!r}: not a step-N directory")
     if uri.startswith("s3://"):
-        return _delete_s3(uri, spec, _require_credentials(credentials, uri))
+        tier: Storage = _s3(root, spec.storage, _require_credentials(credentials, uri))
+        manifests, others = _delete_step(tier, step, uri, always_manifest=True)
+        return f"deleted {manifests} manifest(s) and {others} other object(s) under {uri}"
     path = pathlib.Path(uri)
     no_links(pathlib.Path(base or path.anchor), path)
     return _delete_directory(path)
@@ -100,9 +104,16 @@ def delete_job_storage(
     Nothing else under the root is touched; `step-N` symbolic links are skipped."""
     root = root.rstrip("/")
     if root.startswith("s3://"):
-        bucket, _, key = root.removeprefix("s3://").partition("/")
-        client = _s3_client(access, _require_credentials(credentials, root))
-        return _delete_s3_prefixes(client, bucket, key.rstrip("/") + "/", root, whole_steps=True)
+        tier = _s3(root, access, _require_credentials(credentials, root))
+        try:
+            steps = [d for d in tier.list_dirs() if STEP_DIR.match(d)]
+        except TierError as exc:
+            raise StorageError(f"cannot delete {root}: {exc}") from exc
+        manifests = others = 0
+        for step in steps:
+            m, o = _delete_step(tier, step, f"{root}/{step}", always_manifest=False)
+            manifests, others = manifests + m, others + o
+        return f"deleted {manifests} manifest(s) and {others} other object(s) under {root}"
     base_path = pathlib.Path(root)
     no_links(pathlib.Path(base or base_path.anchor), base_path)
     if not base_path.is_dir():
@@ -124,59 +135,35 @@ def _delete_directory(path: pathlib.Path) -> str:
         raise StorageKept(f"{path} is a symbolic link: nothing under it is deleted")
     if not path.exists():
         return f"{path} already gone"
-    try:
-        (path / MANIFEST).unlink(missing_ok=True)
-        shutil.rmtree(path)
-    except OSError as exc:
-        raise StorageError(f"cannot delete {path}: {exc}") from exc
+    if not path.is_dir():
+        raise StorageError(f"cannot delete {path}: not a directory")
+    tier = LocalStorage(str(path.parent))
+    _delete_step(tier, path.name, str(path), always_manifest=True)
     return f"deleted {path}"
 
 
-def _s3_client(access: StorageAccess | None, credentials: dict[str, str]) -> Any:
-    import boto3
-
-    # Explicit keys always (`_require_credentials`): boto3's default chain is the operator's own identity.
-    return boto3.client(
-        "s3",
+def _s3(root: str, access: StorageAccess | None, credentials: dict[str, str]) -> S3Storage:
+    options = S3Options(
         endpoint_url=access.endpoint if access else None,
-        region_name=access.region if access else None,
-        aws_access_key_id=credentials.get("AWS_ACCESS_KEY_ID"),
-        aws_secret_access_key=credentials.get("AWS_SECRET_ACCESS_KEY"),
+        region=access.region if access else None,
+        access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+        secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
     )
-
-
-def _delete_s3(uri: str, spec: CheckpointSpec, credentials: dict[str, str]) -> str:
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    client = _s3_client(spec.storage, credentials)
-    return _delete_s3_prefixes(client, bucket, key.rstrip("/") + "/", uri, whole_steps=False)
-
-
-def _delete_s3_prefixes(client: Any, bucket: str, prefix: str, uri: str, *, whole_steps: bool) -> str:
-    """Delete the objects under `prefix` (one step directory), or, with `whole_steps`, under every
-    `step-N/` directly below it; manifests first."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    def wanted(key: str) -> bool:
-        return not whole_steps or bool(STEP_DIR.match(key[len(prefix) :].split("/", 1)[0]))
-
     try:
-        keys = [
-            item["Key"]
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-            for item in page.get("Contents") or []
-            if wanted(item["Key"])
-        ]
-        manifests = [k for k in keys if k.endswith("/" + MANIFEST)]
-        if not whole_steps:
-            manifests = [prefix + MANIFEST]
-        for key in manifests:
-            client.delete_object(Bucket=bucket, Key=key)
-        rest = [k for k in keys if k not in manifests]
-        for i in range(0, len(rest), 1000):
-            batch = [{"Key": k} for k in rest[i : i + 1000]]
-            result = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
-            if result.get("Errors"):
-                raise StorageError(f"S3 refused to delete {len(result['Errors'])} object(s) under {uri}")
-    except (BotoCoreError, ClientError) as exc:
+        return S3Storage(root, options)
+    except TierError as exc:
+        raise StorageError(f"cannot delete under {root}: {exc}") from exc
+
+
+def _delete_step(tier: Storage, step: str, uri: str, *, always_manifest: bool) -> tuple[int, int]:
+    """Delete one step directory of `tier`, its manifest first; (manifests, other objects) deleted."""
+    manifest = f"{step}/{MANIFEST}"
+    try:
+        keys = tier.list(step)
+        has_manifest = manifest in keys
+        if has_manifest or always_manifest:
+            tier.delete(manifest)
+        tier.delete_prefix(step)
+    except TierError as exc:
         raise StorageError(f"cannot delete {uri}: {exc}") from exc
-    return f"deleted {len(manifests)} manifest(s) and {len(rest)} other object(s) under {uri}"
+    return int(has_manifest or always_manifest), len([k for k in keys if k != manifest])

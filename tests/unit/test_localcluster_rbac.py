@@ -292,3 +292,30 @@ def test_tokens_bound_to_pod_and_service_account() -> None:
     assert err.value.code == 401
     with pytest.raises(ApiError):
         auth.authenticate("Bearer nonsense")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        pytest.param({"metadata": {"name": "x/../../escape"}}, "metadata.name", id="name-escape"),
+        pytest.param(
+            {
+                "metadata": {"name": "p"},
+                "spec": {
+                    "containers": [{"name": "c"}],
+                    "volumes": [{"name": "v", "hostPath": {"path": "/a/../../b"}}],
+                },
+            },
+            "hostPath.path",
+            id="hostpath-escape",
+        ),
+    ],
+)
+def test_the_store_refuses_names_and_paths_that_escape(body: dict[str, Any], field: str) -> None:
+    from localcluster.store import Store
+
+    store = Store()
+    with pytest.raises(ApiError) as err:
+        store.create(PODS, "default", body)
+    assert err.value.code == 422 and field in err.value.message
+    assert not store.list(PODS, None)[0]

@@ -46,9 +46,9 @@ def check_parts() -> None:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    from elastra.agent.workers import _die_with_agent
+    from elastra.agent.lifeline import die_with_parent
 
-    _die_with_agent()
+    die_with_parent()
 
 
 @contextlib.contextmanager

@@ -53,7 +53,9 @@ S3_STATE_MB = 64
 """State per rank for the S3 comparison: moto keeps every object in its own process's memory and
 serves it from Python, so the S3 rounds use a smaller state than the disk rounds."""
 ELASTRA_SAVES = 20
-WORKER_TIMEOUT_S = 600
+WORKER_TIMEOUT_S = 1800
+"""A safety net against a hung rank, not a measure: torch_checkpointing's resharded restore takes minutes
+per round on a loaded 2-core machine."""
 
 
 class BenchError(RuntimeError):

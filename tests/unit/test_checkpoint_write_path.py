@@ -123,8 +123,10 @@ def test_staged_files_are_aligned_safetensors_with_the_checksums_of_their_bytes(
         pytest.param(4 * MIB, S3Options(), 8 * MIB, id="small-object-keeps-the-minimum"),
         pytest.param(256 * MIB, S3Options(), 32 * MIB, id="one-part-per-upload-thread"),
         pytest.param(100 * MIB + 1, S3Options(max_concurrency=4), 26 * MIB, id="rounded-up-to-a-mib"),
-        pytest.param(200_000 * MIB, S3Options(max_concurrency=1), 200_000 * MIB, id="one-thread-one-part"),
-        pytest.param(100_000 * MIB, S3Options(max_concurrency=64), 1563 * MIB, id="concurrency-bound"),
+        pytest.param(4 * 1024 * MIB, S3Options(), 64 * MIB, id="capped-so-in-flight-parts-bound-memory"),
+        pytest.param(
+            1000 * 1024 * MIB, S3Options(max_concurrency=1), 103 * MIB, id="part-limit-beats-the-cap"
+        ),
     ],
 )
 def test_part_bytes_is_sized_to_the_object(size: int, options: S3Options, expected: int) -> None:

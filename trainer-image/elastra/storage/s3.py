@@ -32,6 +32,9 @@ class S3Options:
     """Objects at least this large are uploaded in parts (S3's minimum part size is 5 MiB)."""
     part_size: int = 8 << 20
     """Smallest size of one multipart part (a larger object gets larger parts: `part_bytes`)."""
+    max_part_size: int = 64 << 20
+    """Largest part, unless S3's 10,000-part limit needs more: the transfer manager holds up to 10
+    parts of an upload from memory in flight, so this bounds that memory."""
     max_concurrency: int = 8
     """Parts uploaded in parallel per object."""
     max_attempts: int = 8
@@ -40,6 +43,8 @@ class S3Options:
     def __post_init__(self) -> None:
         if self.part_size < 5 << 20:
             raise ValueError(f"part_size {self.part_size} is below S3's 5 MiB minimum part size")
+        if self.max_part_size < self.part_size:
+            raise ValueError(f"max_part_size {self.max_part_size} is below part_size {self.part_size}")
         if self.max_concurrency < 1 or self.max_attempts < 1:
             raise ValueError("max_concurrency and max_attempts must be at least 1")
 
@@ -64,8 +69,9 @@ MIN_RANGE_BYTES = 8 << 20
 def part_bytes(size: int, options: S3Options) -> int:
     """The multipart part size for an object of `size` bytes (pure): `options.part_size` at least,
     large enough that `max_concurrency` parts cover the object (each upload thread sends one part,
-    few requests), within S3's 10,000 parts, rounded up to a whole MiB."""
-    wanted = max(options.part_size, -(-size // options.max_concurrency), -(-size // MAX_PARTS))
+    few requests) up to `options.max_part_size`, within S3's 10,000 parts, rounded up to a whole MiB."""
+    per_thread = min(-(-size // options.max_concurrency), options.max_part_size)
+    wanted = max(options.part_size, per_thread, -(-size // MAX_PARTS))
     return -(-wanted // _MIB) * _MIB
 
 

@@ -84,7 +84,7 @@ def results(lazy: dict[str, Any] | None = None, **elastra: Any) -> dict[str, Any
 
 GOOD_LAZY = {"stall_s": 0.01, "loop_overhead_s": 0.3, "durable_s": 1.4, "restore_s": 1.1}
 
-GOOD_ELASTRA = {
+GOOD_ELASTRA: dict[str, Any] = {
     "restore_resharded_s": 0.6,
     "raw_read_needed_resharded_s": 0.6,
     "stall_s": 0.15,

@@ -145,11 +145,13 @@ class LocalStorage:
             return None
 
     def _write_direct(self, fd: int, view: memoryview, offset: int) -> bool:
-        """Write aligned `view` at `offset` with direct I/O; False (nothing written) when refused."""
+        """Write aligned `view` at `offset` with direct I/O; False when the file system refuses it
+        (EINVAL: an alignment it does not accept), and the caller rewrites the range through the page
+        cache (a partial direct write is simply overwritten)."""
         try:
             _pwrite_all(fd, view, offset)
         except OSError as exc:
-            if exc.errno != errno.EINVAL or offset != 0:  # EINVAL on the first write: alignment refused
+            if exc.errno != errno.EINVAL:
                 raise
             self.direct_io = False
             return False

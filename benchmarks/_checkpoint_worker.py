@@ -9,6 +9,7 @@ do not mix) and reads the JSON each writes. Run by hand only for debugging:
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import pathlib
@@ -108,6 +109,22 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process (all its threads) and of its children: the live ones
+    (a method's background writer process) and those already reaped."""
+    me = psutil.Process()
+    times = me.cpu_times()
+    total = times.user + times.system
+    for child in me.children(recursive=True):
+        try:
+            child_times = child.cpu_times()
+        except psutil.Error:  # exited between the listing and the read
+            continue
+        total += child_times.user + child_times.system
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return float(total + reaped.ru_utime + reaped.ru_stime)
+
+
 def evict_from_page_cache(root: pathlib.Path) -> int:
     """fsync then posix_fadvise(DONTNEED) every file under `root`, so the next read comes from disk.
 
@@ -198,6 +215,31 @@ def make_saver(method: str, root: pathlib.Path, rank: int) -> Saver:
             return durable
 
         return Saver(save=save_dcp_async)
+    if method == "torch_checkpointing":
+        manager = torch_checkpointing_manager()
+
+        def save_tc(step: int, state: dict[str, DTensor]) -> Callable[[], float]:
+            start = time.perf_counter()
+            path = root / f"step-{step}"
+            future = manager.save(str(path), {"model": state})
+            assert future is not None, "the async saver returns its write future"
+
+            def durable() -> float:
+                future.result()
+                # torch_checkpointing does not fsync (its writer process flushes and closes; O_DIRECT
+                # where the file system allows it): like torch.save, the waiter adds the fsync.
+                if path.is_dir():
+                    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                        fsync_path(file)
+                return time.perf_counter() - start
+
+            return durable
+
+        def fence_tc() -> None:
+            with manager.lock():  # what `with manager.lock(): optimizer.step()` waits for
+                pass
+
+        return Saver(save=save_tc, fence=fence_tc, finish=manager.close)
     if method in ("elastra", "elastra_lazy"):
         from elastra.checkpoint import Checkpointer
 
@@ -220,6 +262,45 @@ def make_saver(method: str, root: pathlib.Path, rank: int) -> Saver:
 
         return Saver(save=save_elastra, fence=checkpointer.fence, finish=finish)
     raise ValueError(f"unknown method {method!r}")
+
+
+def torch_checkpointing_manager() -> Any:
+    """Meta's torch_checkpointing as its docs configure it on a CPU-only host (Troubleshooting: gate
+    pinned memory and non-blocking copies on an accelerator; buffered writes where O_DIRECT fails),
+    asynchronous save (its default: host
+    staging on a thread, a background writer process), a `DefaultResharder` on the item so a load
+    may reshard (the resharding guide: a resharder on each item, metadata on save and load, which the
+    manager wires itself when an item declares a resharder). No barrier (its default): every rank
+    writes its own file straight into the step directory, and the benchmark waits for every rank."""
+    from torch_checkpointing import CheckpointManager, ItemSpec
+    from torch_checkpointing.config import AsyncCheckpointSaverConfig
+    from torch_checkpointing.default_resharder import DefaultResharder
+    from torch_checkpointing.metadata_manager import DefaultMetadataManager
+    from torch_checkpointing.staging import CheckpointStagerConfig
+    from torch_checkpointing.storage.filesystem import LocalFileSystemStorageConfig
+
+    # 0.1.1 exchanges the (small, pickled) sharding metadata of a multi-rank save through tensors it
+    # puts on "cuda" unconditionally, so on a CPU-only job with more than one rank a save with a
+    # resharder raises "Torch not compiled with CUDA enabled". The benchmark swaps in the same
+    # exchange over the CPU (gloo) group; the data path is untouched.
+    def all_gather_pickled_on_cpu(_self: object, data: Any, process_group: Any = None) -> dict[int, Any]:
+        gathered: list[Any] = [None] * dist.get_world_size(process_group)
+        dist.all_gather_object(gathered, data, group=process_group)
+        return dict(enumerate(gathered))
+
+    setattr(DefaultMetadataManager, "_all_gather_pickled_data", all_gather_pickled_on_cpu)  # noqa: B010
+
+    accelerator = torch.accelerator.is_available()
+    staging = CheckpointStagerConfig(use_pinned_memory=accelerator, use_non_blocking_copy=accelerator)
+    config = CheckpointManager.Config(
+        items={"model": ItemSpec(resharder=DefaultResharder())},
+        save=AsyncCheckpointSaverConfig(staging_config=staging),
+        # Its default O_DIRECT write stream fails on this ext4 disk (the open succeeds, then
+        # torch.save's unaligned writes get EINVAL); its Troubleshooting page's setting for file
+        # systems without direct I/O is this one.
+        storage_config=LocalFileSystemStorageConfig(use_direct_io=False),
+    )
+    return config.build()
 
 
 class Compute:
@@ -267,16 +348,19 @@ def run_saves(args: argparse.Namespace, mesh: DeviceMesh) -> dict[str, Any]:
         return durable
 
     rss_before = rss_bytes()
-    calls, durables, rss_after, saved_increments = [], [], [], {}
+    calls, durables, rss_after, saved_increments, cpu = [], [], [], {}, []
     for step in range(1, args.saves + 1):
         mutate()
         dist.barrier()
+        cpu_before = cpu_seconds()
         start = time.perf_counter()
         wait_durable = saver.save(step, state)
         calls.append(time.perf_counter() - start)
         saver.fence()
         saved_increments[step] = increments
-        durables.append(settle(step, wait_durable))
+        durable = wait_durable()
+        cpu.append(cpu_seconds() - cpu_before)  # everything this save cost, on every core
+        durables.append(settle(step, lambda durable=durable: durable))  # type: ignore[misc]
         rss_after.append(rss_bytes())
     compute = Compute()
     compute.run()  # warm up
@@ -312,6 +396,7 @@ def run_saves(args: argparse.Namespace, mesh: DeviceMesh) -> dict[str, Any]:
         "loop_iteration_s": plain_iterations,
         "save_call_alone_s": calls,
         "durable_s": durables,
+        "cpu_s_per_save": cpu,
         "rss_after_each_save_bytes": rss_after,
         "rss_before_saves_bytes": rss_before,
         "peak_rss_bytes": peak_rss_bytes(),
@@ -350,7 +435,38 @@ def run_restore(args: argparse.Namespace, mesh: DeviceMesh) -> dict[str, Any]:
             raise RuntimeError(f"{args.method}: restored step {restored}, expected the newest {step}")
         check_restored(args, saved_layout, state, shards, args.last_increments)
         del shards
-    return {"restore_s": times, "peak_rss_bytes": peak_rss_bytes(), "checkpoint_dir_bytes": evicted}
+    raw = raw_read_needed(args, root / f"step-{step}") if args.raw_read_needed else []
+    return {
+        "restore_s": times,
+        "raw_read_needed_s": raw,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "checkpoint_dir_bytes": evicted,
+    }
+
+
+def raw_read_needed(args: argparse.Namespace, step_dir: pathlib.Path) -> list[float]:
+    """The floor of a restore 2->2 by columns: every rank at once reads, after the same eviction, the
+    bytes its target needs with plain sequential reads into a prefaulted buffer.
+
+    A rank's columns are half of every saved row, and a row (4 KiB) is one page, so every page of
+    every shard file holds bytes each rank needs: the bytes a rank must read from the disk are the
+    shard files, whole. (The checkpoint's small metadata files are read too.)"""
+    files = sorted(p for p in step_dir.iterdir() if p.is_file())
+    into = bytearray(max(f.stat().st_size for f in files))
+    into[:] = bytes(len(into))  # fault the pages in
+    times = []
+    for _ in range(args.rounds):
+        if args.rank == 0:
+            evict_from_page_cache(step_dir)
+        dist.barrier()
+        start = time.perf_counter()
+        for path in files:
+            with open(path, "rb", buffering=0) as source:
+                view = memoryview(into)
+                while count := source.readinto(view):
+                    view = view[count:]
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def check_restored(
@@ -386,9 +502,89 @@ def load_newest(
     if method in ("dcp_save", "dcp_async_save"):
         dcp.load(state, checkpoint_id=str(root / f"step-{step}"))
         return step, []
+    if method == "torch_checkpointing":
+        manager = torch_checkpointing_manager()
+        try:
+            manager.load(str(root / f"step-{step}"), into={"model": state})
+        finally:
+            manager.close()
+        return step, []
     from elastra.checkpoint import Checkpointer
 
     return Checkpointer(str(root), local_dir=None, keep=3, process_group=None).load(state), []
+
+
+# -------------------------------------------------------------------------------------------- S3
+
+
+def s3_client() -> Any:
+    """A plain boto3 client with its defaults, pointed at the benchmark's S3 (the AWS_* environment)."""
+    import boto3
+
+    return boto3.client("s3")
+
+
+def run_s3_save(args: argparse.Namespace, mesh: DeviceMesh) -> dict[str, Any]:
+    """Elastra saves to S3 (time until the manifest is committed), then raw boto3 `upload_fileobj` (its
+    default transfer settings) of the same bytes, each rank at once, `args.saves` rounds of each."""
+    from elastra.checkpoint import Checkpointer
+
+    layout = state_layout(args.state_bytes, args.world)
+    state = build_state(layout, mesh, args.rank, args.world, empty=False)
+    checkpointer = Checkpointer(f"s3://{args.bucket}/elastra", local_dir=None, keep=2, process_group=None)
+    durables, cpu, sizes = [], [], []
+    for step in range(1, args.saves + 1):
+        for tensor in state.values():
+            tensor.to_local().add_(1.0)
+        dist.barrier()
+        cpu_before = cpu_seconds()
+        info = checkpointer.save(step, state).wait()
+        assert info is not None
+        cpu.append(cpu_seconds() - cpu_before)
+        durables.append(info.commit_seconds)
+        sizes.append(info.bytes)
+    checkpointer.close()
+    blob = b"".join(t.to_local().numpy().tobytes() for t in state.values())
+    client = s3_client()
+    raw = []
+    for round_ in range(args.saves):
+        dist.barrier()
+        start = time.perf_counter()
+        client.upload_fileobj(io.BytesIO(blob), args.bucket, f"raw/{round_ % 2}/rank-{args.rank}")
+        raw.append(time.perf_counter() - start)
+    dist.barrier()
+    return {"durable_s": durables, "cpu_s_per_save": cpu, "raw_upload_s": raw, "last_step": args.saves,
+            "checkpoint_bytes": sizes[-1], "raw_bytes": len(blob)}  # fmt: skip
+
+
+def run_s3_restore(args: argparse.Namespace, mesh: DeviceMesh) -> dict[str, Any]:
+    """Elastra's 2->1 restore from S3, then raw boto3 `download_fileobj` (its defaults: parallel ranged
+    GETs) of the same bytes (both ranks' raw objects), `args.rounds` rounds of each."""
+    from elastra.checkpoint import Checkpointer
+
+    saved_layout = state_layout(args.state_bytes, args.saved_world)
+    state = build_column_target(saved_layout, mesh, args.world)
+    times = []
+    checkpointer = Checkpointer(f"s3://{args.bucket}/elastra", local_dir=None, keep=2, process_group=None)
+    for _ in range(args.rounds):
+        for tensor in state.values():
+            tensor.to_local().zero_()
+        start = time.perf_counter()
+        restored = checkpointer.load(state)
+        times.append(time.perf_counter() - start)
+        if restored != args.last_step:
+            raise RuntimeError(f"S3 restore: restored step {restored}, expected {args.last_step}")
+        check_restored(args, saved_layout, state, [], args.last_increments)
+    checkpointer.close()
+    client = s3_client()
+    raw = []
+    for _ in range(args.rounds):
+        start = time.perf_counter()
+        for rank in range(args.saved_world):
+            sink = io.BytesIO()
+            client.download_fileobj(args.bucket, f"raw/0/rank-{rank}", sink)
+        raw.append(time.perf_counter() - start)
+    return {"restore_s": times, "raw_download_s": raw}
 
 
 # ---------------------------------------------------------------------------------------- floors
@@ -444,7 +640,8 @@ def run_floors(args: argparse.Namespace, mesh: DeviceMesh) -> dict[str, Any]:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--role", choices=("save", "restore", "floors"), required=True)
+    parser.add_argument("--role", choices=("save", "restore", "floors", "s3save", "s3restore"), required=True)
+    parser.add_argument("--bucket", default="", help="S3 roles: the bucket (endpoint from AWS_* env)")
     parser.add_argument("--method", default="floors")
     parser.add_argument("--rank", type=int, required=True)
     parser.add_argument("--world", type=int, required=True)
@@ -453,6 +650,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--saves", type=int, default=5)
     parser.add_argument("--io-rounds", type=int, default=3, help="floors: rounds of raw write and read")
     parser.add_argument("--rounds", type=int, default=3, help="restore: rounds (median)")
+    parser.add_argument(
+        "--raw-read-needed", action="store_true", help="restore: also time the raw read of the bytes needed"
+    )
     parser.add_argument("--last-step", type=int, default=0)
     parser.add_argument("--last-increments", type=int, default=0, help="restore: mutations before it")
     parser.add_argument("--loop-rounds", type=int, default=5, help="save: rounds of the training loop")
@@ -468,7 +668,13 @@ def main(argv: list[str] | None = None) -> int:
     dist.init_process_group("gloo", rank=args.rank, world_size=args.world)
     try:
         mesh = init_device_mesh("cpu", (args.world,))
-        role = {"save": run_saves, "restore": run_restore, "floors": run_floors}[args.role]
+        role = {
+            "save": run_saves,
+            "restore": run_restore,
+            "floors": run_floors,
+            "s3save": run_s3_save,
+            "s3restore": run_s3_restore,
+        }[args.role]
         result = role(args, mesh)
     finally:
         dist.destroy_process_group()

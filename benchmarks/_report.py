@@ -11,12 +11,15 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-METHODS = ("torch_save", "dcp_save", "dcp_async_save", "elastra", "elastra_lazy")
+METHODS = ("torch_save", "dcp_save", "dcp_async_save", "torch_checkpointing", "elastra", "elastra_lazy")
 """The methods compared, in table order; `elastra` (eager staging, the default) and `elastra_lazy`
 (`save(..., staging="lazy")` + `fence()` before the mutation) are the engine under test."""
 
 ELASTRA_MODES = {"elastra": "", "elastra_lazy": "lazy staging: "}
 """Elastra's entries with a stall target, and the prefix of their target names."""
+
+PEERS = ("torch_save", "dcp_save", "dcp_async_save", "torch_checkpointing")
+"""The methods that are not Elastra: "the best peer" is the best of these."""
 
 RSS_GROWTH_TOLERANCE = 0.05
 """RSS after the last save may exceed RSS after the first save by this fraction of the per-rank state
@@ -125,6 +128,7 @@ def evaluate_targets(results: Mapping[str, object]) -> list[Target]:
     # RSS growth is compared as growth / allowed <= 1; a shrink (negative growth) is trivially met.
     return [
         *stall_targets,
+        *_background_targets(methods, floors, results.get("s3")),
         Target(
             name="durable ≤ 1.5x the raw write of the same bytes",
             value=_figure(methods, "elastra", "durable_s"),
@@ -163,6 +167,85 @@ def evaluate_targets(results: Mapping[str, object]) -> list[Target]:
     ]
 
 
+def best_peer(methods: Mapping[str, Mapping[str, object]], key: str) -> tuple[str, float] | None:
+    """The peer with the lowest `key` figure, and that figure; None when no peer has it."""
+    figures = [(name, f) for name in PEERS if (f := _figure(methods, name, key)) is not None]
+    return min(figures, key=lambda pair: pair[1]) if figures else None
+
+
+def _background_targets(
+    methods: Mapping[str, Mapping[str, object]], floors: Mapping[str, object], s3: object
+) -> list[Target]:
+    """Issue 15's targets: the background cost against the best peer and torch_checkpointing, the
+    durable and resharded-restore floors, and S3 against raw boto3 on the same bytes."""
+    best = best_peer(methods, "loop_overhead_s")
+    s3_figures = s3 if isinstance(s3, Mapping) else {}
+
+    def tc(key: str) -> float | None:
+        return _figure(methods, "torch_checkpointing", key)
+
+    def target(name: str, value: float | None, reference: float | None, limit: float) -> Target:
+        return Target(name=name, value=value, reference=reference, limit=limit, strict=False)
+
+    lazy = "elastra_lazy"
+    return [
+        target(
+            f"lazy staging: loop overhead ≤ 0.5x the best peer's ({best[0] if best else 'none measured'})",
+            _figure(methods, lazy, "loop_overhead_s"),
+            best[1] if best else None,
+            0.5,
+        ),
+        target(
+            "lazy staging: stall ≤ torch_checkpointing's",
+            _figure(methods, lazy, "stall_s"),
+            tc("stall_s"),
+            1.0,
+        ),
+        target(
+            "lazy staging: loop overhead ≤ torch_checkpointing's",
+            _figure(methods, lazy, "loop_overhead_s"),
+            tc("loop_overhead_s"),
+            1.0,
+        ),
+        target(
+            "restore (2→1) ≤ torch_checkpointing's",
+            _figure(methods, "elastra", "restore_s"),
+            tc("restore_s"),
+            1.0,
+        ),
+        target(
+            "restore (2→2 resharded) ≤ torch_checkpointing's",
+            _figure(methods, "elastra", "restore_resharded_s"),
+            tc("restore_resharded_s"),
+            1.0,
+        ),
+        target(
+            "durable ≤ 1.3x the raw write of the same bytes",
+            _figure(methods, "elastra", "durable_s"),
+            _number(floors.get("disk_write_s")),
+            1.3,
+        ),
+        target(
+            "restore (2→2 resharded) ≤ 1.3x the raw read of the bytes needed",
+            _figure(methods, "elastra", "restore_resharded_s"),
+            _figure(methods, "elastra", "raw_read_needed_resharded_s"),
+            1.3,
+        ),
+        target(
+            "S3 durable ≤ 1.3x raw boto3 upload of the same bytes",
+            _number(s3_figures.get("durable_s")),
+            _number(s3_figures.get("raw_upload_s")),
+            1.3,
+        ),
+        target(
+            "S3 restore (2→1) ≤ 1.3x raw boto3 download of the same bytes",
+            _number(s3_figures.get("restore_s")),
+            _number(s3_figures.get("raw_download_s")),
+            1.3,
+        ),
+    ]
+
+
 def _number(value: object) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
@@ -188,26 +271,29 @@ def render_markdown(results: Mapping[str, object]) -> str:
     memcpy = _number(floors.get("memcpy_s"))
     write = _number(floors.get("disk_write_s"))
     read = _number(floors.get("disk_read_s"))
+    needed = _figure(methods, "elastra", "raw_read_needed_resharded_s")
     lines = [
         f"Recorded {results.get('date', '?')} on {_machine_line(results.get('machine'))}; "
         f"{results.get('ranks', '?')} gloo ranks, "
         f"{_mib(results.get('state_bytes_per_rank'))} MiB of state per rank.",
         "",
-        "| method | stall (s, median) | loop overhead (s, median) | durable (s, median) | restore 2→1 (s) "
+        "| method | stall (s, median) | loop overhead (s, median) | CPU s per save (user+sys, per rank) "
+        "| durable (s, median) | restore 2→1 (s) "
         "| restore 2→2 resharded (s) | peak RSS (MiB) | stall / memcpy | durable / raw write "
         "| restore / raw read |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for method in METHODS:
         stall = _figure(methods, method, "stall_s")
         overhead = _figure(methods, method, "loop_overhead_s")
+        cpu = _figure(methods, method, "cpu_s_per_save")
         durable = _figure(methods, method, "durable_s")
         restore = _figure(methods, method, "restore_s")
         rss = _figure(methods, method, "peak_rss_bytes")
         resharded = _figure(methods, method, "restore_resharded_s")
         cannot = method == "torch_save" and restore is not None
         lines.append(
-            f"| {method} | {_seconds(stall)} | {_seconds(overhead)} | {_seconds(durable)} "
+            f"| {method} | {_seconds(stall)} | {_seconds(overhead)} | {_seconds(cpu)} | {_seconds(durable)} "
             f"| {_seconds(restore)} "
             f"| {'cannot reshard' if cannot else _seconds(resharded)} "
             f"| {'missing' if rss is None else f'{rss / MIB:.0f}'} | {_times(ratio(stall, memcpy))} "
@@ -216,8 +302,10 @@ def render_markdown(results: Mapping[str, object]) -> str:
     lines += [
         "",
         f"Floors: memcpy {_seconds(memcpy)} s, raw write + fsync {_seconds(write)} s, "
-        f"raw read (page cache evicted) {_seconds(read)} s.",
+        f"raw read (page cache evicted) {_seconds(read)} s; raw read of the bytes a 2→2 column restore "
+        f"needs (every rank at once) {_seconds(needed)} s.",
         "",
+        *_s3_lines(results.get("s3")),
         "| target | Elastra | compared with | ratio | limit | verdict |",
         "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
@@ -231,6 +319,30 @@ def render_markdown(results: Mapping[str, object]) -> str:
             f"| {op} {target.limit:g}x | {_verdict(target.met)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _s3_lines(s3: object) -> list[str]:
+    """The S3 comparison table (Elastra vs raw boto3 on the same bytes), or a line saying why not."""
+    if not isinstance(s3, Mapping):
+        return ["S3: not measured.", ""]
+    if "failed" in s3:
+        return [f"S3: failed ({s3['failed']}).", ""]
+    rows = (
+        ("durable (save → committed)", "durable_s", "raw_upload_s", "upload_fileobj"),
+        ("restore 2→1", "restore_s", "raw_download_s", "download_fileobj"),
+    )
+    lines = [
+        f"S3 (moto over HTTP on this machine), {_mib(s3.get('state_bytes_per_rank'))} MiB of state per "
+        f"rank, CPU {_seconds(_number(s3.get('cpu_s_per_save')))} s per save (per rank):",
+        "",
+        "| figure | Elastra (s, median) | raw boto3, same bytes (s, median) | ratio |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, ours, raw, call in rows:
+        value, reference = _number(s3.get(ours)), _number(s3.get(raw))
+        times = _times(ratio(value, reference))
+        lines.append(f"| {name} | {_seconds(value)} | {_seconds(reference)} ({call}) | {times} |")
+    return [*lines, ""]
 
 
 def _bytes_or_seconds(value: float | None, as_bytes: bool) -> str:

@@ -43,14 +43,32 @@ def results(lazy: dict[str, Any] | None = None, **elastra: Any) -> dict[str, Any
             },
             "dcp_async_save": {
                 "stall_s": 0.8,
+                "loop_overhead_s": 0.8,
                 "durable_s": 2.4,
                 "restore_s": 1.2,
                 "peak_rss_bytes": 1000 * MIB,
+            },
+            "torch_checkpointing": {
+                "stall_s": 0.05,
+                "loop_overhead_s": 0.6,
+                "cpu_s_per_save": 0.9,
+                "durable_s": 2.0,
+                "restore_s": 1.3,
+                "restore_resharded_s": 1.0,
+                "peak_rss_bytes": 900 * MIB,
             },
             "elastra": elastra,
             "elastra_lazy": GOOD_LAZY if lazy is None else lazy,
         },
         "floors": {"memcpy_s": 0.1, "disk_write_s": 1.0, "disk_read_s": 1.0},
+        "s3": {
+            "durable_s": 2.0,
+            "raw_upload_s": 2.0,
+            "restore_s": 1.0,
+            "raw_download_s": 1.0,
+            "state_bytes_per_rank": 64 * MIB,
+            "cpu_s_per_save": 0.5,
+        },
         "state_bytes_per_rank": 256 * MIB,
         "ranks": 2,
         "machine": {
@@ -66,10 +84,12 @@ def results(lazy: dict[str, Any] | None = None, **elastra: Any) -> dict[str, Any
 
 GOOD_LAZY = {"stall_s": 0.01, "loop_overhead_s": 0.3, "durable_s": 1.4, "restore_s": 1.1}
 
-GOOD_ELASTRA = {
+GOOD_ELASTRA: dict[str, Any] = {
     "restore_resharded_s": 0.6,
+    "raw_read_needed_resharded_s": 0.6,
     "stall_s": 0.15,
-    "durable_s": 1.4,
+    "cpu_s_per_save": 0.4,
+    "durable_s": 1.3,
     "restore_s": 1.1,
     "peak_rss_bytes": 700 * MIB,
     "rss_growth_bytes": 1 * MIB,
@@ -155,14 +175,30 @@ def test_all_targets_met_when_elastra_is_inside_every_limit() -> None:
         ),
         pytest.param({"stall_s": 0.2}, set(), id="stall-exactly-at-limits-is-met"),
         pytest.param(
-            {"durable_s": 1.51}, {"durable ≤ 1.5x the raw write of the same bytes"}, id="durable-too-slow"
+            {"durable_s": 1.51},
+            {
+                "durable ≤ 1.5x the raw write of the same bytes",
+                "durable ≤ 1.3x the raw write of the same bytes",
+            },
+            id="durable-too-slow",
+        ),
+        pytest.param(
+            {"durable_s": 1.31}, {"durable ≤ 1.3x the raw write of the same bytes"}, id="durable-over-1.3x"
+        ),
+        pytest.param(
+            {"restore_resharded_s": 0.85},
+            {"restore (2→2 resharded) ≤ 1.3x the raw read of the bytes needed"},
+            id="resharded-restore-over-its-read-floor",
         ),
         pytest.param(
             {"restore_s": 1.2}, {"N→M restore (2→1) faster than DCP's load"}, id="restore-tie-is-not-faster"
         ),
         pytest.param(
             {"restore_resharded_s": 0.95},
-            {"N→M restore (2→2 resharded) faster than DCP's load"},
+            {
+                "N→M restore (2→2 resharded) faster than DCP's load",
+                "restore (2→2 resharded) ≤ 1.3x the raw read of the bytes needed",
+            },
             id="resharded-restore-slower-than-dcp",
         ),
         pytest.param(
@@ -170,8 +206,9 @@ def test_all_targets_met_when_elastra_is_inside_every_limit() -> None:
             {
                 "N→M restore (2→1) faster than DCP's load",
                 "N→M restore (2→1) ≤ 1.3x the raw read of the bytes needed",
+                "restore (2→1) ≤ torch_checkpointing's",
             },
-            id="restore-over-read-floor",
+            id="restore-over-read-floor-and-torch-checkpointing",
         ),
         pytest.param(
             {"rss_growth_bytes": 13 * MIB},
@@ -187,19 +224,77 @@ def test_each_target_fails_on_its_own_figure(change: dict[str, float], failing: 
     assert None not in got.values()
 
 
+@pytest.mark.parametrize(
+    ("lazy", "s3", "failing"),
+    [
+        pytest.param(
+            {"loop_overhead_s": 0.31},
+            {},
+            {"lazy staging: loop overhead ≤ 0.5x the best peer's (torch_checkpointing)"},
+            id="lazy-overhead-over-half-the-best-peer",
+        ),
+        pytest.param(
+            {"loop_overhead_s": 0.7},
+            {},
+            {
+                "lazy staging: loop overhead ≤ 0.5x the best peer's (torch_checkpointing)",
+                "lazy staging: loop overhead ≤ torch_checkpointing's",
+            },
+            id="lazy-overhead-over-torch-checkpointing",
+        ),
+        pytest.param(
+            {"stall_s": 0.06}, {}, {"lazy staging: stall ≤ torch_checkpointing's"}, id="lazy-stall-over-tc"
+        ),
+        pytest.param(
+            {}, {"durable_s": 2.61}, {"S3 durable ≤ 1.3x raw boto3 upload of the same bytes"}, id="s3-durable"
+        ),
+        pytest.param(
+            {},
+            {"restore_s": 1.31},
+            {"S3 restore (2→1) ≤ 1.3x raw boto3 download of the same bytes"},
+            id="s3-restore",
+        ),
+    ],
+)
+def test_background_and_s3_targets(lazy: dict[str, float], s3: dict[str, float], failing: set[str]) -> None:
+    figures = results({**GOOD_LAZY, **lazy}, **GOOD_ELASTRA)
+    figures["s3"] = {**figures["s3"], **s3}
+    got = {t.name: t.met for t in report.evaluate_targets(figures)}
+    assert {name for name, met in got.items() if met is False} == failing
+    assert None not in got.values()
+
+
+def test_best_peer_is_the_lowest_measured_peer() -> None:
+    methods = results(**GOOD_ELASTRA)["methods"]
+    assert report.best_peer(methods, "loop_overhead_s") == ("torch_checkpointing", 0.6)
+    assert report.best_peer({"elastra": {"loop_overhead_s": 0.1}}, "loop_overhead_s") is None
+
+
+def test_s3_table_shows_both_ratios() -> None:
+    table = report.render_markdown(results(**GOOD_ELASTRA))
+    assert "| durable (save → committed) | 2.000 | 2.000 (upload_fileobj) | 1.00x |" in table
+    assert "| restore 2→1 | 1.000 | 1.000 (download_fileobj) | 1.00x |" in table
+    without = results(**GOOD_ELASTRA)
+    del without["s3"]
+    assert "S3: not measured." in report.render_markdown(without)
+
+
 def test_missing_elastra_is_not_measured_never_met() -> None:
     missing = {"missing": "engine not importable"}
-    targets = report.evaluate_targets(results(lazy=missing, **missing))
+    figures = results(lazy=missing, **missing)
+    del figures["s3"]  # Elastra's own S3 run is missing with it
+    targets = report.evaluate_targets(figures)
     assert {t.met for t in targets} == {None}
 
 
 @pytest.mark.parametrize(
     ("lazy_stall", "failing"),
     [
-        pytest.param(0.2, set(), id="lazy-stall-at-every-limit-is-met"),
+        pytest.param(0.2, {"lazy staging: stall ≤ torch_checkpointing's"}, id="lazy-stall-at-every-limit"),
         pytest.param(
             0.21,
             {
+                "lazy staging: stall ≤ torch_checkpointing's",
                 "lazy staging: stall ≤ 1/4 of DCP async_save's",
                 "lazy staging: stall ≤ 1/10 of torch.save's",
                 "lazy staging: stall ≤ 2x the memcpy floor",
@@ -218,10 +313,11 @@ def test_markdown_shows_ratios_and_verdicts() -> None:
     table = report.render_markdown(results(**{**GOOD_ELASTRA, "durable_s": 2.0}))
     elastra_row = next(line for line in table.splitlines() if line.startswith("| elastra |"))
     assert (
-        elastra_row == "| elastra | 0.150 | missing | 2.000 | 1.100 | 0.600 | 700 | 1.50x | 2.00x | 1.10x |"
+        elastra_row
+        == "| elastra | 0.150 | missing | 0.400 | 2.000 | 1.100 | 0.600 | 700 | 1.50x | 2.00x | 1.10x |"
     )
     lazy_row = next(line for line in table.splitlines() if line.startswith("| elastra_lazy |"))
-    assert lazy_row.startswith("| elastra_lazy | 0.010 | 0.300 | 1.400 | 1.100 |")
+    assert lazy_row.startswith("| elastra_lazy | 0.010 | 0.300 | missing | 1.400 | 1.100 |")
     assert (
         "| durable ≤ 1.5x the raw write of the same bytes | 2.000 s | 1.000 s | 2.00x "
         "| ≤ 1.5x | **not met** |" in table
@@ -230,8 +326,13 @@ def test_markdown_shows_ratios_and_verdicts() -> None:
 
 
 def test_markdown_marks_missing_elastra() -> None:
-    table = report.render_markdown(results(lazy={"missing": "x"}, missing="not importable"))
-    assert "| elastra | missing | missing | missing | missing | missing | missing | - | - | - |" in table
+    figures = results(lazy={"missing": "x"}, missing="not importable")
+    del figures["s3"]
+    table = report.render_markdown(figures)
+    assert (
+        "| elastra | missing | missing | missing | missing | missing | missing | missing | - | - | - |"
+        in table
+    )
     assert "**not measured**" in table and "| met |" not in table
 
 
@@ -293,7 +394,9 @@ def test_run_all_discovers_known_benchmarks_first_and_skips_helpers(tmp_path: pa
 def test_torch_save_row_says_it_cannot_reshard() -> None:
     table = report.render_markdown(results(**GOOD_ELASTRA))
     torch_row = next(line for line in table.splitlines() if line.startswith("| torch_save |"))
-    assert torch_row.startswith("| torch_save | 2.000 | missing | 2.500 | 1.500 | cannot reshard | 900 |")
+    assert torch_row.startswith(
+        "| torch_save | 2.000 | missing | missing | 2.500 | 1.500 | cannot reshard | 900 |"
+    )
 
 
 def test_run_all_reports_a_skipped_benchmark_without_failing(tmp_path: pathlib.Path) -> None:

@@ -26,9 +26,9 @@ import torch.distributed as dist
 from torch.utils.hooks import RemovableHandle
 
 from elastra.checkpoint import faults
-from elastra.checkpoint.checksum import crc32
 from elastra.checkpoint.format import (
     CHUNK_BYTES,
+    DIRECT_IO_ALIGN,
     FORMAT_VERSION,
     MANIFEST,
     FormatError,
@@ -42,7 +42,7 @@ from elastra.checkpoint.format import (
 )  # fmt: skip
 from elastra.checkpoint.geometry import Box
 from elastra.checkpoint.handles import CheckpointError, CheckpointStats, CommitInfo, SaveHandle
-from elastra.checkpoint.plan import Piece, RankWrites, SavePlan, checksum_chunks, plan_save
+from elastra.checkpoint.plan import Piece, RankWrites, SavePlan, plan_save
 from elastra.checkpoint.restore import (
     NONE,
     RestoreResult,
@@ -52,7 +52,14 @@ from elastra.checkpoint.restore import (
     split_source,
 )
 from elastra.checkpoint.retention import apply_retention, committed_steps
-from elastra.checkpoint.staging import FillKind, StagingBuffer, StagingJob, fill_kind
+from elastra.checkpoint.staging import (
+    FillKind,
+    Staged,
+    StagingBuffer,
+    StagingJob,
+    checksum_pieces,
+    fill_kind,
+)
 from elastra.checkpoint.state import ST_TO_TORCH, TensorLeaf, is_tensor_value, split_state, walk
 from elastra.storage import LocalStorage, S3Options, Storage, StorageError, join_key, open_storage
 from elastra.storage.local import make_private
@@ -198,7 +205,15 @@ class Checkpointer:
         faults.crash_point("stage", self.rank)
         mine = plan.writes[self.rank]
         by_key = {(x.path, x.box.offsets, x.box.shape): x for x in leaves}
-        job = self._staging.prepare(mine, by_key)
+        header = shard_header(
+            [(p.name, p.piece.dtype, p.piece.box.shape, p.piece.nbytes) for p in mine.pieces],
+            {"format": "elastra-checkpoint", "version": str(FORMAT_VERSION), "step": str(step)},
+            align=DIRECT_IO_ALIGN,
+        )
+        # Lazy staging runs on the background thread, so it checksums while it copies (one pass);
+        # eager staging keeps the training thread's wait to the copy and checksums afterwards.
+        chunk = self.chunk_bytes if staging == "lazy" else None
+        job = self._staging.prepare(mine, by_key, header, checksum_chunk=chunk)
         staged_future: concurrent.futures.Future[None] = concurrent.futures.Future()
         # Fresh file names for every save: re-saving a committed step (an old generation committing
         # late, a new one saving the same step number) never touches the files its manifest names;
@@ -226,7 +241,7 @@ class Checkpointer:
 
         A failed copy still takes part in the commit round (as this rank's error), so the other ranks
         learn the step failed instead of waiting for this one."""
-        staged: memoryview | str
+        staged: Staged | str
         try:
             staged = self._staging.copy(job)
         except Exception as exc:
@@ -259,13 +274,13 @@ class Checkpointer:
 
     def _persist_and_commit(
         self,
-        *, step: int, plan: SavePlan, mine: RankWrites, staged: memoryview | str, values: dict[str, Any],
+        *, step: int, plan: SavePlan, mine: RankWrites, staged: Staged | str, values: dict[str, Any],
         stall: float, started: float, save_id: str,
     ) -> CommitInfo:  # fmt: skip
         """`staged` is the staged bytes, or why staging failed (then this rank reports that error)."""
         report = (
             self._write_shard(step, mine, staged, shard_file(mine.rank, save_id))
-            if isinstance(staged, memoryview)
+            if isinstance(staged, Staged)
             else {"ok": False, "error": staged}
         )
         faults.crash_point("commit", self.rank)
@@ -306,27 +321,24 @@ class Checkpointer:
             commit_seconds=time.perf_counter() - started,
         )
 
-    def _write_shard(self, step: int, mine: RankWrites, staged: memoryview, file: str) -> dict[str, Any]:
-        """Checksum, persist and upload this rank's shard as `file`; its index for the manifest, or
-        the error."""
+    def _write_shard(self, step: int, mine: RankWrites, staged: Staged, file: str) -> dict[str, Any]:
+        """Checksum (unless staging did), persist and upload this rank's shard as `file`; its index for
+        the manifest, or the error."""
         report: dict[str, Any] = {"ok": True, "error": None}
         key = join_key(step_dir(step), file)
         try:
-            header = shard_header(
-                [(p.name, p.piece.dtype, p.piece.box.shape, p.piece.nbytes) for p in mine.pieces],
-                {"format": "elastra-checkpoint", "version": str(FORMAT_VERSION), "step": str(step)},
-            )
+            crcs = staged.crcs
+            if crcs is None:
+                crcs = tuple(checksum_pieces(staged.file, staged.data_start, mine, self.chunk_bytes))
             fragments = []
-            for placed in mine.pieces:
-                data = staged[placed.data_offset : placed.data_offset + placed.piece.nbytes]
-                crcs = [crc32(data[s:e]) for s, e in checksum_chunks(len(data), self.chunk_bytes)]
+            for placed, sums in zip(mine.pieces, crcs, strict=True):
                 box = placed.piece.box
-                start = len(header) + placed.data_offset
-                fragments.append(
-                    [placed.piece.path, start, placed.piece.nbytes, list(box.offsets), list(box.shape), crcs]
-                )
-            parts = [memoryview(header), staged]
-            size = len(header) + staged.nbytes
+                start = staged.data_start + placed.data_offset
+                piece = placed.piece
+                where = [piece.path, start, piece.nbytes]
+                fragments.append([*where, list(box.offsets), list(box.shape), list(sums)])
+            parts = [staged.file]  # header and data, one aligned buffer: written with direct I/O
+            size = staged.file.nbytes
             faults.crash_point("persist", self.rank)
             if self._local is not None:
                 self._local.put_parts(key, parts)

@@ -21,6 +21,10 @@ MANIFEST = "manifest.json"
 CHUNK_BYTES = 4 << 20
 """Checksums cover fixed chunks of each fragment, so a ranged read verifies only what it reads."""
 MAX_HEADER_BYTES = 100 << 20
+DIRECT_IO_ALIGN = 4096
+"""Shard files are laid out so their data starts at a multiple of this (the page size, a multiple of
+every common disk's logical block): the writer stages header and data in one buffer aligned to it and
+writes that with direct I/O (no copy into the page cache)."""
 STEP_DIR = re.compile(r"^step-(\d{1,18})$")
 
 ITEMSIZE: dict[str, int] = {
@@ -331,18 +335,24 @@ def parse_manifest(data: bytes, step: int | None = None) -> Manifest:
                     chunk_bytes=chunk, meta=meta)  # fmt: skip
 
 
-def shard_header(entries: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str]) -> bytes:
+def shard_header(
+    entries: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str], *, align: int = 8
+) -> bytes:
     """The safetensors header for pieces laid out back to back: `(name, dtype, shape, nbytes)` each.
 
     Returns the 8-byte little-endian length followed by the JSON, padded with spaces so the data
-    section starts 8-byte aligned (as the safetensors writer does)."""
+    section starts `align`-byte aligned: 8 as the safetensors writer does, or a disk block multiple
+    (`DIRECT_IO_ALIGN`) so the file can be written from an aligned buffer with direct I/O. Trailing
+    spaces are valid JSON, so both read the same."""
+    if align < 8 or align % 8:
+        raise ValueError(f"header alignment must be a positive multiple of 8, got {align}")
     doc: dict[str, Any] = {"__metadata__": metadata}
     offset = 0
     for name, dtype, shape, nbytes in entries:
         doc[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     body = json.dumps(doc, separators=(",", ":")).encode()
-    body += b" " * (-(len(body) + 8) % 8)
+    body += b" " * (-(len(body) + 8) % align)
     return struct.pack("<Q", len(body)) + body
 
 

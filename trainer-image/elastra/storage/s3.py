@@ -1,16 +1,20 @@
 """The S3 tier, with boto3.
 
-Uploads use boto3's transfer manager: multipart above `multipart_threshold`, parts uploaded in parallel
-threads, and botocore's `standard` retry mode (exponential backoff with jitter) on every request. An S3
-object appears only when its (multipart) upload completes, so a key is never seen half-written. Reads
-are ranged GETs of only the bytes asked for.
+Uploads use boto3's transfer manager: multipart above `multipart_threshold`, with parts sized to the
+object (at least `part_size`, and large enough that `max_concurrency` threads upload one part each, so
+a large object takes few requests), and botocore's `standard` retry mode (exponential backoff with
+jitter) on every request. An S3 object appears only when its (multipart) upload completes, so a key is
+never seen half-written. Reads are ranged GETs of only the bytes asked for; a large read is split into
+up to `max_concurrency` ranged GETs in parallel, each streamed straight into the caller's memory.
 """
 
 from __future__ import annotations
 
 import builtins
+import concurrent.futures
 import io
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +32,10 @@ class S3Options:
     multipart_threshold: int = 8 << 20
     """Objects at least this large are uploaded in parts (S3's minimum part size is 5 MiB)."""
     part_size: int = 8 << 20
-    """Size of one multipart part."""
+    """Smallest size of one multipart part (a larger object gets larger parts: `part_bytes`)."""
+    max_part_size: int = 64 << 20
+    """Largest part, unless S3's 10,000-part limit needs more: the transfer manager holds up to 10
+    parts of an upload from memory in flight, so this bounds that memory."""
     max_concurrency: int = 8
     """Parts uploaded in parallel per object."""
     max_attempts: int = 8
@@ -42,6 +49,8 @@ class S3Options:
     def __post_init__(self) -> None:
         if self.part_size < 5 << 20:
             raise ValueError(f"part_size {self.part_size} is below S3's 5 MiB minimum part size")
+        if self.max_part_size < self.part_size:
+            raise ValueError(f"max_part_size {self.max_part_size} is below part_size {self.part_size}")
         if self.max_concurrency < 1 or self.max_attempts < 1:
             raise ValueError("max_concurrency and max_attempts must be at least 1")
 
@@ -54,6 +63,46 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     if not bucket:
         raise ValueError(f"s3 URI without a bucket: {uri!r}")
     return bucket, prefix.strip("/")
+
+
+_MIB = 1 << 20
+MAX_PARTS = 10_000
+"""S3's limit on the parts of one multipart upload."""
+MIN_RANGE_BYTES = 8 << 20
+"""A read is split into parallel ranged GETs of at least this many bytes each."""
+
+
+def part_bytes(size: int, options: S3Options) -> int:
+    """The multipart part size for an object of `size` bytes (pure): `options.part_size` at least,
+    large enough that `max_concurrency` parts cover the object (each upload thread sends one part,
+    few requests) up to `options.max_part_size`, within S3's 10,000 parts, rounded up to a whole MiB."""
+    per_thread = min(-(-size // options.max_concurrency), options.max_part_size)
+    wanted = max(options.part_size, per_thread, -(-size // MAX_PARTS))
+    return -(-wanted // _MIB) * _MIB
+
+
+def split_views(views: list[memoryview], pieces: int, minimum: int) -> list[tuple[int, list[memoryview]]]:
+    """`views` (consecutive bytes) cut into at most `pieces` runs of at least `minimum` bytes (the last
+    may be shorter): `(offset of the run, its sub-views)` each (pure)."""
+    total = sum(v.nbytes for v in views)
+    size = max(minimum, -(-total // max(1, pieces)))
+    runs: list[tuple[int, list[memoryview]]] = []
+    current: list[memoryview] = []
+    offset = filled = 0
+    for whole in views:
+        view = whole
+        while view.nbytes:
+            take = min(view.nbytes, size - filled)
+            current.append(view[:take])
+            view = view[take:]
+            filled += take
+            if filled == size:
+                runs.append((offset, current))
+                offset += filled
+                current, filled = [], 0
+    if current:
+        runs.append((offset, current))
+    return runs
 
 
 class _PartsReader(io.RawIOBase):
@@ -110,12 +159,26 @@ class S3Storage:
                 max_pool_connections=max(10, opts.max_concurrency * 2),
             ),
         )
-        self._transfer = TransferConfig(
-            multipart_threshold=opts.multipart_threshold,
-            multipart_chunksize=opts.part_size,
-            max_concurrency=opts.max_concurrency,
+        self._options = opts
+        self._transfer_config = TransferConfig
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    def _transfer(self, size: int) -> Any:
+        return self._transfer_config(
+            multipart_threshold=self._options.multipart_threshold,
+            multipart_chunksize=part_bytes(size, self._options),
+            max_concurrency=self._options.max_concurrency,
             use_threads=True,
         )
+
+    def _readers(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    self._options.max_concurrency, thread_name_prefix="elastra-s3-get"
+                )
+            return self._pool
 
     def _key(self, key: str) -> str:
         check_key(key)
@@ -133,15 +196,17 @@ class S3Storage:
 
     def put_parts(self, key: str, parts: list[memoryview]) -> None:
         try:
+            size = sum(memoryview(p).nbytes for p in parts)
             self._client.upload_fileobj(
-                _PartsReader(parts), self._bucket, self._key(key), Config=self._transfer
+                _PartsReader(parts), self._bucket, self._key(key), Config=self._transfer(size)
             )
         except Exception as exc:
             raise self._error("upload", key, exc) from exc
 
     def put_file(self, key: str, path: str) -> None:
         try:
-            self._client.upload_file(path, self._bucket, self._key(key), Config=self._transfer)
+            config = self._transfer(os.path.getsize(path))
+            self._client.upload_file(path, self._bucket, self._key(key), Config=config)
         except Exception as exc:
             raise self._error("upload", key, exc) from exc
 
@@ -165,11 +230,36 @@ class S3Storage:
         views = [p.cast("B") if p.format != "B" else p for p in parts if p.nbytes]
         if not views:
             return
-        data = memoryview(self.get_range(key, start, start + sum(v.nbytes for v in views)))
-        offset = 0
-        for view in views:
-            view[:] = data[offset : offset + view.nbytes]
-            offset += view.nbytes
+        runs = split_views(views, self._options.max_concurrency, MIN_RANGE_BYTES)
+        if len(runs) == 1:
+            self._get_into(key, start, views)
+            return
+        futures = [self._readers().submit(self._get_into, key, start + offset, run) for offset, run in runs]
+        for future in futures:
+            future.result()  # the first failure raises; the others finish on their own
+
+    def _get_into(self, key: str, start: int, views: list[memoryview]) -> None:
+        """One ranged GET of the bytes that fill `views`, read from the socket straight into them."""
+        wanted = sum(v.nbytes for v in views)
+        try:
+            response = self._client.get_object(
+                Bucket=self._bucket, Key=self._key(key), Range=f"bytes={start}-{start + wanted - 1}"
+            )
+            body = response["Body"]
+            got = 0
+            for view in views:
+                filled = 0
+                while filled < view.nbytes:
+                    count = body.readinto(view[filled:])
+                    if not count:
+                        raise StorageError(f"S3 ranged GET {key}: got {got + filled} bytes, wanted {wanted}")
+                    filled += count
+                got += filled
+            body.close()
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise self._error("ranged GET", key, exc) from exc
 
     def get(self, key: str) -> bytes:
         try:

@@ -33,6 +33,18 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--s3", action="store_true", help="also start a local S3 endpoint (moto)")
     parser.add_argument(
+        "--virtual-nodes",
+        type=int,
+        default=0,
+        help="virtual nodes vnode-1..N: pods run no process, the protocol simulator plays their agents",
+    )
+    parser.add_argument(
+        "--simulator",
+        type=json.loads,
+        default=None,
+        help='protocol simulator settings as JSON, e.g. \'{"restore_seconds": 1, "step_seconds": 0.5}\'',
+    )
+    parser.add_argument(
         "--no-validation-rules",
         dest="validation_rules",
         action="store_false",
@@ -53,6 +65,8 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         node_grace_s=args.node_grace,
         s3=args.s3,
         validation_rules=args.validation_rules,
+        virtual_nodes=args.virtual_nodes,
+        simulator=args.simulator,
     )
 
 

@@ -27,6 +27,7 @@ from localcluster.deployments import DeploymentController
 from localcluster.errors import ApiError
 from localcluster.ippool import IpPool
 from localcluster.kubelet import Kubelet
+from localcluster.requestcount import RequestCounter
 from localcluster.store import Store, now_iso
 from localcluster.virtual import VIRTUAL_LABEL, VirtualNodes, simulator_argv, virtual_node_name
 from localcluster.watchlog import StorageKey, WatchEvent
@@ -85,6 +86,10 @@ class ClusterConfig:
             )
 
 
+async def _json(body: object) -> web.Response:
+    return web.json_response(body)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket() as s:
@@ -112,6 +117,8 @@ class ClusterCore:
         self._tasks: list[asyncio.Task[None]] = []
         self._moto: Any = None
         self.store.listeners.append(self._route_pod_events)
+        self.requests = RequestCounter()
+        self.api.app.middlewares.insert(0, self.requests.middleware)
         self._add_control_routes(self.api.app)
         self.virtual: VirtualNodes | None = None
 
@@ -432,4 +439,5 @@ class ClusterCore:
         app.router.add_post("/localcluster/v1/nodes", add)
         app.router.add_post("/localcluster/v1/nodes/{name}/{action}", node_action)
         app.router.add_post("/localcluster/v1/shutdown", shutdown)
+        app.router.add_get("/localcluster/v1/requests", lambda _request: _json(self.requests.snapshot()))
         app.router.add_post("/localcluster/v1/virtual/pods/{namespace}/{name}/fail", fail_pod)

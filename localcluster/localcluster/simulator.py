@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import datetime as dt
+import functools
 import hashlib
 import heapq
 import json
@@ -469,7 +469,13 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(json.dumps(message) + "\n")
             sys.stdout.flush()
 
-    simulator = Simulator(config, load_kube_config(), emit)
+    from kubernetes import client
+
+    configuration = load_kube_config().api_client.configuration  # the real agent's way to the API
+    configuration.connection_pool_maxsize = config.api_threads
+    api = client.CoreV1Api(client.ApiClient(configuration))
+    api.api_client.user_agent = "localcluster-simulator/1"  # its requests are told apart from the operator's
+    simulator = Simulator(config, api, emit)
     stop = threading.Event()
     worker = threading.Thread(target=simulator.run, args=(stop,), name="simulation", daemon=True)
     worker.start()

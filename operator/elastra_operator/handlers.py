@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -193,6 +194,14 @@ def _quietly(namespace: str, name: str) -> None:
 
 
 def _one_pass(namespace: str, name: str) -> None:
+    started = time.perf_counter()
+    try:
+        _plan_and_apply(namespace, name)
+    finally:
+        _State.metrics.reconcile.observe(time.perf_counter() - started)
+
+
+def _plan_and_apply(namespace: str, name: str) -> None:
     kube = _kube()
     observed = kube.observe(namespace, name)
     if observed is None:

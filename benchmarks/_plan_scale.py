@@ -110,6 +110,9 @@ def planning_figures() -> dict[str, float]:
         dcp = time_dcp(world, repeat)
         out[f"plan_{label}_s"] = round(ours, 4)
         out[f"dcp_plan_{label}_s"] = round(dcp, 4)
-        print(f"[operator_scale] planning {world} ranks: ours {ours:.3f} s, DCP {dcp:.3f} s ({dcp / ours:.1f}x)",
-              flush=True)  # fmt: skip
+        print(
+            f"[operator_scale] planning {world} ranks: ours {ours:.3f} s, DCP {dcp:.3f} s "
+            f"({dcp / ours:.1f}x)",
+            flush=True,
+        )
     return out

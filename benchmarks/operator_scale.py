@@ -38,8 +38,8 @@ from typing import Any
 
 import kubernetes
 import yaml
-from _plan_scale import planning_figures
 
+from _plan_scale import planning_figures
 from elastra.api.membership import MEMBERSHIP_KEY, Membership, membership_configmap_name
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -127,8 +127,8 @@ class Rig:
     # ------------------------------------------------------------------ reading
     def control(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body or {}).encode() if method == "POST" else None
-        request = urllib.request.Request(self.url + path, data=data, method=method)  # noqa: S310 - our server
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - our own http URL
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 
     def operator_requests(self) -> int:
@@ -139,7 +139,7 @@ class Rig:
         )  # fmt: skip
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
             return str(r.read().decode())
 
     def status(self, job: str) -> dict[str, Any]:
@@ -278,8 +278,8 @@ def large_job(workdir: pathlib.Path) -> dict[str, float]:
             running_s.append(recovered)
             requests.append(count_after - count_before)
             print(
-                f"[operator_scale] rescale {index + 1}: {victim.node} lost; generation {new.generation} written "
-                f"{membership_s[-1]:.2f} s after detection, Running after {recovered:.2f} s, "
+                f"[operator_scale] rescale {index + 1}: {victim.node} lost; generation {new.generation} "
+                f"written {membership_s[-1]:.2f} s after detection, Running after {recovered:.2f} s, "
                 f"{count_after - count_before} operator requests",
                 flush=True,
             )
@@ -318,7 +318,7 @@ def many_jobs(workdir: pathlib.Path) -> dict[str, float]:
             flush=True,
         )
         before = _buckets(rig.metrics(), "elastra_reconcile_seconds")
-        rng = random.Random(16)  # noqa: S311 - which node to power off, not a secret
+        rng = random.Random(16)
         killed = 0
         churn_started = time.monotonic()
         for second in range(CHURN_S):
@@ -332,8 +332,8 @@ def many_jobs(workdir: pathlib.Path) -> dict[str, float]:
         cpu1, hwm = _proc(rig.operator.pid)
         running = sum(1 for n in names if rig.status(n).get("phase") == "Running")
         print(
-            f"[operator_scale] churn: {killed} nodes powered off in {CHURN_S} s; {running}/{JOBS} jobs Running "
-            f"5 s later; load average {os.getloadavg()}",
+            f"[operator_scale] churn: {killed} nodes powered off in {CHURN_S} s; "
+            f"{running}/{JOBS} jobs Running 5 s later; load average {os.getloadavg()}",
             flush=True,
         )
         return {

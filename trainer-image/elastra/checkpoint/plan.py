@@ -83,18 +83,17 @@ class SavePlan:
     """path → (dtype, shape, layout, sharding) of every logical tensor."""
 
 
-def plan_save(pieces_by_rank: list[list[Piece]]) -> SavePlan:
-    """Assign each distinct piece to exactly one holder and lay out the shard files.
+_Key = tuple[str, tuple[int, ...], tuple[int, ...]]
 
-    Pieces held by a single rank go to it; pieces held by several ranks (replicated) go, largest first,
-    to whichever holder has the fewest bytes so far, so replicated tensors spread across ranks.
 
-    Linear in the number of pieces (plus the sorts): every piece is looked at once, its size is computed
-    once per distinct piece, and a replicated piece's holder is a `min` over its holders' loads. At 16k
-    ranks this runs well inside a second (benchmarks/operator_scale.py)."""
+def _distinct_pieces(
+    pieces_by_rank: list[list[Piece]],
+) -> tuple[dict[str, tuple[str, tuple[int, ...], str, str]], dict[_Key, list[int]], dict[_Key, Piece]]:
+    """Tensor metadata by path, holders (ascending ranks) by piece key, and one piece per key; empty
+    pieces are left out. Raises ValueError when ranks disagree about a tensor."""
     tensors: dict[str, tuple[str, tuple[int, ...], str, str]] = {}
-    holders: dict[tuple[str, tuple[int, ...], tuple[int, ...]], list[int]] = {}
-    by_key: dict[tuple[str, tuple[int, ...], tuple[int, ...]], Piece] = {}
+    holders: dict[_Key, list[int]] = {}
+    by_key: dict[_Key, Piece] = {}
     for rank, pieces in enumerate(pieces_by_rank):
         for piece in pieces:
             known = tensors.get(piece.path)
@@ -115,6 +114,19 @@ def plan_save(pieces_by_rank: list[list[Piece]]) -> SavePlan:
                 by_key[key] = piece
             else:
                 held.append(rank)
+    return tensors, holders, by_key
+
+
+def plan_save(pieces_by_rank: list[list[Piece]]) -> SavePlan:
+    """Assign each distinct piece to exactly one holder and lay out the shard files.
+
+    Pieces held by a single rank go to it; pieces held by several ranks (replicated) go, largest first,
+    to whichever holder has the fewest bytes so far, so replicated tensors spread across ranks.
+
+    Linear in the number of pieces (plus the sorts): every piece is looked at once, its size is computed
+    once per distinct piece, and a replicated piece's holder is a `min` over its holders' loads
+    (benchmarks/operator_scale.py times it at 1k-16k ranks against DCP's global plan)."""
+    tensors, holders, by_key = _distinct_pieces(pieces_by_rank)
     nbytes = {key: piece.nbytes for key, piece in by_key.items()}
     load = [0] * len(pieces_by_rank)
     assigned: list[list[Piece]] = [[] for _ in pieces_by_rank]

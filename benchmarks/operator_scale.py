@@ -91,7 +91,7 @@ class Rig:
         (workdir / "cluster").mkdir(parents=True)
         with (workdir / "cluster.log").open("wb") as log:
             self.cluster = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT
             )
         state = _until(self._state, 120, "the cluster to start", every=0.5)
         self.url, self.kubeconfig = state["url"], state["kubeconfig"]
@@ -106,7 +106,7 @@ class Rig:
         argv = [str(ELASTRA), "operator", "--kubeconfig", self.kubeconfig, "--standalone"]
         argv += ["--metrics-port", str(self.metrics_port)]
         with (workdir / "operator.log").open("wb") as log:
-            self.operator = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            self.operator = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def _state(self) -> dict[str, Any] | None:
         path = self.workdir / "cluster" / "state.json"

@@ -77,3 +77,25 @@ def failure_label(unplanned: list[tuple[str, str]], suspects: frozenset[str] | s
     if causes:
         return causes[0]
     return "Unresponsive" if suspects else PEER_LOST
+
+
+DETAIL_PODS = 5
+"""At most this many pods are named in a Failure Event; the rest are counted."""
+
+
+def failure_detail(unplanned: list[tuple[str, str]], suspects: frozenset[str] | set[str]) -> str:
+    """The `lost …` part of a Failure Event, bounded whatever the job's size: causes before `PeerLost`
+    symptoms, at most DETAIL_PODS named, then how many more (a 512-pod job's peers must not make one
+    Event of 50 KB). Pure."""
+    ordered = sorted(unplanned, key=lambda item: PEER_LOST in item[1])
+    named = ordered[:DETAIL_PODS]
+    text = ", ".join(f"{pod} ({why})" for pod, why in named)
+    rest = ordered[DETAIL_PODS:]
+    if rest:
+        peers = sum(1 for _, why in rest if PEER_LOST in why)
+        text += f" and {len(rest)} more" + (f" ({peers} {PEER_LOST})" if peers else "")
+    if suspects:
+        silent = sorted(suspects)
+        more = f" and {len(silent) - DETAIL_PODS} more" if len(silent) > DETAIL_PODS else ""
+        text += f"; left out, silent since: {', '.join(silent[:DETAIL_PODS])}{more}"
+    return text

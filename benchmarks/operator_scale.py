@@ -284,11 +284,6 @@ def large_job(workdir: pathlib.Path) -> dict[str, float]:
                 flush=True,
             )
             status = after
-            print(
-                f"[operator_scale] rescale {index + 1}: {victim.node} lost; generation {after['generation']} "
-                f"recovered in {recovered:.2f} s, {count_after - count_before} operator requests",
-                flush=True,
-            )
         return {
             "rescale_membership_s": round(statistics.median(membership_s), 3),
             "rescale_running_s": round(statistics.median(running_s), 3),

@@ -87,7 +87,7 @@ class Rig:
             "0",
         ]
         argv += ["--virtual-nodes", str(nodes), "--gpus-per-node", str(gpus_per_node)]
-        argv += ["--heartbeat", "2", "--node-grace", "20", "--simulator", json.dumps(SIMULATOR)]
+        argv += ["--heartbeat", "5", "--node-grace", "20", "--simulator", json.dumps(SIMULATOR)]
         (workdir / "cluster").mkdir(parents=True)
         with (workdir / "cluster.log").open("wb") as log:
             self.cluster = subprocess.Popen(

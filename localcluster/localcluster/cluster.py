@@ -86,10 +86,6 @@ class ClusterConfig:
             )
 
 
-async def _json(body: object) -> web.Response:
-    return web.json_response(body)
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket() as s:
@@ -431,6 +427,9 @@ class ClusterCore:
             self.fail_pod(namespace, pod, int(body.get("exitCode", 137)), body.get("reason") or None)
             return web.json_response({"pod": f"{namespace}/{pod}", "action": "fail"})
 
+        async def requests(_request: web.Request) -> web.Response:
+            return web.json_response(self.requests.snapshot())
+
         async def shutdown(_request: web.Request) -> web.Response:
             self.shutdown_requested.set()
             return web.json_response({"shutdown": True})
@@ -439,5 +438,5 @@ class ClusterCore:
         app.router.add_post("/localcluster/v1/nodes", add)
         app.router.add_post("/localcluster/v1/nodes/{name}/{action}", node_action)
         app.router.add_post("/localcluster/v1/shutdown", shutdown)
-        app.router.add_get("/localcluster/v1/requests", lambda _request: _json(self.requests.snapshot()))
+        app.router.add_get("/localcluster/v1/requests", requests)
         app.router.add_post("/localcluster/v1/virtual/pods/{namespace}/{name}/fail", fail_pod)

@@ -38,7 +38,7 @@ from elastra.api.membership import (
 )
 
 from . import storage
-from .kube import Conflict, Kube, checkpoint_view, job_view
+from .kube import Conflict, Kube, checkpoint_view, job_view, node_view
 from .metrics import OperatorMetrics
 from .reconcile.actions import Event, PatchStatus
 from .reconcile.checks import deletion_refusal, teardown
@@ -46,6 +46,7 @@ from .reconcile.facts import PEER_LOST, PEER_QUIET_SECONDS
 from .reconcile.manifests import FINALIZER
 from .reconcile.plan import plan
 from .reconcile.status import status_body
+from .reconcile.views import NodeView
 
 RESYNC_SECONDS = float(os.environ.get("ELASTRA_RESYNC_SECONDS", "2"))
 """How often each TrainingJob is re-planned."""
@@ -59,6 +60,8 @@ class _State:
 
     kube: Kube | None = None
     metrics = OperatorMetrics()
+    nodes: kopf.Index[str, NodeView] | None = None
+    """Kopf's live index of every Node (`node_views`); None until a handler has seen it."""
 
 
 def setup(kubeconfig: str | None, metrics: OperatorMetrics) -> None:
@@ -120,6 +123,26 @@ def _json_object(raw: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"raw": raw}
 
 
+@kopf.index("", "v1", "nodes")
+def node_views(*, name: str, body: kopf.Body, **_: Any) -> dict[str, NodeView]:
+    """Every Node as the planner sees it, kept current by one watch: a pass reads no node list (a list of
+    1,000 nodes per pass, for 100 jobs every few seconds, was most of the API traffic at scale)."""
+    return {name: node_view(dict(body))}
+
+
+def _remember_nodes(index: kopf.Index[str, NodeView] | None) -> None:
+    if index is not None:
+        _State.nodes = index
+
+
+def _nodes() -> tuple[NodeView, ...] | None:
+    """The indexed nodes; None (list them) before the index was handed to any handler."""
+    index = _State.nodes
+    if index is None:
+        return None
+    return tuple(view for store in index.values() for view in store)
+
+
 class _Passes:
     """At most one pass per job at a time; a trigger during a pass runs it once more afterwards."""
 
@@ -154,15 +177,21 @@ def run_pass(namespace: str, name: str) -> None:
 @kopf.timer(
     GROUP, VERSION, tj_api.PLURAL, interval=RESYNC_SECONDS, sharp=False, backoff=max(RESYNC_SECONDS, 1.0)
 )
-def reconcile_job(*, namespace: str | None, name: str, **_: Any) -> None:
+def reconcile_job(
+    *, namespace: str | None, name: str, node_views: kopf.Index[str, NodeView] | None = None, **_: Any
+) -> None:
     """The periodic planning pass over one TrainingJob (the level-triggered fallback)."""
     assert namespace is not None  # TrainingJobs are namespaced
+    _remember_nodes(node_views)
     run_pass(namespace, name)
 
 
 @kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT, ROLE_LABEL: "worker"})
-def worker_pod_changed(*, type: str | None, body: kopf.Body, **_: Any) -> None:
+def worker_pod_changed(
+    *, type: str | None, body: kopf.Body, node_views: kopf.Index[str, NodeView] | None = None, **_: Any
+) -> None:
     """A worker pod changed in a way that can move its job's plan: plan the job now."""
+    _remember_nodes(node_views)
     raw = dict(body)
     meta = raw.get("metadata") or {}
     namespace, job, uid = meta.get("namespace"), (meta.get("labels") or {}).get(JOB_LABEL), meta.get("uid")
@@ -203,7 +232,7 @@ def _one_pass(namespace: str, name: str) -> None:
 
 def _plan_and_apply(namespace: str, name: str) -> None:
     kube = _kube()
-    observed = kube.observe(namespace, name)
+    observed = kube.observe(namespace, name, nodes=_nodes())
     if observed is None:
         _State.metrics.forget(namespace, name)
         return

@@ -263,8 +263,11 @@ class Kube:
         grace = 0 if force else None
         self._ignore_404(self.core.delete_namespaced_pod, name, namespace, grace_period_seconds=grace)
 
-    def observe(self, namespace: str, name: str) -> Observed | None:
-        """Read one job and everything about it; None when the job is gone."""
+    def observe(
+        self, namespace: str, name: str, *, nodes: tuple[NodeView, ...] | None = None
+    ) -> Observed | None:
+        """Read one job and everything about it; None when the job is gone. `nodes`: the nodes as an
+        index already holds them (None: list them)."""
         raw = self.get_job(namespace, name)
         if raw is None:
             return None
@@ -280,7 +283,7 @@ class Kube:
         return Observed(
             job=job,
             pods=self.worker_pods(namespace, name),
-            nodes=self.nodes(),
+            nodes=nodes if nodes is not None else self.nodes(),
             checkpoints=self.list_checkpoints(namespace, name),
         )
 

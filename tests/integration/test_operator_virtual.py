@@ -32,7 +32,8 @@ def virtual(tmp_path: pathlib.Path) -> Iterator[Harness]:
 
 def test_64_virtual_pods_start_rescale_on_node_loss_and_restart_in_place(virtual: Harness) -> None:
     h = virtual
-    h.create_job("sim", replicas={"min": PODS // 2, "max": PODS}, checkpoint={"everySteps": 5})
+    checkpoint = {"everySteps": 5, "directory": {"path": str(h.workdir / "ckpt"), "keep": 2}}
+    h.create_job("sim", replicas={"min": PODS // 2, "max": PODS}, checkpoint=checkpoint)
     first = h.wait(h.running("sim", PODS), 90, f"{PODS} virtual pods to run")
     pods = h.pods("sim")
     assert len(pods) == PODS and all(p.spec.node_name.startswith("vnode-") for p in pods)

@@ -162,14 +162,23 @@ class _Outbox:
 class Simulator:
     """All simulated agents of one cluster."""
 
-    def __init__(self, config: SimulatorConfig, api: Any, emit: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(
+        self,
+        config: SimulatorConfig,
+        api: Any,
+        emit: Callable[[dict[str, Any]], None],
+        watch: Callable[[AgentConfig, Callable[[Membership | None], None]], Any] = KubeLink,
+    ) -> None:
+        """`api`: a CoreV1Api for the reports; `emit`: a line to the cluster; `watch`: how a job's
+        membership record is followed (the real agent's `KubeLink`)."""
         self.config = config
+        self.watch = watch
         self.api = api
         self.emit = emit
         self.rng = random.Random(config.seed)  # noqa: S311 - failure draws, not secrets
         self.agents: dict[str, SimAgent] = {}
         self.by_pod: dict[tuple[str, str], str] = {}
-        self.links: dict[tuple[str, str], KubeLink] = {}
+        self.links: dict[tuple[str, str], Any] = {}
         self.records: dict[tuple[str, str], Membership | None] = {}
         self.inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.timers: list[tuple[float, int, Callable[[], None]]] = []
@@ -215,7 +224,7 @@ class Simulator:
         self.agents[agent.uid] = agent
         self.by_pod[(cfg.namespace, cfg.pod)] = agent.uid
         if agent.job not in self.links:
-            link = KubeLink(cfg, functools.partial(self._record_arrived, agent.job))
+            link = self.watch(cfg, functools.partial(self._record_arrived, agent.job))
             self.links[agent.job] = link
             link.start()
         self._report(agent, force=True)

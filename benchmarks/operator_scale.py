@@ -151,9 +151,10 @@ class Rig:
         data = cm.data or {}
         return Membership.model_validate_json(data[MEMBERSHIP_KEY]), json.loads(data["operator.json"])
 
-    def running(self, job: str, world: int, after: int = 0) -> dict[str, Any] | None:
+    def running(self, job: str, world: int | None, after: int = 0) -> dict[str, Any] | None:
         s = self.status(job)
-        ok = s.get("phase") == "Running" and s.get("worldSize") == world and s.get("generation", 0) > after
+        size_ok = world is None or s.get("worldSize") == world
+        ok = s.get("phase") == "Running" and size_ok and s.get("generation", 0) > after
         return s if ok else None
 
     def create_job(self, name: str, *, pods: int, min_pods: int) -> None:
@@ -245,7 +246,7 @@ def large_job(workdir: pathlib.Path) -> dict[str, float]:
     try:
         started = time.monotonic()
         rig.create_job("big", pods=PODS, min_pods=PODS // 2)
-        status = _until(lambda: rig.running("big", PODS), 600, f"{PODS} pods to run", every=1)
+        _until(lambda: rig.running("big", PODS), 600, f"{PODS} pods to run", every=1)
         print(f"[operator_scale] {PODS} pods running after {time.monotonic() - started:.1f} s", flush=True)
         membership_s, running_s, requests = [], [], []
         world = PODS
@@ -268,10 +269,10 @@ def large_job(workdir: pathlib.Path) -> dict[str, float]:
                 (dt.datetime.fromisoformat(record["lastRescaleAt"]) - detected).total_seconds()
             )
             after = _until(
-                lambda g=status["generation"], w=world: rig.running("big", w, g),
-                300,
-                "the rescale",
-                every=0.25,
+                lambda g=new.generation: rig.running("big", None, g - 1), 300, "the rescale", every=0.25
+            )
+            assert after["worldSize"] == world, (
+                f"only the lost pod leaves: world {after['worldSize']}, not {world}"
             )
             count_after = rig.operator_requests()
             recovered = _metric(rig.metrics(), "elastra_recovery_seconds_sum", job="big") - recovered_before
@@ -283,7 +284,6 @@ def large_job(workdir: pathlib.Path) -> dict[str, float]:
                 f"{count_after - count_before} operator requests",
                 flush=True,
             )
-            status = after
         return {
             "rescale_membership_s": round(statistics.median(membership_s), 3),
             "rescale_running_s": round(statistics.median(running_s), 3),

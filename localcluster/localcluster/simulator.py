@@ -430,7 +430,7 @@ class Simulator:
                     return
             self.requests += 1
             try:
-                patch_own_pod(self.api, pod[0], pod[1], batch)
+                patch_own_pod(self.api, pod[0], pod[1], _stamped(batch))
             except Exception as exc:
                 self.failed_requests += 1
                 status = getattr(exc, "status", None)
@@ -459,6 +459,18 @@ class Simulator:
         for link in self.links.values():
             link.stop(flush_timeout=0)
         self.pool.shutdown(wait=True, cancel_futures=False)
+
+
+def _stamped(batch: dict[str, str]) -> dict[str, str]:
+    """The batch with its agent report's `time` set to now. A real agent writes its report the moment it
+    decides it; one simulator process delivering hundreds of agents' reports through a few threads
+    would otherwise send reports stamped seconds earlier than they reach the API, which the operator's
+    quiet window (docs/protocol.md) would read as silence."""
+    raw = batch.get(AGENT_ANNOTATION)
+    if raw is None:
+        return batch
+    report = AgentReport.model_validate_json(raw).model_copy(update={"time": dt.datetime.now(dt.UTC)})
+    return {**batch, AGENT_ANNOTATION: report.to_json()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from elastra.agent.agent import failure_reason
+from elastra.agent.agent import failure_reason, reports_steps
 from elastra.agent.config import AgentConfig, agent_config_from_env
 from elastra.agent.decide import Kind, Local, decide
 from elastra.agent.kube import KubeLink, load_kube_config, patch_own_pod
@@ -389,6 +389,7 @@ class Simulator:
         now = time.monotonic()
         changed = key != agent.reported
         step_due = agent.step is not None and now - agent.reported_at >= agent.report_interval_s
+        step_due = step_due and reports_steps(self.records.get(agent.job), agent.cfg.pod, agent.generation)
         if not (force or changed or step_due):
             return
         report = AgentReport(

@@ -124,3 +124,34 @@ def test_file_reader_parses_only_changes_and_keeps_the_last_good(tmp_path: pathl
     second = reader.poll()
     assert second is not None and second.stop and reader.error is None
     assert not list(tmp_path.glob(".control.json.*")), "a temporary file was left behind"
+
+
+def _record(generation: int, phase: str = "Run") -> object:
+    from elastra.api.membership import Member, Membership
+
+    members = tuple(
+        Member(pod=f"p{i}", node=f"n{i}", pod_ip=f"10.0.0.{i}", rank_start=i, nprocs=1) for i in range(3)
+    )
+    running = phase == "Run"
+    return Membership(
+        generation=generation, phase=phase, world_size=3 if running else 0, members=members if running else ()
+    )
+
+
+@pytest.mark.parametrize(
+    ("record", "pod", "generation", "expected"),
+    [
+        pytest.param(_record(4), "p0", 4, True, id="rank-0-refreshes-steps"),
+        pytest.param(_record(4), "p1", 4, False, id="other-ranks-report-state-changes-only"),
+        pytest.param(
+            _record(5), "p0", 4, False, id="rank-0-of-an-older-generation-waits-for-its-new-workers"
+        ),
+        pytest.param(_record(4, "Hold"), "p0", 4, False, id="hold-no-steps"),
+        pytest.param(None, "p0", 0, False, id="no-record-yet"),
+        pytest.param(_record(4), "stranger", 4, False, id="not-a-member"),
+    ],
+)
+def test_only_the_rank_0_pod_sends_step_refreshes(
+    record: object, pod: str, generation: int, expected: bool
+) -> None:
+    assert agent_module.reports_steps(record, pod, generation) is expected  # type: ignore[arg-type]

@@ -27,6 +27,7 @@ from elastra.api.membership import (
     AgentReport,
     AgentState,
     Membership,
+    MembershipPhase,
 )
 from elastra.control import (
     CONTROL_FILE,
@@ -61,6 +62,21 @@ def failure_reason(rank: int, code: int, detail: str | None) -> str:
     """The `reason` of a Failed report. Pure."""
     text = f"worker rank {rank} exited with code {code}" + (f": {detail}" if detail else "")
     return f"{PEER_LOST}: {text}" if code in (EXIT_PEER_LOST, EXIT_PEER_STOPPED) else text
+
+
+def reports_steps(membership: Membership | None, pod: str, generation: int) -> bool:
+    """Whether this pod sends step-only report refreshes: only the pod holding global rank 0 of the Run
+    generation its workers belong to. Every rank is at the same step in synchronous training, so the
+    others' refreshes said nothing new, and in a 512-pod job they were most of the job's API writes.
+    State changes are reported by every pod, always. Pure."""
+    if (
+        membership is None
+        or membership.generation != generation
+        or membership.phase is not MembershipPhase.RUN
+    ):
+        return False
+    member = membership.member(pod)
+    return member is not None and member.rank_start == 0
 
 
 class Reporter(Protocol):
@@ -299,7 +315,9 @@ class Agent:
         key = (self.generation, self.state, self.exit_code, self.reason, self.ack, self.restore)
         now = time.monotonic()
         changed = key != self._reported
-        step_due = now - self._reported_at >= self.cfg.report_interval_s
+        step_due = now - self._reported_at >= self.cfg.report_interval_s and reports_steps(
+            self.membership, self.cfg.pod, self.generation
+        )
         if not (force or changed or step_due):
             return
         if not (force or changed) and self.step is None:

@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import os
 import pathlib
+import platform
 import random
 import signal
 import socket
@@ -40,10 +41,12 @@ import kubernetes
 import yaml
 
 from _plan_scale import planning_figures
+from _report import replace_section
 from elastra.api.membership import MEMBERSHIP_KEY, Membership, membership_configmap_name
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "operator_scale.json"
+DOC = ROOT / "docs" / "benchmarks.md"
 ELASTRA = pathlib.Path(sys.executable).with_name("elastra")
 GROUP, VERSION, NS = "elastra.dev", "v1alpha1", "default"
 NODES = int(os.environ.get("OPERATOR_SCALE_NODES", "1000"))
@@ -341,8 +344,54 @@ def many_jobs(workdir: pathlib.Path) -> dict[str, float]:
         rig.close()
 
 
+def targets(r: dict[str, Any]) -> list[tuple[str, bool]]:
+    """The issue's targets, each with whether this run met it."""
+    return [
+        ("new generation written <= 2 s after detection (512 pods)", r["rescale_membership_s"] <= 2),
+        ("reconcile p99 <= 1 s with 100 jobs", r["reconcile_p99_s"] <= 1),
+        ("operator RSS <= 500 MiB", r["operator_rss_bytes"] <= 500 * 2**20),
+        ("planning at 16k ranks <= 1 s", r["plan_16k_s"] <= 1),
+        ("planning at 16k ranks >= 10x faster than DCP", r["dcp_plan_16k_s"] >= 10 * r["plan_16k_s"]),
+    ]
+
+
+def render(r: dict[str, Any], context: dict[str, Any]) -> str:
+    """The docs section: figures, the targets met or not, and the conditions of the run."""
+    rows = [
+        ("pods in the large job", r["pods"]),
+        ("node loss detected -> new membership written (median of 3)", f"{r['rescale_membership_s']:.2f} s"),
+        ("node loss detected -> job Running again (median of 3)", f"{r['rescale_running_s']:.2f} s"),
+        ("operator API requests per rescale", r["api_requests_per_rescale"]),
+        ("reconcile pass p50 / p99, 100 jobs x 16 pods, a node lost every second", (
+            f"{r['reconcile_p50_s'] * 1000:.0f} ms / {r['reconcile_p99_s'] * 1000:.0f} ms")),
+        ("operator CPU over that run", f"{r['operator_cpu_s']:.1f} s"),
+        ("operator peak RSS", f"{r['operator_rss_bytes'] / 2**20:.0f} MiB"),
+    ]  # fmt: skip
+    for label in ("1k", "4k", "16k"):
+        ours, dcp = r[f"plan_{label}_s"], r[f"dcp_plan_{label}_s"]
+        rows.append((f"save planning, {label} ranks: ours / DCP create_global_plan", (
+            f"{ours * 1000:.0f} ms / {dcp * 1000:.0f} ms ({dcp / ours:.1f}x)")))  # fmt: skip
+    lines = [
+        f"Measured {context['date']} on {context['machine']} ({context['cpus']} CPUs, shared with other "
+        f"work: load average {context['load_start']} at the start, {context['load_end']} at the end); "
+        f"cluster, simulator and operator in separate processes; took {context['seconds']:.0f} s.",
+        "",
+        "| figure | value |",
+        "| --- | --- |",
+        *(f"| {name} | {value} |" for name, value in rows),
+        "",
+        "| target | met |",
+        "| --- | --- |",
+        *(f"| {name} | {'yes' if ok else '**no**'} |" for name, ok in targets(r)),
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> int:
-    print(f"[operator_scale] load average at start: {os.getloadavg()}", flush=True)
+    load_start = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"[operator_scale] load average at start: {load_start}", flush=True)
+    started = time.monotonic()
     results: dict[str, Any] = {"pods": PODS}
     with tempfile.TemporaryDirectory(prefix="elastra-operator-scale-") as tmp:
         results |= large_job(pathlib.Path(tmp) / "large")
@@ -350,8 +399,21 @@ def main() -> int:
     results |= planning_figures()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    context = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_start": load_start,
+        "load_end": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "seconds": time.monotonic() - started,
+    }
+    DOC.write_text(replace_section(DOC.read_text(), "operator_scale", render(results, context)))
     print(json.dumps(results, indent=2))
-    print(f"[operator_scale] load average at end: {os.getloadavg()}; wrote {RESULTS}", flush=True)
+    print(
+        f"[operator_scale] load average at end: {context['load_end']}; wrote {RESULTS} and {DOC}", flush=True
+    )
+    for name, ok in targets(results):
+        print(f"[operator_scale] target {'met' if ok else 'MISSED'}: {name}", flush=True)
     return 0
 
 

@@ -209,13 +209,37 @@ def worker_pod_changed(
         reason = signature[5][3]
         if isinstance(reason, str) and reason.startswith(PEER_LOST):
             # plan() waits for the silent members until the reports went quiet: look again then.
-            timer = threading.Timer(PEER_QUIET_SECONDS + 0.1, _quietly, args=(namespace, job))
-            timer.daemon = True
-            timer.start()
+            follow_up(namespace, job, PEER_QUIET_SECONDS + 0.1)
     run_pass(namespace, job)
 
 
+class _FollowUps:
+    """One pending follow-up pass per job: the time it is due, and whether its thread runs."""
+
+    lock = threading.Lock()
+    due: dict[tuple[str, str], float] = {}
+
+
+def follow_up(namespace: str, name: str, delay: float) -> None:
+    """Run the job's pass once `delay` seconds after the last call. One thread per job and burst: the
+    511 `PeerLost` reports of a 512-pod job move the one deadline instead of starting 511 timers."""
+    key = (namespace, name)
+    with _FollowUps.lock:
+        pending = key in _FollowUps.due
+        _FollowUps.due[key] = time.monotonic() + delay
+    if not pending:
+        threading.Thread(target=_quietly, args=key, name=f"follow-up {namespace}/{name}", daemon=True).start()
+
+
 def _quietly(namespace: str, name: str) -> None:
+    key = (namespace, name)
+    while True:
+        with _FollowUps.lock:
+            wait = _FollowUps.due[key] - time.monotonic()
+            if wait <= 0:
+                del _FollowUps.due[key]
+                break
+        time.sleep(wait)
     try:
         run_pass(namespace, name)
     except Exception:  # the timer pass retries whatever this one could not do

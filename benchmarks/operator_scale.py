@@ -20,6 +20,7 @@ simulator plays every pod's agent through the API; the real operator runs as its
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -32,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -42,7 +44,13 @@ import yaml
 
 from _plan_scale import planning_figures
 from _report import replace_section
-from elastra.api.membership import MEMBERSHIP_KEY, Membership, membership_configmap_name
+from elastra.api.membership import (
+    AGENT_ANNOTATION,
+    MEMBERSHIP_KEY,
+    AgentReport,
+    Membership,
+    membership_configmap_name,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "operator_scale.json"
@@ -160,6 +168,38 @@ class Rig:
         ok = s.get("phase") == "Running" and size_ok and s.get("generation", 0) > after
         return s if ok else None
 
+    def follow_peer_lost(self, job: str, generation: int) -> tuple[list[dt.datetime], threading.Event]:
+        """Collect, from a pod watch, when each agent's PeerLost report of `generation` was written (the
+        simulator stamps a report as it sends it); set the returned event to stop."""
+        times: list[dt.datetime] = []
+        stop = threading.Event()
+        listed = self.core.list_namespaced_pod(NS, label_selector=f"elastra.dev/job={job}", limit=1)
+        version = listed.metadata.resource_version
+
+        def follow() -> None:
+            with contextlib.suppress(Exception):  # the cluster going away ends the stream
+                collect()
+
+        def collect() -> None:
+            seen: set[str] = set()
+            stream = kubernetes.watch.Watch().stream(
+                self.core.list_namespaced_pod, NS, label_selector=f"elastra.dev/job={job}",
+                resource_version=version, timeout_seconds=120, _preload_content=False,
+            )  # fmt: skip
+            for event in stream:
+                raw = (event["raw_object"]["metadata"].get("annotations") or {}).get(AGENT_ANNOTATION)
+                name = event["raw_object"]["metadata"]["name"]
+                if raw and name not in seen:
+                    report = AgentReport.model_validate_json(raw)
+                    if report.generation == generation and (report.reason or "").startswith("PeerLost"):
+                        seen.add(name)
+                        times.append(report.time)
+                if stop.is_set():
+                    return
+
+        threading.Thread(target=follow, daemon=True).start()
+        return times, stop
+
     def create_job(self, name: str, *, pods: int, min_pods: int) -> None:
         spec = {
             "replicas": {"min": min_pods, "max": pods},
@@ -257,6 +297,7 @@ def large_job(workdir: pathlib.Path) -> dict[str, float]:
             victim = membership.members[(index * 97 + 101) % len(membership.members)]
             recovered_before = _metric(rig.metrics(), "elastra_recovery_seconds_sum", job="big")
             count_before = rig.operator_requests()
+            reports, stop = rig.follow_peer_lost("big", membership.generation)
             rig.control("POST", f"/localcluster/v1/nodes/{victim.node}/kill")
 
             def written(old: int = membership.generation) -> tuple[Membership, dict[str, Any]] | None:
@@ -268,6 +309,14 @@ def large_job(workdir: pathlib.Path) -> dict[str, float]:
             detected = dt.datetime.fromisoformat(record["failureDetectedAt"])
             membership_s.append(
                 (dt.datetime.fromisoformat(record["lastRescaleAt"]) - detected).total_seconds()
+            )
+            time.sleep(1)  # reports still on their way are counted
+            stop.set()
+            spread = (max(reports) - min(reports)).total_seconds() if reports else float("nan")
+            after_last = (
+                (dt.datetime.fromisoformat(record["lastRescaleAt"]) - max(reports)).total_seconds()
+                if reports
+                else float("nan")
             )
             _until(lambda g=new.generation: rig.running("big", None, g - 1), 300, "the rescale", every=0.25)
             count_after = rig.operator_requests()
@@ -289,6 +338,11 @@ def large_job(workdir: pathlib.Path) -> dict[str, float]:
                     if left_out
                     else ""
                 ),
+                flush=True,
+            )
+            print(
+                f"[operator_scale]   {len(reports)} PeerLost reports reached the API over {spread:.2f} s; "
+                f"the membership was written {after_last:.2f} s after the last one",
                 flush=True,
             )
         return {

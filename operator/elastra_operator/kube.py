@@ -192,6 +192,16 @@ def job_view(
     )
 
 
+def departing(job: JobView, pods: Sequence[PodView]) -> bool:
+    """Whether a pod of the job is being deleted or a member's pod is gone. Pure.
+
+    The node index trails the pod watch by a moment; whether such a departure is a failure depends on the
+    node (a drain cordons it, then evicts), so a pass that sees one reads the nodes fresh."""
+    names = {p.name for p in pods}
+    members = job.membership.members if job.membership is not None else ()
+    return any(p.deleting for p in pods) or any(m.pod not in names for m in members)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Observed:
     """Everything `plan()` needs about one job."""
@@ -267,7 +277,7 @@ class Kube:
         self, namespace: str, name: str, *, nodes: tuple[NodeView, ...] | None = None
     ) -> Observed | None:
         """Read one job and everything about it; None when the job is gone. `nodes`: the nodes as an
-        index already holds them (None: list them)."""
+        index already holds them (None: list them; they are listed anyway when a pod is departing)."""
         raw = self.get_job(namespace, name)
         if raw is None:
             return None
@@ -280,12 +290,10 @@ class Kube:
         secret = (spec.get("s3") or {}).get("credentialsSecret")
         missing = secret if secret and not self.secret_exists(namespace, secret) else None
         job = job_view(raw, cm, restore_from=restore_from, missing_secret=missing)
-        return Observed(
-            job=job,
-            pods=self.worker_pods(namespace, name),
-            nodes=nodes if nodes is not None else self.nodes(),
-            checkpoints=self.list_checkpoints(namespace, name),
-        )
+        pods = self.worker_pods(namespace, name)
+        if nodes is None or departing(job, pods):
+            nodes = self.nodes()
+        return Observed(job=job, pods=pods, nodes=nodes, checkpoints=self.list_checkpoints(namespace, name))
 
     # ------------------------------------------------------------------ writes
     def apply(self, job: JobView, actions: Sequence[Action]) -> list[Observe]:

@@ -7,6 +7,7 @@ import pytest
 from test_operator_support import NOW, agent, at, ckpt, job, node, pod, summarize
 
 from elastra.api.membership import Member, Membership
+from elastra_operator.kube import departing
 from elastra_operator.reconcile.actions import Event
 from elastra_operator.reconcile.plan import plan
 from elastra_operator.reconcile.views import OperatorRecord
@@ -64,3 +65,22 @@ def test_one_member_lost_of_512_writes_a_bounded_failure_event(silent: int, ago:
 def test_membership_record_of_512_members_fits_a_configmap_many_times_over() -> None:
     record = big_membership(PODS).to_json().encode()
     assert len(record) * 8 < CONFIGMAP_LIMIT, len(record)
+
+
+M2 = big_membership(2)
+
+
+@pytest.mark.parametrize(
+    ("members", "pods", "fresh"),
+    [
+        pytest.param(M2, [pod(0), pod(1)], False, id="steady-uses-the-node-index"),
+        pytest.param(M2, [pod(0), pod(1, deleting=True)], True, id="a-pod-being-deleted-reads-nodes-fresh"),
+        pytest.param(M2, [pod(0)], True, id="a-member-gone-reads-nodes-fresh"),
+        pytest.param(None, [pod(0, deleting=True)], True, id="deleting-before-any-record"),
+        pytest.param(None, [pod(0)], False, id="no-record-nothing-departs"),
+    ],
+)
+def test_departures_read_the_nodes_fresh(members: Membership | None, pods: list, fresh: bool) -> None:  # type: ignore[type-arg]
+    """A drain cordons the node, then evicts: the index may not show the cordon yet when the eviction
+    arrives, and only the fresh node says the departure is a drain, not a failure."""
+    assert departing(job(m=members), pods) is fresh

@@ -84,3 +84,30 @@ def test_departures_read_the_nodes_fresh(members: Membership | None, pods: list,
     """A drain cordons the node, then evicts: the index may not show the cordon yet when the eviction
     arrives, and only the fresh node says the departure is a drain, not a failure."""
     assert departing(job(m=members), pods) is fresh
+
+
+def partly_reported(reported: int, *, ago: float) -> list:  # type: ignore[type-arg]
+    reason = "PeerLost: worker rank 0 exited with code 75: collective failed"
+    failed = {"exitCode": 75, "reason": reason, "time": at(-ago)}
+    return [
+        pod(i, report=agent(1, "Failed", **failed) if i < reported else agent(1, "Running"))
+        for i in range(PODS)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("reported", "ago", "written"),
+    [
+        pytest.param(300, 1.5, False, id="212-silent-after-1s-quiet-are-late-reports-wait"),
+        pytest.param(300, 6, True, id="212-silent-after-the-settle-time-are-left-out"),
+        pytest.param(500, 1.5, True, id="12-silent-of-512-after-1s-quiet-are-left-out"),
+    ],
+)
+def test_many_silent_members_are_late_reports_not_dead_pods(reported: int, ago: float, written: bool) -> None:
+    view = job(m=big_membership(PODS), record=STARTED, replicas={"min": 2, "max": PODS})
+    actions = plan(view, partly_reported(reported, ago=ago), [node(i) for i in range(PODS)], [ckpt(40)], NOW)
+    summary = summarize(actions)
+    if written:
+        assert summary.membership is not None and summary.membership.world_size == reported
+    else:
+        assert summary.membership is None and summary.phase == "Rescaling"

@@ -338,7 +338,7 @@ def large_job(workdir: pathlib.Path) -> dict[str, float]:
             recovered = _until(recovery, 30, "the recovery time to be recorded", every=0.1)
             running_s.append(recovered)
             requests.append(count_after - count_before)
-            left_out = membership.world_size - 1 - new.world_size
+            left_out = len({m.pod for m in membership.members} - {victim.pod} - {m.pod for m in new.members})
             print(
                 f"[operator_scale] rescale {index + 1}: {victim.node} lost; generation {new.generation} "
                 f"written {membership_s[-1]:.2f} s after detection, Running after {recovered:.2f} s, "

@@ -142,6 +142,10 @@ class LocalCluster:
         """Add a node (or restart a killed one by name); returns its name."""
         return str(self._call(ClusterCore.add_node, name))
 
+    def fail_pod(self, namespace: str, pod: str, exit_code: int = 137) -> None:
+        """Make a virtual pod's simulated workers fail (see `ClusterCore.fail_pod`)."""
+        self._call(ClusterCore.fail_pod, namespace, pod, exit_code)
+
     def cordon(self, name: str) -> None:
         """Mark a node unschedulable."""
         self._call(ClusterCore.cordon, name)

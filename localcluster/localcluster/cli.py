@@ -1,7 +1,9 @@
 """`elastra local ...`: start, inspect, disturb and stop a detached local cluster.
 
     elastra local up [--nodes 4] [--gpus-per-node 1] [--dir D] [--s3] [--no-validation-rules]
+                     [--virtual-nodes N] [--simulator JSON] [--no-rbac]
     elastra local node kill|freeze|thaw|add|cordon|uncordon|drain NAME
+    elastra local fail NAMESPACE/POD [--exit-code 137]   (a virtual pod's workers fail)
     elastra local status
     elastra local down
 
@@ -113,6 +115,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     argv += ["--heartbeat", str(args.heartbeat), "--node-grace", str(args.node_grace)]
     if args.s3:
         argv.append("--s3")
+    if args.virtual_nodes:
+        argv += ["--virtual-nodes", str(args.virtual_nodes)]
+    if args.simulator is not None:
+        argv += ["--simulator", json.dumps(args.simulator)]
     if not args.validation_rules:
         argv.append("--no-validation-rules")
     log_path = directory / "localcluster.log"
@@ -124,8 +130,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     while time.monotonic() < deadline:
         state = _state(directory)
         if state is not None:
+            virtual = f" + {args.virtual_nodes} virtual" if args.virtual_nodes else ""
             print(
-                f"local cluster up: {args.nodes} node(s), API {state['url']}, "
+                f"local cluster up: {args.nodes} node(s){virtual}, API {state['url']}, "
                 f"pid {state['pid']}, logs {log_path}"
             )
             _print_endpoints(state)
@@ -163,6 +170,16 @@ def cmd_node(args: argparse.Namespace) -> int:
         print(f"node {args.name} {done} ({result['result']} processes)")
         return 0
     print(f"node {args.name} {'killed' if args.action == 'kill' else args.action + 'ed'}")
+    return 0
+
+
+def cmd_fail(args: argparse.Namespace) -> int:
+    """Inject a worker failure into a virtual pod's simulated agent."""
+    state = _require_state(args.dir.resolve())
+    namespace, _, pod = args.pod.rpartition("/")
+    path = f"/localcluster/v1/virtual/pods/{namespace or 'default'}/{pod}/fail"
+    _call(state, "POST", path, {"exitCode": args.exit_code})
+    print(f"pod {namespace or 'default'}/{pod}: workers fail with exit code {args.exit_code}")
     return 0
 
 
@@ -230,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("action", choices=["kill", "freeze", "thaw", "add", "cordon", "uncordon", "drain"])
     node.add_argument("name", nargs="?", help="node name (optional for add)")
     node.set_defaults(func=cmd_node)
+    fail = sub.add_parser("fail", help="make a virtual pod's simulated workers fail")
+    fail.add_argument("pod", help="NAMESPACE/POD (namespace default when omitted)")
+    fail.add_argument("--exit-code", type=int, default=137, help="the workers' exit code (default 137)")
+    fail.add_argument("--dir", type=pathlib.Path, default=argparse.SUPPRESS, help="state folder")
+    fail.set_defaults(func=cmd_fail)
     for name, func, text in (
         ("status", cmd_status, "show nodes and endpoints"),
         ("down", cmd_down, "stop the cluster and its pods"),

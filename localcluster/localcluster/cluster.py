@@ -27,8 +27,10 @@ from localcluster.deployments import DeploymentController
 from localcluster.errors import ApiError
 from localcluster.ippool import IpPool
 from localcluster.kubelet import Kubelet
+from localcluster.requestcount import RequestCounter
 from localcluster.security import Security
 from localcluster.store import Store, now_iso
+from localcluster.virtual import VIRTUAL_LABEL, VirtualNodes, simulator_argv, virtual_node_name
 from localcluster.watchlog import StorageKey, WatchEvent
 
 S3_ACCESS_KEY = "localcluster"
@@ -72,9 +74,14 @@ class ClusterConfig:
     rbac: bool = True
     """Authenticate every request and authorize it with RBAC, as a real API server does: the admin
     kubeconfig is cluster-admin, each pod gets its ServiceAccount's token. Off: anybody may do anything."""
+    virtual_nodes: int = 0
+    """Virtual nodes created at start (`vnode-1` ... `vnode-N`): their pods run no process; the protocol
+    simulator (`localcluster.simulator`) plays their Elastra agents through the API."""
+    simulator: dict[str, Any] | None = None
+    """Protocol simulator settings (`localcluster.simulator.SimulatorConfig` fields); None: defaults."""
 
     def __post_init__(self) -> None:
-        if self.nodes < 0 or self.gpus_per_node < 0:
+        if self.nodes < 0 or self.gpus_per_node < 0 or self.virtual_nodes < 0:
             raise ValueError("nodes and gpus_per_node must be >= 0")
         if self.heartbeat_interval_s <= 0 or self.node_grace_s <= self.heartbeat_interval_s:
             raise ValueError(
@@ -116,7 +123,10 @@ class ClusterCore:
         self._tasks: list[asyncio.Task[None]] = []
         self._moto: Any = None
         self.store.listeners.append(self._route_pod_events)
+        self.requests = RequestCounter()
+        self.api.app.middlewares.insert(0, self.requests.middleware)
         self._add_control_routes(self.api.app)
+        self.virtual: VirtualNodes | None = None
 
     async def start(self) -> None:
         """Serve the API, start the controllers and the initial nodes."""
@@ -144,6 +154,8 @@ class ClusterCore:
             self.s3_url = f"http://{self.config.host}:{s3_port}"
         for index in range(1, self.config.nodes + 1):
             self.add_node(f"node-{index}")
+        if self.config.virtual_nodes:
+            await self._start_virtual()
         self.store.compact(self.store.rv)
         self._tasks.append(asyncio.create_task(self._compact_periodically()))
 
@@ -154,8 +166,31 @@ class ClusterCore:
             self.store.compact(previous)
             previous = self.store.rv
 
+    async def _start_virtual(self) -> None:
+        self.virtual = VirtualNodes(
+            store=self.store,
+            ips=self.ips,
+            workdir=self.workdir,
+            heartbeat_interval_s=self.config.heartbeat_interval_s,
+            lease_duration_s=self.config.node_grace_s,
+            simulator_argv=simulator_argv(self.kubeconfig, self.config.simulator or {}),
+            on_event=lambda obj, reason, message, kind: record_event(
+                self.store, obj, reason, message, kind, component="kubelet"
+            ),
+        )
+        await self.virtual.start()
+        nodes_rt = self.store.type_of("", "v1", "nodes")
+        for index in range(1, self.config.virtual_nodes + 1):
+            name = virtual_node_name(index)
+            node = self._node_object(name)
+            node["metadata"]["labels"][VIRTUAL_LABEL] = "true"
+            self.store.create(nodes_rt, "", node)
+            self.virtual.add(name)
+
     async def stop(self) -> None:
         """Kill every pod process, stop the controllers and the server."""
+        if self.virtual is not None:
+            await self.virtual.stop()
         for kubelet in list(self.kubelets.values()):
             await kubelet.stop()
         for task in self._tasks:
@@ -195,6 +230,11 @@ class ClusterCore:
             name = f"node-{index}"
         if name in self.kubelets and self.kubelets[name].alive:
             raise ApiError(409, f"node {name} is already running")
+        if self.virtual is not None and self.virtual.is_virtual(name):
+            if self.virtual.nodes[name]:
+                raise ApiError(409, f"node {name} is already running")
+            self.virtual.add(name)
+            return name
         nodes_rt = self.store.type_of("", "v1", "nodes")
         if not self._node_exists(name):
             self.store.create(nodes_rt, "", self._node_object(name))
@@ -286,6 +326,9 @@ class ClusterCore:
 
     def kill_node(self, name: str) -> None:
         """SIGKILL the node's pod processes and stop its heartbeats (NotReady after the grace period)."""
+        if self.virtual is not None and self.virtual.is_virtual(name):
+            self.virtual.kill(name)
+            return
         self._kubelet(name).kill()
 
     def freeze_node(self, name: str) -> int:
@@ -301,6 +344,12 @@ class ClusterCore:
         if not kubelet.frozen:
             raise ApiError(409, f'node "{name}" is not frozen')
         return kubelet.thaw()
+
+    def fail_pod(self, namespace: str, pod: str, exit_code: int = 137, reason: str | None = None) -> None:
+        """Make a virtual pod's simulated workers fail with `exit_code` (its peers see a lost peer)."""
+        if self.virtual is None:
+            raise ApiError(404, "this cluster has no virtual nodes")
+        self.virtual.fail(namespace, pod, exit_code, reason)
 
     def cordon(self, name: str, *, unschedulable: bool = True) -> None:
         """Mark a node (un)schedulable."""
@@ -342,7 +391,7 @@ class ClusterCore:
                 "name": name,
                 "ready": ready,
                 "schedulable": not (node.get("spec") or {}).get("unschedulable"),
-                "kubelet": _kubelet_state(self.kubelets.get(name)),
+                "kubelet": self._kubelet_state(name),
                 "pods": sum(1 for p in pods if (p.get("spec") or {}).get("nodeName") == name),
             })  # fmt: skip
         return {
@@ -352,6 +401,15 @@ class ClusterCore:
             "nodes": nodes,
             "pid": os.getpid(),
         }
+
+    def _kubelet_state(self, name: str) -> str:
+        """`running`, `frozen`, `virtual` or `killed`, for `status()`."""
+        if self.virtual is not None and self.virtual.is_virtual(name):
+            return "virtual" if self.virtual.nodes[name] else "killed"
+        kubelet = self.kubelets.get(name)
+        if kubelet is None or not kubelet.alive:
+            return "killed"
+        return "frozen" if kubelet.frozen else "running"
 
     # ------------------------------------------------------------------ plumbing
     def _route_pod_events(self, key: StorageKey, event: WatchEvent) -> None:
@@ -399,6 +457,15 @@ class ClusterCore:
                 raise ApiError(404, f"unknown node action {action!r}")
             return web.json_response({"node": name, "action": action, "result": result})
 
+        async def fail_pod(request: web.Request) -> web.Response:
+            body = await request.json() if request.can_read_body else {}
+            namespace, pod = request.match_info["namespace"], request.match_info["name"]
+            self.fail_pod(namespace, pod, int(body.get("exitCode", 137)), body.get("reason") or None)
+            return web.json_response({"pod": f"{namespace}/{pod}", "action": "fail"})
+
+        async def requests(_request: web.Request) -> web.Response:
+            return web.json_response(self.requests.snapshot())
+
         async def shutdown(_request: web.Request) -> web.Response:
             self.shutdown_requested.set()
             return web.json_response({"shutdown": True})
@@ -407,10 +474,5 @@ class ClusterCore:
         app.router.add_post("/localcluster/v1/nodes", add)
         app.router.add_post("/localcluster/v1/nodes/{name}/{action}", node_action)
         app.router.add_post("/localcluster/v1/shutdown", shutdown)
-
-
-def _kubelet_state(kubelet: Kubelet | None) -> str:
-    """`running`, `frozen` or `killed`, for `status()`."""
-    if kubelet is None or not kubelet.alive:
-        return "killed"
-    return "frozen" if kubelet.frozen else "running"
+        app.router.add_get("/localcluster/v1/requests", requests)
+        app.router.add_post("/localcluster/v1/virtual/pods/{namespace}/{name}/fail", fail_pod)

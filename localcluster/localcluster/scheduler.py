@@ -8,6 +8,7 @@ resource), nodeSelector, required node affinity, taints/tolerations and required
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,7 +100,7 @@ def _anti_affinity_ok(
     pod: dict[str, Any],
     node: dict[str, Any],
     pods_by_node: dict[str, list[dict[str, Any]]],
-    nodes: list[dict[str, Any]],
+    domain_nodes: Callable[[str, str], list[str]],
 ) -> bool:
     namespace = pod["metadata"].get("namespace", "default")
     for term in _affinity_terms(pod, "podAntiAffinity"):
@@ -108,15 +109,31 @@ def _anti_affinity_ok(
         if domain is None:
             continue
         namespaces = set(term.get("namespaces") or [namespace])
-        for other_node in nodes:
-            if (other_node["metadata"].get("labels") or {}).get(key) != domain:
-                continue
-            for other in pods_by_node.get(other_node["metadata"]["name"], []):
+        for other_node in domain_nodes(key, domain):
+            for other in pods_by_node.get(other_node, []):
                 if other["metadata"].get("namespace") in namespaces and match_label_selector_object(
                     term.get("labelSelector") or {}, other["metadata"].get("labels")
                 ):
                     return False
     return True
+
+
+def _domain_index(nodes: list[dict[str, Any]]) -> Callable[[str, str], list[str]]:
+    """(topology key, domain) -> names of the nodes in that domain; each key's index is built once, so
+    anti-affinity costs the nodes of one domain, not a scan of every node per candidate."""
+    index: dict[str, dict[str, list[str]]] = {}
+
+    def lookup(key: str, domain: str) -> list[str]:
+        if key not in index:
+            by_domain: dict[str, list[str]] = {}
+            for node in nodes:
+                value = (node["metadata"].get("labels") or {}).get(key)
+                if value is not None:
+                    by_domain.setdefault(value, []).append(node["metadata"]["name"])
+            index[key] = by_domain
+        return index[key].get(domain, [])
+
+    return lookup
 
 
 def choose_node(
@@ -127,6 +144,7 @@ def choose_node(
     wanted = pod_requests(pod)
     reasons: dict[str, int] = {}
     fitting: list[tuple[int, str]] = []
+    domain_nodes = _domain_index(nodes)
 
     def reject(reason: str) -> None:
         reasons[reason] = reasons.get(reason, 0) + 1
@@ -166,7 +184,7 @@ def choose_node(
             for res in short:
                 reject(f"Insufficient {res}")
             continue
-        if not _anti_affinity_ok(pod, node, pods_by_node, nodes):
+        if not _anti_affinity_ok(pod, node, pods_by_node, domain_nodes):
             reject("node(s) didn't match pod anti-affinity rules")
             continue
         fitting.append((len(pods_by_node.get(name, [])), name))

@@ -40,6 +40,18 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
         "plain HTTP)",
     )
     parser.add_argument(
+        "--virtual-nodes",
+        type=int,
+        default=0,
+        help="virtual nodes vnode-1..N: pods run no process, the protocol simulator plays their agents",
+    )
+    parser.add_argument(
+        "--simulator",
+        type=json.loads,
+        default=None,
+        help='protocol simulator settings as JSON, e.g. \'{"restore_seconds": 1, "step_seconds": 0.5}\'',
+    )
+    parser.add_argument(
         "--no-validation-rules",
         dest="validation_rules",
         action="store_false",
@@ -61,6 +73,8 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         s3=args.s3,
         validation_rules=args.validation_rules,
         rbac=args.rbac,
+        virtual_nodes=args.virtual_nodes,
+        simulator=args.simulator,
     )
 
 

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,7 +38,7 @@ from elastra.api.membership import (
 )
 
 from . import storage
-from .kube import Conflict, Kube, checkpoint_view, job_view
+from .kube import Conflict, Kube, checkpoint_view, job_view, node_view
 from .metrics import OperatorMetrics
 from .reconcile import trust
 from .reconcile.actions import Event, PatchStatus
@@ -47,6 +48,7 @@ from .reconcile.manifests import FINALIZER
 from .reconcile.plan import plan
 from .reconcile.reasons import Reason
 from .reconcile.status import status_body
+from .reconcile.views import NodeView
 
 RESYNC_SECONDS = float(os.environ.get("ELASTRA_RESYNC_SECONDS", "2"))
 """How often each TrainingJob is re-planned."""
@@ -62,6 +64,8 @@ class _State:
 
     kube: Kube | None = None
     metrics = OperatorMetrics()
+    nodes: kopf.Index[str, NodeView] | None = None
+    """Kopf's live index of every Node (`node_views`); None until a handler has seen it."""
 
 
 def setup(kubeconfig: str | None, metrics: OperatorMetrics) -> None:
@@ -135,6 +139,26 @@ def _json_object(raw: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"raw": raw}
 
 
+@kopf.index("", "v1", "nodes")
+def node_views(*, name: str, body: kopf.Body, **_: Any) -> dict[str, NodeView]:
+    """Every Node as the planner sees it, kept current by one watch: a pass reads no node list (a list of
+    1,000 nodes per pass, for 100 jobs every few seconds, was most of the API traffic at scale)."""
+    return {name: node_view(dict(body))}
+
+
+def _remember_nodes(index: kopf.Index[str, NodeView] | None) -> None:
+    if index is not None:
+        _State.nodes = index
+
+
+def _nodes() -> tuple[NodeView, ...] | None:
+    """The indexed nodes; None (list them) before the index was handed to any handler."""
+    index = _State.nodes
+    if index is None:
+        return None
+    return tuple(view for store in index.values() for view in store)
+
+
 class _Passes:
     """At most one pass per job at a time; a trigger during a pass runs it once more afterwards."""
 
@@ -169,15 +193,21 @@ def run_pass(namespace: str, name: str) -> None:
 @kopf.timer(
     GROUP, VERSION, tj_api.PLURAL, interval=RESYNC_SECONDS, sharp=False, backoff=max(RESYNC_SECONDS, 1.0)
 )
-def reconcile_job(*, namespace: str | None, name: str, **_: Any) -> None:
+def reconcile_job(
+    *, namespace: str | None, name: str, node_views: kopf.Index[str, NodeView] | None = None, **_: Any
+) -> None:
     """The periodic planning pass over one TrainingJob (the level-triggered fallback)."""
     assert namespace is not None  # TrainingJobs are namespaced
+    _remember_nodes(node_views)
     run_pass(namespace, name)
 
 
 @kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT, ROLE_LABEL: "worker"})
-def worker_pod_changed(*, type: str | None, body: kopf.Body, **_: Any) -> None:
+def worker_pod_changed(
+    *, type: str | None, body: kopf.Body, node_views: kopf.Index[str, NodeView] | None = None, **_: Any
+) -> None:
     """A worker pod changed in a way that can move its job's plan: plan the job now."""
+    _remember_nodes(node_views)
     raw = dict(body)
     meta = raw.get("metadata") or {}
     namespace, job, uid = meta.get("namespace"), (meta.get("labels") or {}).get(JOB_LABEL), meta.get("uid")
@@ -195,13 +225,37 @@ def worker_pod_changed(*, type: str | None, body: kopf.Body, **_: Any) -> None:
         reason = signature[5][3]
         if isinstance(reason, str) and reason.startswith(PEER_LOST):
             # plan() waits for the silent members until the reports went quiet: look again then.
-            timer = threading.Timer(PEER_QUIET_SECONDS + 0.1, _quietly, args=(namespace, job))
-            timer.daemon = True
-            timer.start()
+            follow_up(namespace, job, PEER_QUIET_SECONDS + 0.1)
     run_pass(namespace, job)
 
 
+class _FollowUps:
+    """One pending follow-up pass per job: the time it is due, and whether its thread runs."""
+
+    lock = threading.Lock()
+    due: dict[tuple[str, str], float] = {}
+
+
+def follow_up(namespace: str, name: str, delay: float) -> None:
+    """Run the job's pass once `delay` seconds after the last call. One thread per job and burst: the
+    511 `PeerLost` reports of a 512-pod job move the one deadline instead of starting 511 timers."""
+    key = (namespace, name)
+    with _FollowUps.lock:
+        pending = key in _FollowUps.due
+        _FollowUps.due[key] = time.monotonic() + delay
+    if not pending:
+        threading.Thread(target=_quietly, args=key, name=f"follow-up {namespace}/{name}", daemon=True).start()
+
+
 def _quietly(namespace: str, name: str) -> None:
+    key = (namespace, name)
+    while True:
+        with _FollowUps.lock:
+            wait = _FollowUps.due[key] - time.monotonic()
+            if wait <= 0:
+                del _FollowUps.due[key]
+                break
+        time.sleep(wait)
     try:
         run_pass(namespace, name)
     except Exception:  # the timer pass retries whatever this one could not do
@@ -209,8 +263,16 @@ def _quietly(namespace: str, name: str) -> None:
 
 
 def _one_pass(namespace: str, name: str) -> None:
+    started = time.perf_counter()
+    try:
+        _plan_and_apply(namespace, name)
+    finally:
+        _State.metrics.reconcile.observe(time.perf_counter() - started)
+
+
+def _plan_and_apply(namespace: str, name: str) -> None:
     kube = _kube()
-    observed = kube.observe(namespace, name)
+    observed = kube.observe(namespace, name, nodes=_nodes())
     if observed is None:
         _State.metrics.forget(namespace, name)
         return

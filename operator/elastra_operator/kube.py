@@ -257,6 +257,16 @@ def job_view(
     )
 
 
+def departing(job: JobView, pods: Sequence[PodView]) -> bool:
+    """Whether a pod of the job is being deleted or a member's pod is gone. Pure.
+
+    The node index trails the pod watch by a moment; whether such a departure is a failure depends on the
+    node (a drain cordons it, then evicts), so a pass that sees one reads the nodes fresh."""
+    names = {p.name for p in pods}
+    members = job.membership.members if job.membership is not None else ()
+    return any(p.deleting for p in pods) or any(m.pod not in names for m in members)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Observed:
     """Everything `plan()` needs about one job."""
@@ -336,8 +346,11 @@ class Kube:
         grace = 0 if force else None
         self._ignore_404(self.core.delete_namespaced_pod, name, namespace, grace_period_seconds=grace)
 
-    def observe(self, namespace: str, name: str) -> Observed | None:
-        """Read one job and everything about it; None when the job is gone."""
+    def observe(
+        self, namespace: str, name: str, *, nodes: tuple[NodeView, ...] | None = None
+    ) -> Observed | None:
+        """Read one job and everything about it; None when the job is gone. `nodes`: the nodes as an
+        index already holds them (None: list them; they are listed anyway when a pod is departing)."""
         raw = self.get_job(namespace, name)
         if raw is None:
             return None
@@ -362,12 +375,10 @@ class Kube:
             create_failure=failure.message if failure is not None else None,
             endpoint_refused=refused,
         )
-        return Observed(
-            job=job,
-            pods=self.worker_pods(namespace, name),
-            nodes=self.nodes(),
-            checkpoints=self.list_checkpoints(namespace, name),
-        )
+        pods = self.worker_pods(namespace, name)
+        if nodes is None or departing(job, pods):
+            nodes = self.nodes()
+        return Observed(job=job, pods=pods, nodes=nodes, checkpoints=self.list_checkpoints(namespace, name))
 
     # ------------------------------------------------------------------ writes
     def apply(self, job: JobView, actions: Sequence[Action]) -> list[Observe]:

@@ -15,6 +15,7 @@ from .reconcile.reasons import Metric
 _JOB = ("namespace", "job")
 _SECONDS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 _STEPS = (0, 1, 5, 10, 50, 100, 500, 1000, 5000, 10000)
+_PASS_SECONDS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10)
 RESCALE_REASONS = (
     "Start", "Failure", "Drain", "ScaleUp", "ScaleDown", "Suspend", "Resume", "CapacityRestored",
 )  # fmt: skip
@@ -70,6 +71,12 @@ class OperatorMetrics:
             "restore time by source tier",
             [*_JOB, "tier"],
             buckets=_SECONDS,
+            registry=r,
+        )
+        self.reconcile = Histogram(
+            "elastra_reconcile_seconds",
+            "one planning pass over one job: read, plan, write",
+            buckets=_PASS_SECONDS,
             registry=r,
         )
         self._phases: dict[tuple[str, str], str] = {}

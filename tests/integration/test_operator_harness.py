@@ -40,17 +40,12 @@ def _free_port() -> int:
 class Harness:
     """A localcluster, the CRDs, and the operator as a subprocess (`elastra operator --standalone`)."""
 
-    def __init__(self, workdir: pathlib.Path, nodes: int) -> None:
+    def __init__(self, workdir: pathlib.Path, nodes: int, **cluster_options: Any) -> None:
         from localcluster import LocalCluster
 
         self.workdir = workdir
-        self.cluster = LocalCluster(
-            workdir=workdir / "cluster",
-            nodes=nodes,
-            gpus_per_node=1,
-            node_grace_s=2,
-            heartbeat_interval_s=0.5,
-        )
+        options: dict[str, Any] = {"node_grace_s": 2, "heartbeat_interval_s": 0.5, **cluster_options}
+        self.cluster = LocalCluster(workdir=workdir / "cluster", nodes=nodes, gpus_per_node=1, **options)
         self.cluster.start()
         client = kubernetes.config.new_client_from_config(config_file=self.cluster.kubeconfig)
         self.core = kubernetes.client.CoreV1Api(client)

@@ -76,3 +76,30 @@ def test_unreadable_annotation_still_has_a_signature(raw: str) -> None:
     changed = worker()
     changed["metadata"]["annotations"]["elastra.dev/agent"] = raw + " "
     assert pod_signature(pod) != pod_signature(changed)
+
+
+def test_a_burst_of_peer_lost_reports_schedules_one_follow_up_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """511 PeerLost reports of a 512-pod job: one follow-up thread, one pass, after the last report."""
+    import threading
+    import time
+
+    from elastra_operator import handlers
+
+    passes: list[tuple[str, str]] = []
+    done = threading.Event()
+
+    def counted(namespace: str, name: str) -> None:
+        passes.append((namespace, name))
+        done.set()
+
+    monkeypatch.setattr(handlers, "run_pass", counted)
+    threads_before = threading.active_count()
+    last = 0.0
+    for _ in range(511):
+        handlers.follow_up("ns", "big", 0.2)
+        last = time.monotonic()
+    assert threading.active_count() <= threads_before + 1
+    assert done.wait(5)
+    assert time.monotonic() - last >= 0.2
+    time.sleep(0.3)
+    assert passes == [("ns", "big")]

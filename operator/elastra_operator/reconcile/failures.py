@@ -54,7 +54,7 @@ def silent_suspects(
 ) -> tuple[bool, frozenset[str]]:
     """`(wait, suspects)` when only symptoms (`PeerLost`) were reported: the member that broke the
     collective is among the silent ones. Every live member gets up to `PEER_SETTLE_SECONDS` to report
-    too — or, once the reporters outnumber the silent, until no new report came for
+    too — or, once the silent are few (`few_silent`), until no new report came for
     `PEER_QUIET_SECONDS`; `wait` is True until then. After that the silent ones are the suspects, to
     be left out of the next generation (a dead pod's last report still says Running)."""
     nobody = frozenset[str]()
@@ -67,8 +67,18 @@ def silent_suspects(
     times = [f.peer_since for f in failed if f.peer_since is not None]
     waited = (now - min(times)).total_seconds()
     quiet = (now - max(times)).total_seconds()
-    settled = waited >= PEER_SETTLE_SECONDS or (len(named) > len(silent) and quiet >= PEER_QUIET_SECONDS)
+    settled = waited >= PEER_SETTLE_SECONDS or (
+        few_silent(len(named), len(silent)) and quiet >= PEER_QUIET_SECONDS
+    )
     return (False, silent) if settled else (True, nobody)
+
+
+def few_silent(reporters: int, silent: int) -> bool:
+    """Whether the silent members are few enough to be the dead ones once the reports went quiet: the
+    reporters outnumber them, and they are one pod or at most a quarter of the reporters. A lost node
+    silences its one pod; hundreds of silent members are reports still on their way (a 512-pod job's
+    511 reports reach a busy API server over seconds), not hundreds of dead pods."""
+    return reporters > silent and (silent == 1 or reporters >= 4 * silent)
 
 
 def failure_label(unplanned: list[tuple[str, str]], suspects: frozenset[str] | set[str]) -> str:
@@ -77,3 +87,25 @@ def failure_label(unplanned: list[tuple[str, str]], suspects: frozenset[str] | s
     if causes:
         return causes[0]
     return "Unresponsive" if suspects else PEER_LOST
+
+
+DETAIL_PODS = 5
+"""At most this many pods are named in a Failure Event; the rest are counted."""
+
+
+def failure_detail(unplanned: list[tuple[str, str]], suspects: frozenset[str] | set[str]) -> str:
+    """The `lost …` part of a Failure Event, bounded whatever the job's size: causes before `PeerLost`
+    symptoms, at most DETAIL_PODS named, then how many more (a 512-pod job's peers must not make one
+    Event of 50 KB). Pure."""
+    ordered = sorted(unplanned, key=lambda item: PEER_LOST in item[1])
+    named = ordered[:DETAIL_PODS]
+    text = ", ".join(f"{pod} ({why})" for pod, why in named)
+    rest = ordered[DETAIL_PODS:]
+    if rest:
+        peers = sum(1 for _, why in rest if PEER_LOST in why)
+        text += f" and {len(rest)} more" + (f" ({peers} {PEER_LOST})" if peers else "")
+    if suspects:
+        silent = sorted(suspects)
+        more = f" and {len(silent) - DETAIL_PODS} more" if len(silent) > DETAIL_PODS else ""
+        text += f"; left out, silent since: {', '.join(silent[:DETAIL_PODS])}{more}"
+    return text

@@ -88,6 +88,7 @@ class _Pass:
             )
         )
         self.new_m, self.new_r = self.m, self.r
+        self.members = {m.pod: m for m in self.m.members}  # a dict, not a scan per pod: 512-pod jobs
         self.ckpts = sorted((c for c in checkpoints if c.job == job.name), key=lambda c: c.step)
         self.creates: list[Action] = []
         self.deletes: list[Action] = []
@@ -112,7 +113,8 @@ class _Pass:
         usable = sorted((p for p in self.pods.values() if self.facts.usable(p)), key=self._order)
         suspend = self.spec.run_policy.suspend
         leaving = [p for p in usable if suspend or self.facts.cordoned(p)]
-        keep = [p for p in usable if p not in leaving]
+        names = {p.name for p in leaving}
+        keep = [p for p in usable if p.name not in names]
         leaving += keep[self.spec.replicas.max :]
         keep = keep[: self.spec.replicas.max]
         self.keep, self.leaving = keep, leaving
@@ -135,7 +137,7 @@ class _Pass:
         return self.collect()
 
     def _order(self, pod: PodView) -> tuple[int, int, str]:
-        member = self.m.member(pod.name)
+        member = self.members.get(pod.name)
         if member is not None:
             return (0, member.rank_start, pod.name)
         return (1, manifests.pod_index(self.job.name, pod.name) or 0, pod.name)
@@ -265,9 +267,7 @@ class _Pass:
                 "failure_step": max(steps, default=None),
             }
         )
-        detail = ", ".join(f"{pod} ({why})" for pod, why in unplanned)
-        if self.suspects:
-            detail += f"; left out, silent since: {', '.join(sorted(self.suspects))}"
+        detail = failures.failure_detail(unplanned, self.suspects)
         limit = self.spec.run_policy.backoff_limit
         self.events.append(
             Event(

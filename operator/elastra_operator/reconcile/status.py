@@ -61,10 +61,9 @@ def build_status(
     """Pure: the status a pass leaves, mirroring the membership record, the operator record and the newest
     checkpoint (`checkpoints` sorted by step)."""
     m = membership
+    names = {member.pod for member in m.members}
     steps = [
-        p.agent.step
-        for p in pods
-        if p.agent is not None and p.agent.step is not None and m.member(p.name) is not None
+        p.agent.step for p in pods if p.agent is not None and p.agent.step is not None and p.name in names
     ]
     newest = checkpoints[-1] if checkpoints else None
     last = None

@@ -42,6 +42,17 @@ def parse_membership(configmap_data: dict[str, str] | None) -> Membership | None
         raise ValueError(f"malformed membership record: {exc}") from exc
 
 
+def patch_own_pod(api: Any, namespace: str, pod: str, annotations: dict[str, str]) -> None:
+    """Write report annotations on the agent's own pod: one merge patch, the agent's only write.
+
+    The response body is not decoded into client models (nothing of it is used), which keeps a report
+    cheap for the agent and for a simulator playing hundreds of agents (`localcluster.simulator`)."""
+    body = {"metadata": {"annotations": annotations}}
+    response = api.patch_namespaced_pod(pod, namespace, body, _preload_content=False)
+    response.read()  # drain the body, so the kept-alive connection is clean for the next request
+    response.release_conn()
+
+
 class KubeLink:
     """Membership in, annotations out."""
 
@@ -126,8 +137,7 @@ class KubeLink:
             if not batch:
                 continue
             try:
-                body = {"metadata": {"annotations": batch}}
-                self._api.patch_namespaced_pod(self.cfg.pod, self.cfg.namespace, body)
+                patch_own_pod(self._api, self.cfg.namespace, self.cfg.pod, batch)
                 backoff = 0.5
             except Exception as exc:
                 log.warning("reporting on pod %s: %s; retrying in %.1fs", self.cfg.pod, exc, backoff)

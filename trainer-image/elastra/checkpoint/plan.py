@@ -83,39 +83,72 @@ class SavePlan:
     """path → (dtype, shape, layout, sharding) of every logical tensor."""
 
 
+_Key = tuple[str, tuple[int, ...], tuple[int, ...]]
+
+
+def _distinct_pieces(
+    pieces_by_rank: list[list[Piece]],
+) -> tuple[dict[str, tuple[str, tuple[int, ...], str, str]], dict[_Key, list[int]], dict[_Key, Piece]]:
+    """Tensor metadata by path, holders (ascending ranks) by piece key, and one piece per key; empty
+    pieces are left out. Raises ValueError when ranks disagree about a tensor."""
+    tensors: dict[str, tuple[str, tuple[int, ...], str, str]] = {}
+    holders: dict[_Key, list[int]] = {}
+    by_key: dict[_Key, Piece] = {}
+    for rank, pieces in enumerate(pieces_by_rank):
+        for piece in pieces:
+            known = tensors.get(piece.path)
+            if known is None:
+                tensors[piece.path] = (piece.dtype, piece.shape, piece.layout, piece.sharding)
+            elif known[0] != piece.dtype or known[1] != piece.shape or known[2] != piece.layout:
+                raise ValueError(
+                    f"ranks disagree about tensor {piece.path}: {known[:3]} vs "
+                    f"{(piece.dtype, piece.shape, piece.layout)}"
+                )
+            box = piece.box
+            key = (piece.path, box.offsets, box.shape)
+            held = holders.get(key)
+            if held is None:
+                if 0 in box.shape:
+                    continue
+                holders[key] = [rank]
+                by_key[key] = piece
+            else:
+                held.append(rank)
+    return tensors, holders, by_key
+
+
 def plan_save(pieces_by_rank: list[list[Piece]]) -> SavePlan:
     """Assign each distinct piece to exactly one holder and lay out the shard files.
 
     Pieces held by a single rank go to it; pieces held by several ranks (replicated) go, largest first,
-    to whichever holder has the fewest bytes so far, so replicated tensors spread across ranks."""
-    tensors: dict[str, tuple[str, tuple[int, ...], str, str]] = {}
-    holders: dict[tuple[str, tuple[int, ...], tuple[int, ...]], list[int]] = {}
-    by_key: dict[tuple[str, tuple[int, ...], tuple[int, ...]], Piece] = {}
-    for rank, pieces in enumerate(pieces_by_rank):
-        for piece in pieces:
-            meta = (piece.dtype, piece.shape, piece.layout, piece.sharding)
-            known = tensors.setdefault(piece.path, meta)
-            if known[:3] != meta[:3]:
-                raise ValueError(f"ranks disagree about tensor {piece.path}: {known[:3]} vs {meta[:3]}")
-            if piece.box.numel == 0:
-                continue
-            holders.setdefault(piece.key, []).append(rank)
-            by_key.setdefault(piece.key, piece)
+    to whichever holder has the fewest bytes so far, so replicated tensors spread across ranks.
+
+    Linear in the number of pieces (plus the sorts): every piece is looked at once, its size is computed
+    once per distinct piece, and a replicated piece's holder is a `min` over its holders' loads
+    (benchmarks/operator_scale.py times it at 1k-16k ranks against DCP's global plan)."""
+    tensors, holders, by_key = _distinct_pieces(pieces_by_rank)
+    nbytes = {key: piece.nbytes for key, piece in by_key.items()}
     load = [0] * len(pieces_by_rank)
-    assigned: dict[int, list[Piece]] = {r: [] for r in range(len(pieces_by_rank))}
-    order = sorted(holders, key=lambda k: (len(holders[k]) > 1, -by_key[k].nbytes, k))
-    for key in order:
-        rank = min(holders[key], key=lambda r: (load[r], r))
-        load[rank] += by_key[key].nbytes
+    assigned: list[list[Piece]] = [[] for _ in pieces_by_rank]
+    replicated = []
+    for key, held in holders.items():  # a piece only one rank holds goes to it, in any order
+        if len(held) == 1:
+            load[held[0]] += nbytes[key]
+            assigned[held[0]].append(by_key[key])
+        else:
+            replicated.append(key)
+    for key in sorted(replicated, key=lambda k: (-nbytes[k], k)):
+        rank = min(holders[key], key=load.__getitem__)  # holders ascend: a tie goes to the lowest rank
+        load[rank] += nbytes[key]
         assigned[rank].append(by_key[key])
     writes = []
-    for rank, pieces in assigned.items():
+    for rank, pieces in enumerate(assigned):
         pieces.sort(key=lambda p: (-ITEMSIZE[p.dtype], p.key))
         placed = []
         offset = 0
         for i, piece in enumerate(pieces):
             placed.append(Placed(piece, f"{i}:{piece.path}", offset))
-            offset += piece.nbytes
+            offset += nbytes[piece.key]
         writes.append(RankWrites(rank, shard_file(rank), tuple(placed)))
     return SavePlan(tuple(writes), tensors)
 

@@ -178,7 +178,7 @@ def _one_rank_fails_to_parse(rank: int, port: int, root: str) -> None:
         w = torch.arange(8, dtype=torch.float32) * step
         ckpt.save(step, {"w": w[rank * 4 : rank * 4 + 4].clone()}).wait()  # not a DTensor: replicated
     if rank == 1:  # only this rank sees broken manifests (e.g. a stale cache): bug-class exceptions
-        import elastra.checkpoint.checkpointer as engine
+        import elastra.checkpoint.restore as engine
 
         real = engine.read_manifest
         failures = {3: TypeError("unhashable type: 'list'"), 2: RecursionError("maximum recursion depth")}

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from elastra.checkpoint.format import CHUNK_BYTES, FormatError, Fragment, Manifest, TensorEntry
+from elastra.checkpoint.format import FormatError, Fragment, Manifest, TensorEntry
 from elastra.checkpoint.geometry import Box
 from elastra.checkpoint.handles import CheckpointError
 from elastra.checkpoint.hf_format import (
@@ -53,6 +53,9 @@ from elastra.storage import LocalStorage, NotFoundError, S3Options, Storage, Sto
 log = logging.getLogger(__name__)
 
 READ_THREADS = 4
+UNCHECKED_CHUNK = 8
+"""The reader's read granularity for files without checksums: element-aligned for every dtype, so a
+rank reads its own slices' bytes (plus at most a few bytes at their ends), not whole checksum chunks."""
 KeyMap = Callable[[str], str | None]
 """Hugging Face name -> state path below the prefix (None: do not load it)."""
 
@@ -251,7 +254,7 @@ def manifest_of(model: PretrainedModel, pairs: list[tuple[TensorLeaf, HFTensor]]
         for leaf, t in pairs
     }  # fmt: skip
     return Manifest(step=0, world_size=1, tensors=tensors, values={}, files=dict(model.files),
-                    chunk_bytes=CHUNK_BYTES)  # fmt: skip
+                    chunk_bytes=UNCHECKED_CHUNK)  # fmt: skip
 
 
 def _agree(error: str | None, group: Any) -> list[str]:
@@ -292,7 +295,13 @@ def load_pretrained(
     report: RestoreReport | None = None
     try:
         report = _load(
-            state, uri=uri, prefix=prefix, key_map=key_map, allow_missing=allow_missing, started=started
+            state,
+            uri=uri,
+            prefix=prefix,
+            key_map=key_map,
+            allow_missing=allow_missing,
+            started=started,
+            s3=s3,
         )
     except (FormatError, StorageError, ValueError, TypeError) as exc:
         error = f"rank {dist.get_rank(group) if group is not None else 0}: {exc}"
@@ -306,9 +315,9 @@ def load_pretrained(
 def _load(
     state: object,
     *, uri: str, prefix: str | None, key_map: KeyMap | None,
-    allow_missing: bool | Collection[str], started: float,
+    allow_missing: bool | Collection[str], started: float, s3: S3Options | None,
 ) -> RestoreReport:  # fmt: skip
-    model = open_pretrained(uri)
+    model = open_pretrained(uri, s3)
     leaves, _values = split_state(state)
     if prefix is None:
         prefix = find_prefix([leaf.path for leaf in leaves], model.tensors, key_map)

@@ -25,6 +25,8 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from elastra.api.membership import RestoreSkip
+
 CONTROL_FILE = "control.json"
 """Name of the agent's file in the control directory."""
 EXIT_PEER_LOST = 75
@@ -83,6 +85,10 @@ class WorkerStatus(_File):
     """Steps this process completed (for the step-time histogram)."""
     restore_seconds: float | None = None
     restore_tier: str | None = None
+    restored_step: int | None = None
+    """Step the restore actually loaded (older than `ELASTRA_RESTORE_STEP` after a fallback)."""
+    restore_skipped: tuple[RestoreSkip, ...] = ()
+    """Newer checkpoints the restore could not use, newest first, with the reason."""
     saves: tuple[SaveRecord, ...] = ()
     """The newest saves (bounded), oldest first."""
     bytes_by_tier: dict[str, int] = {}

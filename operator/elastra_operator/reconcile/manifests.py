@@ -110,6 +110,7 @@ def _env(job: JobView, name: str) -> list[dict[str, Any]]:
         env.append({"name": "ELASTRA_CHECKPOINT_EVERY_SECONDS", "value": str(ck.every_seconds)})
     if ck.local is not None:
         env.append({"name": "ELASTRA_LOCAL_DIR", "value": ck.local.path})
+        env.append({"name": "ELASTRA_LOCAL_KEEP", "value": str(ck.local.keep)})
     if ck.s3 is not None:
         env.append({"name": "AWS_REGION", "value": ck.s3.region})
         if ck.s3.endpoint:

@@ -27,6 +27,7 @@ from elastra.api.membership import (
     AgentReport,
     AgentState,
     Membership,
+    RestoreSkip,
 )
 from elastra.control import (
     CONTROL_FILE,
@@ -95,6 +96,8 @@ class Agent:
         self.step: int | None = None
         self.ack: str | None = None
         self.restore: tuple[float, str] | None = None
+        self.restored: tuple[int | None, tuple[RestoreSkip, ...]] | None = None
+        """The step this generation's workers restored and the checkpoints they skipped."""
         """(seconds, tier) of this generation's slowest local restore, once a worker reported one."""
         self._terminate = threading.Event()
         self._readers: dict[int, FileReader[WorkerStatus]] = {}
@@ -198,6 +201,7 @@ class Agent:
         self.generation = generation
         self.exit_code = self.reason = self.step = self.ack = None
         self.restore = None
+        self.restored = None
         self._succeeded_at = None
         self._sync_control()
         launched = {"ELASTRA_LAUNCHED_AT": f"{time.time():.3f}"}  # the session logs its start from here
@@ -276,6 +280,8 @@ class Agent:
             seconds = s.restore_seconds
             if seconds is not None and (self.restore is None or seconds > self.restore[0]):
                 self.restore = (seconds, s.restore_tier or "unknown")
+            if s.restored_step is not None or s.restore_skipped:  # every rank restored the same step
+                self.restored = (s.restored_step, tuple(s.restore_skipped))
         if (
             self.state is AgentState.RESTORING
             and len(statuses) == len(self._readers)
@@ -296,7 +302,15 @@ class Agent:
         self._report(force=True)
 
     def _report(self, *, force: bool = False) -> None:
-        key = (self.generation, self.state, self.exit_code, self.reason, self.ack, self.restore)
+        key = (
+            self.generation,
+            self.state,
+            self.exit_code,
+            self.reason,
+            self.ack,
+            self.restore,
+            self.restored,
+        )
         now = time.monotonic()
         changed = key != self._reported
         step_due = now - self._reported_at >= self.cfg.report_interval_s
@@ -313,6 +327,8 @@ class Agent:
             ack_request=self.ack,
             restore_seconds=self.restore[0] if self.restore else None,
             restore_tier=self.restore[1] if self.restore else None,
+            restored_step=self.restored[0] if self.restored else None,
+            restore_skipped=self.restored[1] if self.restored else (),
             time=dt.datetime.now(dt.UTC),
         )
         self.link.report({AGENT_ANNOTATION: report.to_json()})

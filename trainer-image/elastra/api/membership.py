@@ -147,6 +147,15 @@ class AgentState(enum.StrEnum):
     STOPPED = "Stopped"
 
 
+class RestoreSkip(_Wire):
+    """A checkpoint a generation's restore could not use, and why (the ranks fell back past it)."""
+
+    step: Annotated[int, Field(ge=0)]
+    """Its step."""
+    reason: Annotated[str, Field(max_length=1024)]
+    """What was wrong with it (a rank's error: missing, malformed, failed checksum)."""
+
+
 class AgentReport(_Wire):
     """A pod agent's view of its workers, on its own pod's annotation."""
 
@@ -166,6 +175,12 @@ class AgentReport(_Wire):
     """How long this generation's restore took on this pod (set from `Running` on, when it restored)."""
     restore_tier: str | None = None
     """Tier the restore read from (`local`, `s3`, `directory`)."""
+    restored_step: Annotated[int, Field(ge=0)] | None = None
+    """Step this generation's restore actually loaded; older than the membership's restore point
+    when that one was unusable and the ranks fell back."""
+    restore_skipped: Annotated[tuple[RestoreSkip, ...], Field(max_length=64)] = ()
+    """Checkpoints the restore skipped as unusable, newest first (the operator marks them
+    `Verified=False` and never restores them again)."""
     time: dt.datetime
     """When the agent wrote this."""
 

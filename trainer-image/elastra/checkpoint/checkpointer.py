@@ -42,10 +42,11 @@ from elastra.checkpoint.geometry import Box
 from elastra.checkpoint.handles import CheckpointError, CheckpointStats, CommitInfo, SaveHandle
 from elastra.checkpoint.plan import Piece, RankWrites, SavePlan, checksum_chunks, plan_save
 from elastra.checkpoint.reader import Sources, fill_tasks, read_manifest, run_reads
+from elastra.checkpoint.restore import NONE, RestoreResult, Skipped, next_candidate, split_source
 from elastra.checkpoint.retention import apply_retention, committed_steps
 from elastra.checkpoint.staging import StagingBuffer, StagingJob
 from elastra.checkpoint.state import ST_TO_TORCH, TensorLeaf, is_tensor_value, split_state, walk
-from elastra.storage import LocalStorage, S3Options, StorageError, join_key, open_storage
+from elastra.storage import LocalStorage, S3Options, Storage, StorageError, join_key, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,12 @@ class Checkpointer:
     """Save and load sharded training state under `uri` (`s3://bucket/prefix` or a directory).
 
     `local_dir`, when given, is a faster node-local tier written first and preferred on restore.
-    `keep` committed checkpoints are kept per tier. `process_group` defaults to the default group when
-    torch.distributed is initialized, else a world of one. Must be constructed on every rank."""
+    `keep` committed checkpoints are kept per tier (`local_keep` overrides it for the local tier).
+    `prune_durable=False` leaves the durable tier's retention to someone else: under the operator,
+    only the operator deletes durable checkpoints (through their Checkpoint objects), so a trainer
+    never deletes the step a new generation is about to read. `process_group` defaults to the default
+    group when torch.distributed is initialized, else a world of one. Must be constructed on every
+    rank."""
 
     def __init__(
         self,
@@ -80,15 +85,24 @@ class Checkpointer:
         s3: S3Options | None = None,
         timeout_s: float = 600.0,
         chunk_bytes: int = CHUNK_BYTES,
+        local_keep: int | None = None,
+        prune_durable: bool = True,
     ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
+        if local_keep is not None and local_keep < 1:
+            raise ValueError(f"local_keep must be at least 1, got {local_keep}")
         if busy_policy not in BUSY_POLICIES:
             raise ValueError(f"busy_policy must be one of {BUSY_POLICIES}, got {busy_policy!r}")
         if chunk_bytes < 1 << 10 or chunk_bytes % 16:
             raise ValueError(f"chunk_bytes must be a multiple of 16 and at least 1 KiB, got {chunk_bytes}")
         self.uri = uri.rstrip("/") if uri.startswith("s3://") else uri
         self.keep = keep
+        self.local_keep = local_keep if local_keep is not None else keep
+        self.prune_durable = prune_durable
+        self.last_restore: RestoreResult | None = None
+        """What the newest `load` restored and which newer checkpoints it skipped, and why."""
+        self._s3 = s3
         self.busy_policy = busy_policy
         self.chunk_bytes = chunk_bytes
         self.stats = CheckpointStats()
@@ -334,35 +348,65 @@ class Checkpointer:
 
     def _retention(self, drop_newer_uncommitted: bool) -> None:
         if self._local is not None:
-            apply_retention(self._local, self.keep, drop_newer_uncommitted)
-        if self.rank == 0:
+            apply_retention(self._local, self.local_keep, drop_newer_uncommitted)
+        if self.rank == 0:  # without `prune_durable`, only the leftovers of steps that never committed
             try:
-                apply_retention(self._durable, self.keep, drop_newer_uncommitted)
+                apply_retention(
+                    self._durable, self.keep if self.prune_durable else None, drop_newer_uncommitted
+                )
             except StorageError as exc:
                 log.warning("retention of %s failed: %s", self.uri, exc)
 
     # ------------------------------------------------------------------ load
-    def load(self, state: object, step: int | None = None) -> int | None:
+    def _agree_max(self, value: int) -> int:
+        """The largest of every rank's `value`: one all-reduce of one int64, the same shape on every
+        rank whatever happened locally (the restore's candidate and verdict)."""
+        if self._control is None:
+            return value
+        mine = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(mine, op=dist.ReduceOp.MAX, group=self._control)
+        return int(mine[0])
+
+    def load(
+        self, state: object, step: int | None = None, *, source: str | None = None, fallback: bool = False
+    ) -> int | None:
         """Restore `state` in place from the newest valid committed checkpoint (or `step`).
 
-        Returns the step restored, or None when there is no committed checkpoint at all. A newest
-        checkpoint that is incomplete or corrupt on any rank is skipped, by all ranks, for the next
-        older one. An explicit `step` that cannot be loaded raises CheckpointError. Contiguous CPU
-        tensors of the saved dtype are read into in place, so a load that raises may leave them
-        partly overwritten."""
+        `source` reads another checkpoint root, or one step directory of one (`<root>/step-N`, which
+        also sets `step`): a job forked from another job's checkpoint (`restoreFrom`). Returns the
+        step restored, or None when there is no committed checkpoint at all. A candidate that is
+        incomplete, corrupt or malformed on any rank is skipped by all ranks together for the next
+        older committed one. An explicit `step` that cannot be loaded raises CheckpointError, unless
+        `fallback` (under the operator: its restore point may have been corrupted since it was
+        committed), in which case older steps of the same root are tried too. `last_restore` tells
+        which step was restored and why any newer one was skipped. Contiguous CPU tensors of the
+        saved dtype are read into in place, so a failed candidate may leave them partly overwritten
+        (the next candidate overwrites them again)."""
         started = time.perf_counter()
         self.wait_quietly()
-        candidates = (
-            [step]
-            if step is not None
-            else sorted((s for s, ok in committed_steps(self._durable).items() if ok), reverse=True)
-        )
+        root, source_step = split_source(source) if source else (self.uri, None)
+        requested = step if step is not None else source_step
+        same_root = root.rstrip("/") == self.uri.rstrip("/")
+        storage = self._durable if same_root else open_storage(root, self._s3)
+        local = self._local if same_root else None  # a foreign root's steps are not in our local tier
         leaves, _values = split_state(state)
-        for candidate in candidates:
+        skipped: list[Skipped] = []
+        committed: list[int] | None = None
+        candidate: int | None = requested
+        while True:
+            if candidate is None or skipped:  # the newest one, or the next older after a failure
+                if skipped and requested is not None and not fallback:
+                    break
+                if committed is None:
+                    committed = self._committed(storage)
+                below = skipped[-1].step if skipped else None
+                candidate = self._agree_max(next_candidate(committed, below))
+                if candidate == NONE:
+                    break
             error = None
             try:
-                manifest = read_manifest(self._durable, candidate)
-                sources = Sources(manifest, self._durable, self._local)
+                manifest = read_manifest(storage, candidate)
+                sources = Sources(manifest, storage, local)
                 restored = [self._fill_target(x, manifest) for x in leaves]
                 tasks = [
                     task
@@ -371,22 +415,33 @@ class Checkpointer:
                 ]
                 with concurrent.futures.ThreadPoolExecutor(READ_THREADS) as pool:
                     run_reads(sources, tasks, pool)
-            except (FormatError, StorageError, ValueError) as exc:
-                error = f"rank {self.rank}: {exc}"
-            errors = [e for e in self._all_gather(error, self._control) if e]
-            if errors:
-                if step is not None:
-                    raise CheckpointError(f"cannot load {step_dir(candidate)}: {'; '.join(errors)}")
-                log.warning("checkpoint %s is unusable, falling back to an older one: %s",
-                            step_dir(candidate), "; ".join(errors))  # fmt: skip
+            except Exception as exc:  # anything a hostile checkpoint provokes: all ranks decide together
+                error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, FormatError) else str(exc)
+            if self._agree_max(int(error is not None)):
+                reason = f"rank {self.rank}: {error}" if error else "another rank could not load it"
+                skipped.append(Skipped(candidate, reason))
+                more = "" if requested is not None and not fallback else ", trying an older one"
+                log.warning("%s under %s is unusable (%s)%s", step_dir(candidate), root, reason, more)
                 continue
             self._apply(state, leaves, restored, manifest)
             self.stats.restore_bytes_by_tier = dict(sources.bytes_by_tier)
             self.stats.restore_seconds = time.perf_counter() - started
+            self.last_restore = RestoreResult(requested, candidate, root, tuple(skipped))
             return candidate
-        if candidates:
-            raise CheckpointError(f"no usable committed checkpoint under {self.uri} (tried {candidates})")
+        self.last_restore = RestoreResult(requested, None, root, tuple(skipped))
+        if skipped or requested is not None:
+            tried = ", ".join(f"{step_dir(s.step)} ({s.reason})" for s in skipped) or step_dir(requested or 0)
+            raise CheckpointError(f"no usable committed checkpoint under {root}: tried {tried}")
         return None
+
+    def _committed(self, storage: Storage) -> list[int]:
+        """Committed steps of a tier, or none when it cannot be listed (then every rank agrees on
+        what the others found)."""
+        try:
+            return [s for s, ok in committed_steps(storage).items() if ok]
+        except Exception as exc:
+            log.warning("cannot list %s: %s", storage.uri, exc)
+            return []
 
     @staticmethod
     def _fill_target(leaf: TensorLeaf, manifest: Manifest) -> torch.Tensor:

@@ -14,15 +14,16 @@ from elastra.storage import Storage, join_key
 log = logging.getLogger(__name__)
 
 
-def plan_retention(steps: dict[int, bool], keep: int, drop_newer_uncommitted: bool) -> list[int]:
+def plan_retention(steps: dict[int, bool], keep: int | None, drop_newer_uncommitted: bool) -> list[int]:
     """Steps to delete, given `{step: committed}` of one tier.
 
-    Keeps the newest `keep` (at least 1) committed steps, so the newest committed one always survives.
+    Keeps the newest `keep` (at least 1) committed steps, so the newest committed one always survives;
+    `keep=None` keeps every committed step (someone else owns their retention: the operator).
     Uncommitted steps older than the newest committed one are leftovers of failed saves and go; newer
     uncommitted ones go only when `drop_newer_uncommitted` (no save can be in flight, e.g. at start)."""
     committed = sorted((s for s, ok in steps.items() if ok), reverse=True)
     newest = committed[0] if committed else None
-    doomed = set(committed[max(keep, 1) :])
+    doomed = set(committed[max(keep, 1) :]) if keep is not None else set()
     for s, ok in steps.items():
         if not ok and (drop_newer_uncommitted or (newest is not None and s < newest)):
             doomed.add(s)
@@ -39,7 +40,7 @@ def committed_steps(storage: Storage) -> dict[int, bool]:
     return steps
 
 
-def apply_retention(storage: Storage, keep: int, drop_newer_uncommitted: bool = False) -> list[int]:
+def apply_retention(storage: Storage, keep: int | None, drop_newer_uncommitted: bool = False) -> list[int]:
     """Delete what `plan_retention` says; returns the steps actually deleted."""
     deleted = []
     for step in plan_retention(committed_steps(storage), keep, drop_newer_uncommitted):

@@ -32,7 +32,8 @@ class SessionConfig:
     restore_step: int | None
     """Step every rank restores (`ELASTRA_RESTORE_STEP`); None for a fresh generation."""
     restore_uri: str | None
-    """Step directory of that checkpoint (`ELASTRA_RESTORE_URI`), for messages."""
+    """Step directory of that checkpoint (`ELASTRA_RESTORE_URI`): the restore reads it, in the job's own
+    root or, for a job forked with `restoreFrom`, in the other job's."""
     control_dir: str | None
     """Where the agent's control files are (`ELASTRA_CONTROL_DIR`); None without an agent."""
     checkpoint_uri: str | None
@@ -51,6 +52,9 @@ class SessionConfig:
     """Limit on one collective (`ELASTRA_COLLECTIVE_TIMEOUT_SECONDS`)."""
     launched_at: float | None = None
     """Unix time the agent launched this worker (`ELASTRA_LAUNCHED_AT`), for the start timeline."""
+    local_keep: int | None = None
+    """Checkpoints kept in the node-local tier (`ELASTRA_LOCAL_KEEP`, the job's `local.keep`); `keep`
+    when unset."""
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
@@ -71,6 +75,8 @@ class SessionConfig:
             raise ConfigError(f"ELASTRA_CHECKPOINT_EVERY_SECONDS must be > 0, got {self.every_seconds}")
         if self.keep < 1:
             raise ConfigError(f"ELASTRA_CHECKPOINT_KEEP must be >= 1, got {self.keep}")
+        if self.local_keep is not None and self.local_keep < 1:
+            raise ConfigError(f"ELASTRA_LOCAL_KEEP must be >= 1, got {self.local_keep}")
         if self.agree_every < 1:
             raise ConfigError(f"ELASTRA_AGREE_EVERY_STEPS must be >= 1, got {self.agree_every}")
         if self.collective_timeout_s <= 0:
@@ -129,6 +135,7 @@ def from_env(env: Mapping[str, str], **overrides: object) -> SessionConfig:
             env, "ELASTRA_COLLECTIVE_TIMEOUT_SECONDS", DEFAULT_COLLECTIVE_TIMEOUT_S
         ),
         "launched_at": _float(env, "ELASTRA_LAUNCHED_AT"),
+        "local_keep": _int(env, "ELASTRA_LOCAL_KEEP"),
     }
     unknown = set(overrides) - set(values)
     if unknown:

@@ -64,6 +64,9 @@ EXIT_CRASHED = 1
 STATUS_INTERVAL_S = 0.5
 """Least time between two routine status writes; events (saves, commits) write at once."""
 KEPT_SAVES = 16
+REASON_CHARS = 512
+"""A skipped checkpoint's reason is cut to this many characters in the status (it travels to the
+operator in a pod annotation)."""
 
 
 @runtime_checkable
@@ -162,8 +165,14 @@ class Session:
         if config.checkpoint_uri:
             from elastra.checkpoint import Checkpointer
 
+            # Under an agent the operator owns durable retention (Checkpoint objects and their
+            # finalizers); the trainers prune only their node-local tier.
             self.checkpointer = Checkpointer(
-                config.checkpoint_uri, local_dir=config.local_dir, keep=config.keep
+                config.checkpoint_uri,
+                local_dir=config.local_dir,
+                keep=config.keep,
+                local_keep=config.local_keep,
+                prune_durable=not config.under_agent,
             )
             self._fences = Fences(self.checkpointer.fence, self.rank)
 
@@ -198,9 +207,13 @@ class Session:
     def restore(self, state: Mapping[str, Any]) -> int:
         """Load the checkpoint this generation restores into `state`; the next step to run.
 
-        Under an agent, the step is the one the operator chose (`ELASTRA_RESTORE_STEP`), 0 when it
-        chose none. Run by hand, the newest committed checkpoint under the URI, if any. The world size
-        may differ from the one that saved: every rank loads its own slice.
+        Under an agent, the step is the one the operator chose (`ELASTRA_RESTORE_STEP`), read from
+        its step directory (`ELASTRA_RESTORE_URI`: in this job's root, or another job's for a fork
+        with `restoreFrom`), 0 when it chose none; when that checkpoint is corrupt or gone, every rank
+        falls back together to the next older committed one of the same root, and the status says
+        which step was restored and why the newer ones were skipped. Run by hand, the newest
+        committed checkpoint under the URI, if any. The world size may differ from the one that
+        saved: every rank loads its own slice.
         """
         step = self.config.restore_step
         if self.checkpointer is None or (step is None and self.config.under_agent):
@@ -209,7 +222,14 @@ class Session:
         if self._timeline:
             self._timeline["restoring"] = time.time()
         flat = _materialize(state)
-        loaded = self.checkpointer.load(flat, step=step)  # step None: the newest committed one
+        under_agent = self.config.under_agent
+        try:
+            # step None: the newest committed one
+            loaded = self.checkpointer.load(
+                flat, step=step, source=self.config.restore_uri, fallback=under_agent
+            )
+        finally:
+            self._publish_restore()
         if loaded is None:
             return 0
         for key, value in state.items():
@@ -223,6 +243,16 @@ class Session:
         self._publish(step=self._last_saved_step, restore_seconds=seconds, restore_tier=str(tier), force=True)
         log.info("rank %d restored step %s in %.2fs", self.rank, self._last_saved_step, seconds)
         return self._last_saved_step
+
+    def _publish_restore(self) -> None:
+        """Tell the agent which step the restore actually loaded and which newer ones it skipped."""
+        result = self.checkpointer.last_restore if self.checkpointer is not None else None
+        if result is None:
+            return
+        from elastra.api.membership import RestoreSkip
+
+        skipped = tuple(RestoreSkip(step=s.step, reason=s.reason[:REASON_CHARS]) for s in result.skipped)
+        self._publish(restored_step=result.step, restore_skipped=skipped, force=True)
 
     # ------------------------------------------------------------------ lazy staging
     @property

@@ -12,8 +12,11 @@ The format is described in docs/format.md.
 from __future__ import annotations
 
 from elastra.checkpoint.checkpointer import Checkpointer, latest
+from elastra.checkpoint.coverage import init_optimizer_state
 from elastra.checkpoint.format import FORMAT_VERSION, FormatError
 from elastra.checkpoint.handles import CheckpointError, CheckpointStats, CommitInfo, SaveHandle
+from elastra.checkpoint.pretrained import load_pretrained
+from elastra.checkpoint.report import RestoreReport
 from elastra.checkpoint.state import Flat
 
 __all__ = [
@@ -24,6 +27,9 @@ __all__ = [
     "CommitInfo",
     "Flat",
     "FormatError",
+    "RestoreReport",
     "SaveHandle",
+    "init_optimizer_state",
     "latest",
+    "load_pretrained",
 ]

@@ -17,6 +17,8 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,6 +28,7 @@ from torch.utils.hooks import RemovableHandle
 
 from elastra.checkpoint import faults
 from elastra.checkpoint.checksum import crc32
+from elastra.checkpoint.coverage import Coverage, StateMismatch, cover, like
 from elastra.checkpoint.format import (
     CHUNK_BYTES,
     FORMAT_VERSION,
@@ -42,6 +45,7 @@ from elastra.checkpoint.geometry import Box
 from elastra.checkpoint.handles import CheckpointError, CheckpointStats, CommitInfo, SaveHandle
 from elastra.checkpoint.plan import Piece, RankWrites, SavePlan, checksum_chunks, plan_save
 from elastra.checkpoint.reader import Sources, fill_tasks, read_manifest, run_reads
+from elastra.checkpoint.report import RestoreReport
 from elastra.checkpoint.restore import NONE, RestoreResult, Skipped, next_candidate, split_source
 from elastra.checkpoint.retention import apply_retention, committed_steps
 from elastra.checkpoint.staging import StagingBuffer, StagingJob
@@ -52,6 +56,8 @@ log = logging.getLogger(__name__)
 
 BUSY_POLICIES = ("wait", "skip")
 STAGING_MODES = ("eager", "lazy")
+MISMATCH = 2
+"""A restore verdict: the state does not fit the checkpoint (1: the checkpoint is unusable)."""
 READ_THREADS = 4
 """Restore read tasks in flight per rank (a task reads one run of adjacent bytes of one file, or a
 partial chunk): reads and checksums release the GIL, so files are read in parallel."""
@@ -101,6 +107,8 @@ class Checkpointer:
         self.local_keep = local_keep if local_keep is not None else keep
         self.prune_durable = prune_durable
         self.last_restore: RestoreResult | None = None
+        self.last_report: RestoreReport | None = None
+        """What the newest successful `load` restored, left missing, found unexpected or tied."""
         """What the newest `load` restored and which newer checkpoints it skipped, and why."""
         self._s3 = s3
         self.busy_policy = busy_policy
@@ -368,7 +376,13 @@ class Checkpointer:
         return int(mine[0])
 
     def load(
-        self, state: object, step: int | None = None, *, source: str | None = None, fallback: bool = False
+        self,
+        state: object,
+        step: int | None = None,
+        *,
+        source: str | None = None,
+        fallback: bool = False,
+        allow_missing: bool | Collection[str] = False,
     ) -> int | None:
         """Restore `state` in place from the newest valid committed checkpoint (or `step`).
 
@@ -381,7 +395,14 @@ class Checkpointer:
         committed), in which case older steps of the same root are tried too. `last_restore` tells
         which step was restored and why any newer one was skipped. Contiguous CPU tensors of the
         saved dtype are read into in place, so a failed candidate may leave them partly overwritten
-        (the next candidate overwrites them again)."""
+        (the next candidate overwrites them again).
+
+        No silent partial restore: a state tensor the checkpoint lacks is an error unless
+        `allow_missing` (True, or those paths) allows it, and it then keeps its value; an optimizer
+        whose state is still empty while the checkpoint holds state for it is an error that says how
+        to create it. Both are the caller's mismatch, not damage: every rank raises CheckpointError at
+        once, without trying older checkpoints. `last_report` says what was restored, missing,
+        unexpected (saved but taken by nothing) and tied."""
         started = time.perf_counter()
         self.wait_quietly()
         root, source_step = split_source(source) if source else (self.uri, None)
@@ -389,7 +410,7 @@ class Checkpointer:
         same_root = root.rstrip("/") == self.uri.rstrip("/")
         storage = self._durable if same_root else open_storage(root, self._s3)
         local = self._local if same_root else None  # a foreign root's steps are not in our local tier
-        leaves, _values = split_state(state)
+        leaves, values = split_state(state)
         skipped: list[Skipped] = []
         committed: list[int] | None = None
         candidate: int | None = requested
@@ -403,36 +424,74 @@ class Checkpointer:
                 candidate = self._agree_max(next_candidate(committed, below))
                 if candidate == NONE:
                     break
-            error = None
-            try:
-                manifest = read_manifest(storage, candidate)
-                sources = Sources(manifest, storage, local)
-                restored = [self._fill_target(x, manifest) for x in leaves]
-                tasks = [
-                    task
-                    for leaf, into in zip(leaves, restored, strict=True)
-                    for task in fill_tasks(sources, leaf.path, leaf.box, leaf.layout, into)
-                ]
-                with concurrent.futures.ThreadPoolExecutor(READ_THREADS) as pool:
-                    run_reads(sources, tasks, pool)
-            except Exception as exc:  # anything a hostile checkpoint provokes: all ranks decide together
-                error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, FormatError) else str(exc)
-            if self._agree_max(int(error is not None)):
+            attempt = self._attempt(
+                storage, local, candidate, leaves, values=values, allow_missing=allow_missing
+            )
+            error, mismatch = attempt.error, attempt.mismatch
+            verdict = self._agree_max(MISMATCH if mismatch else int(error is not None))
+            if verdict == MISMATCH:  # the caller's state does not fit: older checkpoints would not either
+                why = f"rank {self.rank}: {error}" if mismatch else "another rank's state does not fit it"
+                raise CheckpointError(
+                    f"cannot restore {step_dir(candidate)} under {root} into this state: {why}"
+                )
+            if verdict:
                 reason = f"rank {self.rank}: {error}" if error else "another rank could not load it"
                 skipped.append(Skipped(candidate, reason))
                 more = "" if requested is not None and not fallback else ", trying an older one"
                 log.warning("%s under %s is unusable (%s)%s", step_dir(candidate), root, reason, more)
                 continue
-            self._apply(state, leaves, restored, manifest)
+            coverage, sources = attempt.coverage, attempt.sources
+            assert coverage is not None and sources is not None  # no error: the candidate was read
+            self._apply(state, coverage.loadable, attempt.restored, sources.manifest)
             self.stats.restore_bytes_by_tier = dict(sources.bytes_by_tier)
             self.stats.restore_seconds = time.perf_counter() - started
             self.last_restore = RestoreResult(requested, candidate, root, tuple(skipped))
+            self.last_report = self._report(candidate, root, coverage, sources.bytes_by_tier, started)
+            if coverage.unexpected or coverage.missing:
+                log.warning("%s", self.last_report.summary())
             return candidate
         self.last_restore = RestoreResult(requested, None, root, tuple(skipped))
         if skipped or requested is not None:
             tried = ", ".join(f"{step_dir(s.step)} ({s.reason})" for s in skipped) or step_dir(requested or 0)
             raise CheckpointError(f"no usable committed checkpoint under {root}: tried {tried}")
         return None
+
+    @staticmethod
+    def _report(
+        step: int, root: str, coverage: Coverage, by_tier: dict[str, int], started: float
+    ) -> RestoreReport:
+        tier = max(by_tier, key=lambda t: by_tier[t]) if any(by_tier.values()) else "durable"
+        return RestoreReport(
+            step=step, source=f"{root}/{step_dir(step)}", restored=len({x.path for x in coverage.loadable}),
+            missing=coverage.missing, unexpected=coverage.unexpected, tied=coverage.tied,
+            seconds=time.perf_counter() - started, bytes_read=sum(by_tier.values()), tier=tier,
+        )  # fmt: skip
+
+    def _attempt(
+        self, storage: Storage, local: Storage | None, candidate: int, leaves: list[TensorLeaf], *,
+        values: dict[str, Any], allow_missing: bool | Collection[str],
+    ) -> _Attempt:  # fmt: skip
+        """Read one candidate into the leaves it covers (in place where it can); what went wrong."""
+        attempt = _Attempt()
+        try:
+            manifest = read_manifest(storage, candidate)
+            attempt.coverage = cover(
+                leaves, values, manifest.tensors, step=candidate, allow_missing=allow_missing
+            )
+            attempt.sources = sources = Sources(manifest, storage, local)
+            attempt.restored = [self._fill_target(x, manifest) for x in attempt.coverage.loadable]
+            tasks = [
+                task
+                for leaf, into in zip(attempt.coverage.loadable, attempt.restored, strict=True)
+                for task in fill_tasks(sources, leaf.path, leaf.box, leaf.layout, into)
+            ]
+            with concurrent.futures.ThreadPoolExecutor(READ_THREADS) as pool:
+                run_reads(sources, tasks, pool)
+        except StateMismatch as exc:
+            attempt.error, attempt.mismatch = str(exc), True
+        except Exception as exc:  # anything a hostile checkpoint provokes: all ranks decide together
+            attempt.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, FormatError) else str(exc)
+        return attempt
 
     def _committed(self, storage: Storage) -> list[int]:
         """Committed steps of a tier, or none when it cannot be listed (then every rank agrees on
@@ -464,7 +523,7 @@ class Checkpointer:
                     leaf.local.copy_(data.view(leaf.local.shape))
         for path, container, key, value in list(walk(state)):
             if not is_tensor_value(value) and path in manifest.values:
-                container[key] = manifest.values[path]  # type: ignore[index]
+                container[key] = like(value, manifest.values[path])  # type: ignore[index]
 
     def wait_quietly(self) -> None:
         """Wait for an in-flight save, logging rather than raising its failure."""
@@ -489,6 +548,18 @@ class Checkpointer:
             self._plan_cache = None
             for group in groups:
                 _destroy_group(group)
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """One candidate's read: what it covered and filled, or why it failed."""
+
+    coverage: Coverage | None = None
+    sources: Sources | None = None
+    restored: list[torch.Tensor] = field(default_factory=list)
+    error: str | None = None
+    mismatch: bool = False
+    """The error is the state not fitting the checkpoint (StateMismatch), not damage."""
 
 
 def _destroy_group(group: Any) -> None:

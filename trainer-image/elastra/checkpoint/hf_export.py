@@ -80,7 +80,7 @@ def model_info(config: dict[str, Any]) -> ModelInfo | None:
                 kind, **{k: v for k, v in config.items() if k != "model_type"}
             )
             with torch.device("meta"):
-                model = transformers.AutoModelForCausalLM.from_config(cfg)
+                model = transformers.AutoModelForCausalLM.from_config(cfg)  # type: ignore[no-untyped-call]
     except (ValueError, KeyError, TypeError) as exc:
         raise FormatError(f"the config names no model transformers can build: {exc}") from exc
     tied = dict(getattr(model, "all_tied_weights_keys", None) or {})

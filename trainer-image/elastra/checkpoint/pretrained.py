@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from elastra.checkpoint.coverage import memory_key
 from elastra.checkpoint.format import FormatError, Fragment, Manifest, TensorEntry
 from elastra.checkpoint.geometry import Box
 from elastra.checkpoint.handles import CheckpointError
@@ -177,18 +178,6 @@ def find_prefix(paths: Iterable[str], names: Iterable[str], key_map: KeyMap | No
     return winners[0]
 
 
-def _memory_key(leaf: TensorLeaf) -> tuple[int, int, tuple[int, ...], tuple[int, ...]]:
-    local = leaf.local
-    if local.device.type == "meta":
-        return (id(local), 0, tuple(local.shape), leaf.box.offsets)
-    return (
-        local.untyped_storage().data_ptr(),
-        int(local.storage_offset()),
-        tuple(local.shape),
-        leaf.box.offsets,
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class Match:
     """How the state's tensors under the prefix meet the file's."""
@@ -216,13 +205,13 @@ def match(leaves: list[TensorLeaf], model: PretrainedModel, prefix: str, key_map
     taken = {leaf.path for leaf in targets}
     unexpected += [t.name for path, t in sorted(by_path.items()) if path not in taken]
     pairs = [(leaf, by_path[leaf.path]) for leaf in targets if leaf.path in by_path]
-    filled = {_memory_key(leaf): leaf.path for leaf, _ in pairs}
+    filled = {memory_key(leaf): leaf.path for leaf, _ in pairs}
     missing: list[str] = []
     tied: dict[str, str] = {}
     for leaf in targets:
         if leaf.path in by_path:
             continue
-        twin = filled.get(_memory_key(leaf))
+        twin = filled.get(memory_key(leaf))
         if twin is not None:
             tied[leaf.path] = twin
         elif leaf.path not in missing:

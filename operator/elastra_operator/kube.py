@@ -34,7 +34,7 @@ from elastra.api.membership import (
     Membership,
     membership_configmap_name,
 )
-from elastra.api.trainingjob import TrainingJobSpec, TrainingJobStatus
+from elastra.api.trainingjob import TrainingJobSpec, TrainingJobStatus, is_location
 
 from .reconcile import manifests
 from .reconcile.actions import (
@@ -271,7 +271,7 @@ class Kube:
         cm = self.get_configmap(namespace, membership_configmap_name(name))
         spec = (raw.get("spec") or {}).get("checkpoint") or {}
         restore_from = None
-        if spec.get("restoreFrom"):
+        if spec.get("restoreFrom") and not is_location(str(spec["restoreFrom"])):  # else pretrained weights
             found = self.get_checkpoint(namespace, spec["restoreFrom"])
             restore_from = checkpoint_view(found) if found is not None else None
         secret = (spec.get("s3") or {}).get("credentialsSecret")

@@ -108,6 +108,8 @@ def _env(job: JobView, name: str) -> list[dict[str, Any]]:
         env.append({"name": "ELASTRA_CHECKPOINT_EVERY_STEPS", "value": str(ck.every_steps)})
     if ck.every_seconds is not None:
         env.append({"name": "ELASTRA_CHECKPOINT_EVERY_SECONDS", "value": str(ck.every_seconds)})
+    if ck.pretrained_uri is not None:
+        env.append({"name": "ELASTRA_PRETRAINED_URI", "value": ck.pretrained_uri})
     if ck.local is not None:
         env.append({"name": "ELASTRA_LOCAL_DIR", "value": ck.local.path})
         env.append({"name": "ELASTRA_LOCAL_KEEP", "value": str(ck.local.keep)})

@@ -44,6 +44,7 @@ from .reconcile.actions import (
     DeleteJob,
     DeletePod,
     Event,
+    MarkUnverified,
     Observe,
     PatchStatus,
     WriteMembership,
@@ -142,6 +143,10 @@ def checkpoint_view(raw: dict[str, Any]) -> CheckpointView | None:
         bytes=spec.bytes,
         committed_at=spec.committed_at,
         deleting=raw["metadata"].get("deletionTimestamp") is not None,
+        verified=not any(
+            isinstance(c, dict) and c.get("type") == ckpt_api.VERIFIED and c.get("status") == "False"
+            for c in ((raw.get("status") or {}).get("conditions") or [])
+        ),
     )
 
 
@@ -310,6 +315,9 @@ class Kube:
                         ckpt_api.PLURAL,
                         name,
                     )
+                case MarkUnverified(name=name, reason=reason, message=message):
+                    log.warning("checkpoint %s/%s unusable: %s", job.namespace, name, message)
+                    self.mark_checkpoint_unverified(job.namespace, name, reason, message)
                 case PatchStatus(status=status):
                     self.patch_job_status(job.namespace, job.name, status)
                 case DeleteJob(reason=reason):
@@ -432,6 +440,25 @@ class Kube:
                 self.core.patch_namespaced_event(name, namespace, {"lastTimestamp": now})
             except ApiException as again:
                 log.warning("could not update event %s: %s", event.reason, again.reason)
+
+    def mark_checkpoint_unverified(self, namespace: str, name: str, reason: str, message: str) -> None:
+        """Condition `Verified=False` on a Checkpoint (kept with its storage for a person to inspect)."""
+        condition = {
+            "type": ckpt_api.VERIFIED,
+            "status": "False",
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": dt.datetime.now(dt.UTC).isoformat(),
+        }
+        self._ignore_404(
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            ckpt_api.PLURAL,
+            name,
+            {"status": {"conditions": [condition]}},
+        )
 
     def patch_checkpoint_status(self, namespace: str, name: str, phase: str, message: str) -> None:
         """Show deletion progress (Protected / Deleting) on a Checkpoint."""

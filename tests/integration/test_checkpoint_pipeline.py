@@ -69,7 +69,9 @@ def test_s3_multipart_upload_local_tier_and_restore_from_s3_only(s3_server, tmp_
     info = ckpt.save(10, state).wait()
     assert info is not None and info.tiers == ("local", "durable") and info.uri == f"{uri}/step-10"
     assert latest(uri) == 10
-    head = s3_server.client().head_object(Bucket=bucket, Key="jobs/a/step-10/rank-00000.safetensors")
+    listed = s3_server.client().list_objects_v2(Bucket=bucket, Prefix="jobs/a/step-10/rank-00000-")
+    (shard,) = [o["Key"] for o in listed["Contents"]]  # named per save: a re-save never overwrites it
+    head = s3_server.client().head_object(Bucket=bucket, Key=shard)
     assert "-" in head["ETag"]  # a multipart ETag: "<md5>-<parts>"
 
     fresh = zeros_like_state(state)

@@ -36,6 +36,17 @@ def _free_port() -> int:
 
 
 def _run(world: int, args: list[str], tmp: pathlib.Path, env: dict[str, str]) -> None:
+    for _ in range(3):  # a port picked free can be taken by another process before rank 0 binds it
+        logs = _run_once(world, args, tmp, env)
+        if "EADDRINUSE" not in logs:
+            return
+    raise AssertionError(logs)
+
+
+def _run_once(world: int, args: list[str], tmp: pathlib.Path, env: dict[str, str]) -> str:
+    """Run the ranks; '' when all exit 0, else their logs (fails unless the rendezvous port was taken)."""
+    for old in tmp.glob(f"w{world}-rank*.log"):
+        old.unlink()
     port = _free_port()
     procs = []
     for rank in range(world):
@@ -62,7 +73,10 @@ def _run(world: int, args: list[str], tmp: pathlib.Path, env: dict[str, str]) ->
             if p.poll() is None:
                 p.kill()
     logs = "\n".join(p.read_text()[-3000:] for p in sorted(tmp.glob(f"w{world}-rank*.log")))
-    assert codes == [0] * world, logs
+    if codes == [0] * world:
+        return ""
+    assert "EADDRINUSE" in logs, logs
+    return logs
 
 
 def _samples(path: pathlib.Path) -> dict[int, set[int]]:
@@ -119,7 +133,13 @@ def test_corrupt_restore_point_falls_back_to_the_older_checkpoint(tmp_path: path
     data[-1] ^= 0xFF  # one flipped bit in the payload: a checksum mismatch
     shard.write_bytes(bytes(data))
 
-    env = _under_agent(tmp_path, "ctl", ELASTRA_RESTORE_STEP="10", ELASTRA_RESTORE_URI=str(root / "step-10"))
+    env = _under_agent(
+        tmp_path,
+        "ctl",
+        ELASTRA_RESTORE_STEP="10",
+        ELASTRA_RESTORE_URI=str(root / "step-10"),
+        ELASTRA_CHECKPOINT_KEEP="1",
+    )
     _run(2, ["--steps", "12", "--checkpoint-uri", str(root)], tmp_path, env)
 
     status = _status(tmp_path, "ctl")
@@ -128,5 +148,6 @@ def test_corrupt_restore_point_falls_back_to_the_older_checkpoint(tmp_path: path
     assert (
         "checksum" in status.restore_skipped[0].reason or "another rank" in status.restore_skipped[0].reason
     )
-    # Under an agent the trainers never prune the durable tier: the operator owns its retention.
-    assert 5 in _committed(root) and 12 in _committed(root)
+    # Under an agent the trainers never prune the durable tier (keep 1 notwithstanding): the operator
+    # owns its retention, through Checkpoint objects, and may still be about to restore any of these.
+    assert _committed(root) == [5, 10, 12]

@@ -63,6 +63,7 @@ def test_worker_pod_keeps_the_template_and_adds_tiers() -> None:
     assert (
         env["MINE"] == "1"
         and env["ELASTRA_LOCAL_DIR"] == "/nvme"
+        and env["ELASTRA_LOCAL_KEEP"] == "2"  # local.keep's default: the trainers prune that tier
         and env["ELASTRA_CHECKPOINT_EVERY_SECONDS"] == "30.0"
     )
     assert env["ELASTRA_CHECKPOINT_URI"] == "s3://bkt/ns/tj" and env["AWS_ENDPOINT_URL_S3"] == "http://s3"

@@ -40,6 +40,7 @@ def test_overrides_win_over_env_but_none_does_not() -> None:
         pytest.param({"ELASTRA_CHECKPOINT_EVERY_STEPS": "0"}, "EVERY_STEPS", id="zero-interval"),
         pytest.param({"ELASTRA_CHECKPOINT_EVERY_SECONDS": "-1"}, "EVERY_SECONDS", id="negative-seconds"),
         pytest.param({"ELASTRA_CHECKPOINT_KEEP": "0"}, "KEEP", id="keep-none"),
+        pytest.param({"ELASTRA_LOCAL_KEEP": "0"}, "LOCAL_KEEP", id="local-keep-none"),
     ],
 )
 def test_invalid_env_is_refused_with_the_variable_named(change: dict[str, str], message: str) -> None:

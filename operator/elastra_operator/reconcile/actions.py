@@ -35,6 +35,16 @@ class DeleteCheckpoint:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MarkUnverified:
+    """Set condition `Verified=False` on a Checkpoint a restore found unusable."""
+
+    name: str
+    reason: str
+    """CamelCase cause (`RestoreFailed`)."""
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WriteMembership:
     """Create or replace the membership ConfigMap, conditional on the resourceVersion last read."""
 
@@ -77,5 +87,13 @@ class Observe:
 
 
 Action = (
-    CreateObject | DeletePod | DeleteCheckpoint | WriteMembership | PatchStatus | DeleteJob | Event | Observe
+    CreateObject
+    | DeletePod
+    | DeleteCheckpoint
+    | MarkUnverified
+    | WriteMembership
+    | PatchStatus
+    | DeleteJob
+    | Event
+    | Observe
 )

@@ -30,9 +30,10 @@ def rendezvous_port(job_uid: str, generation: int) -> int:
 def restore_point(
     checkpoints: Sequence[CheckpointView], restore_from: CheckpointView | None
 ) -> RestorePoint | None:
-    """The newest of the job's committed `checkpoints` (sorted by step), else the spec's
-    `restoreFrom`, else None (a fresh start)."""
-    source = checkpoints[-1] if checkpoints else restore_from
+    """The newest of the job's committed `checkpoints` (sorted by step) that no restore found unusable,
+    else the spec's `restoreFrom`, else None (a fresh start)."""
+    usable = [c for c in checkpoints if c.verified]
+    source = usable[-1] if usable else restore_from
     if source is None:
         return None
     return RestorePoint(checkpoint=source.name, step=source.step, uri=source.uri)

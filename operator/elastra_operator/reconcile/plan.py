@@ -464,6 +464,7 @@ class _Pass:
         found = commits.record(self.job, list(self.pods.values()), self.ckpts)
         self.ckpts = list(found.checkpoints)
         self.creates.extend(found.creates)
+        self.creates.extend(found.marks)
         self.deletes.extend(found.deletes)
         self.events.extend(found.events)
         self.observations.extend(found.observations)

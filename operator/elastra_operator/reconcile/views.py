@@ -106,6 +106,8 @@ class CheckpointView:
     bytes: int = 0
     committed_at: dt.datetime
     deleting: bool = False
+    verified: bool = True
+    """False once a restore reported it unusable (condition `Verified=False`): never restored again."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -13,10 +13,13 @@ from typing import Annotated
 from pydantic import Field, field_validator
 
 from elastra.api.base import SpecModel, StatusModel
+from elastra.api.trainingjob import Condition
 
 KIND = "Checkpoint"
 PLURAL = "checkpoints"
 SHORT_NAME = "ckpt"
+VERIFIED = "Verified"
+"""Condition type: `False` once a restore found the checkpoint unusable (it is never restored again)."""
 STEP_DIR = re.compile(r"^step-(\d+)$")
 """Last path segment of every checkpoint URI; the finalizer deletes nothing else."""
 
@@ -90,3 +93,5 @@ class CheckpointStatus(StatusModel):
     """`Committed`, `Protected` (deletion refused: the newest of a running job) or `Deleting`."""
     message: str = ""
     """Why, when not Committed."""
+    conditions: tuple[Condition, ...] = ()
+    """`Verified=False` (reason `RestoreFailed`) once a generation's restore found it unusable."""

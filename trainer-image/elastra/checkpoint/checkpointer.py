@@ -17,8 +17,8 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Collection
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,29 +38,36 @@ from elastra.checkpoint.format import (
     Manifest,
     TensorEntry,
     manifest_to_json,
+    shard_file,
     shard_header,
     step_dir,
 )  # fmt: skip
 from elastra.checkpoint.geometry import Box
 from elastra.checkpoint.handles import CheckpointError, CheckpointStats, CommitInfo, SaveHandle
 from elastra.checkpoint.plan import Piece, RankWrites, SavePlan, checksum_chunks, plan_save
-from elastra.checkpoint.reader import Sources, fill_tasks, read_manifest, run_reads
+from elastra.checkpoint.reader import read_manifest
 from elastra.checkpoint.report import RestoreReport
-from elastra.checkpoint.restore import NONE, RestoreResult, Skipped, next_candidate, split_source
+from elastra.checkpoint.restore import (
+    NONE,
+    RestoreResult,
+    Skipped,
+    next_candidate,
+    read_candidate,
+    split_source,
+)
 from elastra.checkpoint.retention import apply_retention, committed_steps
 from elastra.checkpoint.staging import StagingBuffer, StagingJob
-from elastra.checkpoint.state import ST_TO_TORCH, TensorLeaf, is_tensor_value, split_state, walk
+from elastra.checkpoint.state import TensorLeaf, is_tensor_value, split_state, walk
 from elastra.storage import LocalStorage, S3Options, Storage, StorageError, join_key, open_storage
 
 log = logging.getLogger(__name__)
 
 BUSY_POLICIES = ("wait", "skip")
 STAGING_MODES = ("eager", "lazy")
+_Read = tuple[Coverage, tuple[Manifest, Any, list[torch.Tensor]]]
+"""What one candidate read: which leaves it covers, and the manifest, sources and data of those."""
 MISMATCH = 2
 """A restore verdict: the state does not fit the checkpoint (1: the checkpoint is unusable)."""
-READ_THREADS = 4
-"""Restore read tasks in flight per rank (a task reads one run of adjacent bytes of one file, or a
-partial chunk): reads and checksums release the GIL, so files are read in parallel."""
 
 
 def _signature(pieces: list[Piece]) -> int:
@@ -198,8 +205,12 @@ class Checkpointer:
         by_key = {(x.path, x.box.offsets, x.box.shape): x for x in leaves}
         job = self._staging.prepare(mine, by_key)
         staged_future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        # Fresh file names for every save: re-saving a committed step (an old generation committing
+        # late, a new one saving the same step number) never touches the files its manifest names;
+        # the new manifest replaces the old one atomically, and a crash before that leaves the old one.
+        save_id = uuid.uuid4().hex[:12]
         common: dict[str, Any] = {"step": step, "plan": plan, "mine": mine, "values": values,
-                                  "started": started}  # fmt: skip
+                                  "started": started, "save_id": save_id}  # fmt: skip
         if staging == "eager":
             staged = self._staging.copy(job)
             staged_future.set_result(None)
@@ -254,11 +265,11 @@ class Checkpointer:
     def _persist_and_commit(
         self,
         *, step: int, plan: SavePlan, mine: RankWrites, staged: memoryview | str, values: dict[str, Any],
-        stall: float, started: float,
+        stall: float, started: float, save_id: str,
     ) -> CommitInfo:  # fmt: skip
         """`staged` is the staged bytes, or why staging failed (then this rank reports that error)."""
         report = (
-            self._write_shard(step, mine, staged)
+            self._write_shard(step, mine, staged, shard_file(mine.rank, save_id))
             if isinstance(staged, memoryview)
             else {"ok": False, "error": staged}
         )
@@ -300,10 +311,11 @@ class Checkpointer:
             commit_seconds=time.perf_counter() - started,
         )
 
-    def _write_shard(self, step: int, mine: RankWrites, staged: memoryview) -> dict[str, Any]:
-        """Checksum, persist and upload this rank's shard; its index for the manifest, or the error."""
+    def _write_shard(self, step: int, mine: RankWrites, staged: memoryview, file: str) -> dict[str, Any]:
+        """Checksum, persist and upload this rank's shard as `file`; its index for the manifest, or
+        the error."""
         report: dict[str, Any] = {"ok": True, "error": None}
-        key = join_key(step_dir(step), mine.file)
+        key = join_key(step_dir(step), file)
         try:
             header = shard_header(
                 [(p.name, p.piece.dtype, p.piece.box.shape, p.piece.nbytes) for p in mine.pieces],
@@ -330,7 +342,7 @@ class Checkpointer:
             else:
                 self._durable.put_parts(key, parts)
             self.stats.bytes_by_tier["durable"] += size
-            report.update(file=mine.file, size=size, fragments=fragments)
+            report.update(file=file, size=size, fragments=fragments)
         except Exception as exc:
             log.exception("checkpoint step %d: writing %s failed", step, key)
             report.update(ok=False, error=f"rank {self.rank}: {exc}")
@@ -424,10 +436,9 @@ class Checkpointer:
                 candidate = self._agree_max(next_candidate(committed, below))
                 if candidate == NONE:
                     break
-            attempt = self._attempt(
+            error, mismatch, read = self._try_candidate(
                 storage, local, candidate, leaves, values=values, allow_missing=allow_missing
             )
-            error, mismatch = attempt.error, attempt.mismatch
             verdict = self._agree_max(MISMATCH if mismatch else int(error is not None))
             if verdict == MISMATCH:  # the caller's state does not fit: older checkpoints would not either
                 why = f"rank {self.rank}: {error}" if mismatch else "another rank's state does not fit it"
@@ -438,11 +449,11 @@ class Checkpointer:
                 reason = f"rank {self.rank}: {error}" if error else "another rank could not load it"
                 skipped.append(Skipped(candidate, reason))
                 more = "" if requested is not None and not fallback else ", trying an older one"
-                log.warning("%s under %s is unusable (%s)%s", step_dir(candidate), root, reason, more)
+                log.warning("%s is unusable, in %s (%s)%s", step_dir(candidate), root, reason, more)
                 continue
-            coverage, sources = attempt.coverage, attempt.sources
-            assert coverage is not None and sources is not None  # no error: the candidate was read
-            self._apply(state, coverage.loadable, attempt.restored, sources.manifest)
+            assert read is not None  # no error: the candidate was read
+            coverage, (manifest, sources, restored) = read
+            self._apply(state, coverage.loadable, restored, manifest)
             self.stats.restore_bytes_by_tier = dict(sources.bytes_by_tier)
             self.stats.restore_seconds = time.perf_counter() - started
             self.last_restore = RestoreResult(requested, candidate, root, tuple(skipped))
@@ -467,31 +478,25 @@ class Checkpointer:
             seconds=time.perf_counter() - started, bytes_read=sum(by_tier.values()), tier=tier,
         )  # fmt: skip
 
-    def _attempt(
-        self, storage: Storage, local: Storage | None, candidate: int, leaves: list[TensorLeaf], *,
+    @staticmethod
+    def _try_candidate(
+        storage: Storage, local: Storage | None, candidate: int, leaves: list[TensorLeaf], *,
         values: dict[str, Any], allow_missing: bool | Collection[str],
-    ) -> _Attempt:  # fmt: skip
-        """Read one candidate into the leaves it covers (in place where it can); what went wrong."""
-        attempt = _Attempt()
+    ) -> tuple[str | None, bool, _Read | None]:  # fmt: skip
+        """One candidate: `(error, the error is a state mismatch, (coverage, what read_candidate read))`."""
         try:
             manifest = read_manifest(storage, candidate)
-            attempt.coverage = cover(
-                leaves, values, manifest.tensors, step=candidate, allow_missing=allow_missing
-            )
-            attempt.sources = sources = Sources(manifest, storage, local)
-            attempt.restored = [self._fill_target(x, manifest) for x in attempt.coverage.loadable]
-            tasks = [
-                task
-                for leaf, into in zip(attempt.coverage.loadable, attempt.restored, strict=True)
-                for task in fill_tasks(sources, leaf.path, leaf.box, leaf.layout, into)
-            ]
-            with concurrent.futures.ThreadPoolExecutor(READ_THREADS) as pool:
-                run_reads(sources, tasks, pool)
+            coverage = cover(leaves, values, manifest.tensors, step=candidate, allow_missing=allow_missing)
+            return None, False, (coverage, read_candidate(storage, local, candidate, coverage.loadable,
+                                                          manifest=manifest))  # fmt: skip
         except StateMismatch as exc:
-            attempt.error, attempt.mismatch = str(exc), True
+            return str(exc), True, None
         except Exception as exc:  # anything a hostile checkpoint provokes: all ranks decide together
-            attempt.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, FormatError) else str(exc)
-        return attempt
+            return (
+                (f"{type(exc).__name__}: {exc}" if not isinstance(exc, FormatError) else str(exc)),
+                False,
+                None,
+            )
 
     def _committed(self, storage: Storage) -> list[int]:
         """Committed steps of a tier, or none when it cannot be listed (then every rank agrees on
@@ -501,17 +506,6 @@ class Checkpointer:
         except Exception as exc:
             log.warning("cannot list %s: %s", storage.uri, exc)
             return []
-
-    @staticmethod
-    def _fill_target(leaf: TensorLeaf, manifest: Manifest) -> torch.Tensor:
-        """Where the restore of `leaf` is read to: its own memory when it is a contiguous CPU tensor of
-        the saved dtype (no copy at all), else a scratch tensor that `_apply` copies over."""
-        entry = manifest.tensors.get(leaf.path)
-        dtype = ST_TO_TORCH[entry.dtype] if entry is not None else leaf.local.dtype
-        local = leaf.local
-        if local.device.type == "cpu" and local.is_contiguous() and local.dtype == dtype:
-            return local.detach().view(leaf.box.shape)
-        return torch.empty(leaf.box.shape, dtype=dtype)
 
     @staticmethod
     def _apply(
@@ -548,18 +542,6 @@ class Checkpointer:
             self._plan_cache = None
             for group in groups:
                 _destroy_group(group)
-
-
-@dataclass(slots=True)
-class _Attempt:
-    """One candidate's read: what it covered and filled, or why it failed."""
-
-    coverage: Coverage | None = None
-    sources: Sources | None = None
-    restored: list[torch.Tensor] = field(default_factory=list)
-    error: str | None = None
-    mismatch: bool = False
-    """The error is the state not fitting the checkpoint (StateMismatch), not damage."""
 
 
 def _destroy_group(group: Any) -> None:

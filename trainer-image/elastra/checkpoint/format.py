@@ -13,8 +13,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from elastra.checkpoint.geometry import Box
-from elastra.storage.base import check_key
+from elastra.checkpoint.geometry import Box, tiling_problem
 
 FORMAT_NAME = "elastra-checkpoint"
 FORMAT_VERSION = 1
@@ -46,8 +45,10 @@ def parse_step_dir(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def shard_file(rank: int) -> str:
-    return f"rank-{rank:05d}.safetensors"
+def shard_file(rank: int, save_id: str | None = None) -> str:
+    """A rank's shard file name; with `save_id` (what a save writes), unique to that one save, so a
+    save of a step that already exists never overwrites a file a committed manifest names."""
+    return f"rank-{rank:05d}-{save_id}.safetensors" if save_id else f"rank-{rank:05d}.safetensors"
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,92 +147,188 @@ def manifest_to_json(manifest: Manifest) -> bytes:
     return json.dumps(doc, indent=1, sort_keys=True, allow_nan=False).encode()
 
 
-def _int(value: object, what: str, minimum: int = 0) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise FormatError(f"{what} must be an integer >= {minimum}, got {value!r}")
-    return value
+MAX_MANIFEST_BYTES = 256 << 20
+"""A manifest larger than this is refused before it is read."""
+MAX_CHUNK_BYTES = 1 << 30
+"""`chunk_bytes` must lie in (0, MAX_CHUNK_BYTES]."""
+MAX_DIMS = 64
+MAX_WORLD_SIZE = 1 << 20
+MAX_FRAGMENTS = 1 << 16
+"""Fragments of one tensor (a save writes at most one per holder and box)."""
+MAX_FILE_BYTES = 1 << 50
+"""A shard file's declared size; the real size is checked against storage before any read."""
+MAX_DEPTH = 64
+"""Nesting of JSON values and meta (deeper documents are refused, never recursed into)."""
+FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+"""A shard file name: one path component, no `..`, no separators."""
 
 
-def _ints(value: object, what: str) -> tuple[int, ...]:
-    if not isinstance(value, list):
-        raise FormatError(f"{what} must be a list of integers, got {value!r}")
-    return tuple(_int(v, what) for v in value)
+class _Where:
+    """Names the step, tensor and field of a problem, so every FormatError says where it is."""
+
+    __slots__ = ("step", "tensor")
+
+    def __init__(self, step: object = None, tensor: str | None = None) -> None:
+        self.step, self.tensor = step, tensor
+
+    def error(self, field_name: str, problem: str) -> FormatError:
+        step = f"step {self.step}" if isinstance(self.step, int) else "manifest"
+        tensor = f", tensor {self.tensor!r}" if self.tensor is not None else ""
+        return FormatError(f"{step}{tensor}, field {field_name!r}: {problem}")
+
+    def int_(self, value: object, field_name: str, lo: int = 0, hi: int = 1 << 62) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self.error(field_name, f"must be an integer, got {type(value).__name__}")
+        if not lo <= value <= hi:
+            raise self.error(field_name, f"must lie in [{lo}, {hi}], got {value}")
+        return value
+
+    def ints(self, value: object, field_name: str, *, most: int, hi: int = 1 << 62) -> tuple[int, ...]:
+        if not isinstance(value, list):
+            raise self.error(field_name, f"must be a list of integers, got {type(value).__name__}")
+        if len(value) > most:
+            raise self.error(field_name, f"has {len(value)} entries, at most {most} allowed")
+        return tuple(self.int_(v, field_name, 0, hi) for v in value)
+
+    def obj(self, value: object, field_name: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.error(field_name, f"must be an object, got {type(value).__name__}")
+        return value
+
+    def str_(self, value: object, field_name: str, most: int = 4096) -> str:
+        if not isinstance(value, str):
+            raise self.error(field_name, f"must be a string, got {type(value).__name__}")
+        if len(value) > most:
+            raise self.error(field_name, f"is {len(value)} characters long, at most {most} allowed")
+        return value
 
 
-def _fragment(raw: object, path: str, entry_space: tuple[int, ...], itemsize: int, chunk: int) -> Fragment:
-    if not isinstance(raw, dict):
-        raise FormatError(f"tensor {path}: a fragment must be an object")
-    file = raw.get("file")
-    if not isinstance(file, str) or "/" in file:
-        raise FormatError(f"tensor {path}: bad fragment file {file!r}")
-    check_key(file)
-    try:
-        box = Box(_ints(raw.get("offsets"), f"{path} offsets"), _ints(raw.get("shape"), f"{path} shape"))
-    except ValueError as exc:
-        raise FormatError(f"tensor {path}: {exc}") from exc
-    if not box.within(entry_space):
-        raise FormatError(f"tensor {path}: fragment {box} lies outside {entry_space}")
-    length = _int(raw.get("length"), f"{path} length")
-    if length != box.numel * itemsize:
-        raise FormatError(f"tensor {path}: fragment length {length} != {box.numel} elements x {itemsize}")
-    checksums = _ints(raw.get("crc32"), f"{path} crc32")
-    if len(checksums) != max(1, -(-length // chunk)):
-        raise FormatError(f"tensor {path}: {len(checksums)} checksums for {length} bytes")
-    return Fragment(file, _int(raw.get("offset"), f"{path} offset"), length, box, checksums)
+def _depth_problem(value: object, limit: int) -> bool:
+    """Whether JSON `value` nests deeper than `limit` (iterative: never recurses)."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return False
 
 
-def parse_manifest(data: bytes) -> Manifest:
-    """Parse and validate an untrusted manifest."""
+def _fragment(raw: object, where: _Where, entry: _Entry, files: dict[str, int], chunk: int) -> Fragment:
+    item = where.obj(raw, "fragments[]")
+    file = where.str_(item.get("file"), "fragments[].file", 255)
+    if not FILE_NAME.match(file) or file == MANIFEST:
+        raise where.error("fragments[].file", f"{file!r} is not a shard file name")
+    if file not in files:
+        raise where.error("fragments[].file", f"{file!r} is not listed in files")
+    dims = len(entry.space)
+    offsets = where.ints(item.get("offsets"), "fragments[].offsets", most=dims, hi=1 << 62)
+    shape = where.ints(item.get("shape"), "fragments[].shape", most=dims, hi=1 << 62)
+    if len(offsets) != dims or len(shape) != dims:
+        raise where.error("fragments[].shape", f"box rank {len(offsets)}/{len(shape)} != {dims}")
+    box = Box(offsets, shape)
+    if not box.within(entry.space):
+        raise where.error("fragments[].offsets", f"box {offsets}+{shape} lies outside {entry.space}")
+    numel = math.prod(shape)
+    length = where.int_(item.get("length"), "fragments[].length", 0, files[file])
+    if length != numel * ITEMSIZE[entry.dtype]:
+        raise where.error(
+            "fragments[].length", f"{length} != {numel} elements x {ITEMSIZE[entry.dtype]} bytes"
+        )
+    offset = where.int_(item.get("offset"), "fragments[].offset", 0, files[file])
+    if offset + length > files[file]:
+        raise where.error("fragments[].offset", f"bytes [{offset}, +{length}) lie outside {file}")
+    expected = max(1, -(-length // chunk))
+    checksums = where.ints(item.get("crc32"), "fragments[].crc32", most=expected, hi=0xFFFFFFFF)
+    if len(checksums) != expected:
+        raise where.error("fragments[].crc32", f"{len(checksums)} checksums for {length} bytes")
+    return Fragment(file, offset, length, box, checksums)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    dtype: str
+    shape: tuple[int, ...]
+    space: tuple[int, ...]
+
+
+def _tensor(path: str, raw: object, where: _Where, files: dict[str, int], chunk: int) -> TensorEntry:
+    item = where.obj(raw, "tensors[]")
+    dtype = where.str_(item.get("dtype"), "dtype", 16)
+    if dtype not in ITEMSIZE:
+        raise where.error("dtype", f"unknown dtype {dtype!r}")
+    layout = where.str_(item.get("layout"), "layout", 16)
+    if layout not in LAYOUTS:
+        raise where.error("layout", f"unknown layout {layout!r}")
+    shape = where.ints(item.get("shape"), "shape", most=MAX_DIMS, hi=1 << 62)
+    nbytes = math.prod(shape) * ITEMSIZE[dtype]
+    if nbytes > sum(files.values()):
+        raise where.error("shape", f"{shape} of {dtype} needs {nbytes} bytes; the files hold fewer")
+    space = (math.prod(shape),) if layout == "flat" else shape
+    fragments_raw = item.get("fragments")
+    if not isinstance(fragments_raw, list):
+        raise where.error("fragments", "must be a list")
+    if len(fragments_raw) > MAX_FRAGMENTS:
+        raise where.error("fragments", f"{len(fragments_raw)} fragments, at most {MAX_FRAGMENTS}")
+    entry = _Entry(dtype, shape, space)
+    fragments = tuple(_fragment(f, where, entry, files, chunk) for f in fragments_raw)
+    if math.prod(space) == 0:
+        if fragments:
+            raise where.error("fragments", "a tensor without elements has no fragments")
+    else:
+        problem = tiling_problem(space, [f.box for f in fragments])
+        if problem is not None:
+            raise where.error("fragments", f"do not tile shape {shape} exactly: {problem}")
+    sharding = where.str_(item.get("sharding", ""), "sharding")
+    return TensorEntry(dtype, shape, layout, sharding, fragments)
+
+
+def parse_manifest(data: bytes, step: int | None = None) -> Manifest:
+    """Parse and validate an untrusted manifest (of `step`, when the caller knows it).
+
+    Every failure is a FormatError naming the step, the tensor and the field; nothing else escapes.
+    Numbers are bounded (file sizes by the files listed, which a reader checks against storage before
+    reading; `chunk_bytes` by (0, 1 GiB]); each tensor's fragments tile its shape exactly."""
+    where = _Where(step)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise where.error("(document)", f"{len(data)} bytes, at most {MAX_MANIFEST_BYTES} allowed")
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"manifest is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
-        raise FormatError("not an elastra checkpoint manifest")
+        raise where.error("(document)", f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise where.error("(document)", "nested too deeply") from None
+    doc = where.obj(doc, "(document)")
+    if doc.get("format") != FORMAT_NAME:
+        raise where.error("format", "not an elastra checkpoint manifest")
     if doc.get("version") != FORMAT_VERSION:
-        raise FormatError(
-            f"unsupported format version {doc.get('version')!r}; this reader knows {FORMAT_VERSION}"
+        raise where.error(
+            "version", f"unsupported version {doc.get('version')!r}; this reader knows {FORMAT_VERSION}"
         )
-    chunk = _int(doc.get("chunk_bytes"), "chunk_bytes", 1)
-    files_raw = doc.get("files")
-    if not isinstance(files_raw, dict):
-        raise FormatError("manifest files must be an object")
-    files = {check_key(str(k)): _int(v, f"size of {k}") for k, v in files_raw.items()}
-    tensors_raw = doc.get("tensors")
-    values = doc.get("values")
-    meta = doc.get("meta", {})
-    if not isinstance(tensors_raw, dict) or not isinstance(values, dict) or not isinstance(meta, dict):
-        raise FormatError("manifest tensors, values and meta must be objects")
+    saved_step = where.int_(doc.get("step"), "step")
+    if step is not None and saved_step != step:
+        raise where.error("step", f"the manifest of step-{step} says step {saved_step}")
+    where.step = saved_step
+    world_size = where.int_(doc.get("world_size"), "world_size", 1, MAX_WORLD_SIZE)
+    chunk = where.int_(doc.get("chunk_bytes"), "chunk_bytes", 1, MAX_CHUNK_BYTES)
+    files: dict[str, int] = {}
+    for name, size in where.obj(doc.get("files"), "files").items():
+        if not FILE_NAME.match(name) or name == MANIFEST:
+            raise where.error("files", f"{name!r} is not a shard file name")
+        files[name] = where.int_(size, f"files[{name!r}]", 0, MAX_FILE_BYTES)
+    values = where.obj(doc.get("values"), "values")
+    meta = where.obj(doc.get("meta", {}), "meta")
+    for name, value in (("values", values), ("meta", meta)):
+        if _depth_problem(value, MAX_DEPTH):
+            raise where.error(name, f"nested deeper than {MAX_DEPTH}")
     tensors: dict[str, TensorEntry] = {}
-    for path, raw in tensors_raw.items():
-        if not isinstance(raw, dict):
-            raise FormatError(f"tensor {path}: must be an object")
-        dtype = raw.get("dtype")
-        if dtype not in ITEMSIZE:
-            raise FormatError(f"tensor {path}: unknown dtype {dtype!r}")
-        layout = raw.get("layout")
-        if layout not in LAYOUTS:
-            raise FormatError(f"tensor {path}: unknown layout {layout!r}")
-        shape = _ints(raw.get("shape"), f"{path} shape")
-        space = (math.prod(shape),) if layout == "flat" else shape
-        fragments_raw = raw.get("fragments")
-        if not isinstance(fragments_raw, list):
-            raise FormatError(f"tensor {path}: fragments must be a list")
-        fragments = tuple(_fragment(f, path, space, ITEMSIZE[dtype], chunk) for f in fragments_raw)
-        for f in fragments:
-            if f.file not in files or f.offset + f.length > files[f.file]:
-                raise FormatError(f"tensor {path}: fragment bytes [{f.offset}, +{f.length}) outside {f.file}")
-        sharding = raw.get("sharding", "")
-        tensors[path] = TensorEntry(dtype, shape, layout, str(sharding), fragments)
-    return Manifest(
-        step=_int(doc.get("step"), "step"),
-        world_size=_int(doc.get("world_size"), "world_size", 1),
-        tensors=tensors,
-        values=values,
-        files=files,
-        chunk_bytes=chunk,
-        meta=meta,
-    )
+    for path, raw in where.obj(doc.get("tensors"), "tensors").items():
+        tensors[path] = _tensor(path, raw, _Where(saved_step, path), files, chunk)
+    return Manifest(step=saved_step, world_size=world_size, tensors=tensors, values=values, files=files,
+                    chunk_bytes=chunk, meta=meta)  # fmt: skip
 
 
 def shard_header(entries: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str]) -> bytes:

@@ -196,3 +196,33 @@ def local_parts(
         box = Box(tuple(first for first, _, _ in combo), tuple(length for _, length, _ in combo))
         parts.append(LocalPart(box, tuple(local for _, _, local in combo)))
     return tuple(parts)
+
+
+def tiling_problem(space: tuple[int, ...], boxes: list[Box]) -> str | None:
+    """Why `boxes` do not tile `space` exactly (every element covered once), or None when they do.
+
+    A proof by geometry, not by counting: every box lies inside `space`, no two boxes share an element
+    (checked pairwise, with a sweep along dimension 0 so that the usual dim-0 shards compare each box
+    with its neighbours only), and their volumes add up to the volume of `space`; disjoint boxes inside
+    `space` whose volumes sum to its volume cover every element. Empty boxes are refused."""
+    total = math.prod(space)
+    for box in boxes:
+        if not box.within(space):
+            return f"box {box.offsets}+{box.shape} lies outside {space}"
+        if box.numel == 0:
+            return f"box {box.offsets}+{box.shape} is empty"
+    if not space:  # a 0-d tensor: one element, one empty-shaped box
+        return None if len(boxes) == 1 else f"{len(boxes)} boxes for a 0-d tensor"
+    d = max(range(len(space)), key=lambda i: len({b.offsets[i] for b in boxes}))
+    ordered = sorted(boxes, key=lambda b: (b.offsets[d], b.shape[d]))
+    active: list[Box] = []
+    for box in ordered:
+        active = [a for a in active if a.offsets[d] + a.shape[d] > box.offsets[d]]
+        for other in active:
+            if intersect(other, box) is not None:
+                return f"boxes {other.offsets}+{other.shape} and {box.offsets}+{box.shape} overlap"
+        active.append(box)
+    covered = sum(b.numel for b in boxes)
+    if covered != total:
+        return f"boxes cover {covered} of {total} elements"
+    return None

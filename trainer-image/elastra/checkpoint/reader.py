@@ -23,6 +23,7 @@ from elastra.checkpoint.checksum import crc32
 from elastra.checkpoint.format import (
     ITEMSIZE,
     MANIFEST,
+    MAX_MANIFEST_BYTES,
     FormatError,
     Fragment,
     Manifest,
@@ -45,11 +46,18 @@ class ChecksumError(FormatError):
 
 
 def read_manifest(storage: Storage, step: int) -> Manifest:
-    """The validated manifest of `step` in `storage`; NotFoundError if the step is not committed."""
-    manifest = parse_manifest(storage.get(join_key(step_dir(step), MANIFEST)))
-    if manifest.step != step:
-        raise FormatError(f"manifest of {step_dir(step)} says step {manifest.step}")
-    return manifest
+    """The validated manifest of `step` in `storage`; NotFoundError if the step is not committed.
+
+    Its size is checked before it is read (`MAX_MANIFEST_BYTES`)."""
+    key = join_key(step_dir(step), MANIFEST)
+    size = storage.size(key)
+    if size is None:
+        raise NotFoundError(f"{storage.uri}/{key} does not exist")
+    if size > MAX_MANIFEST_BYTES:
+        raise FormatError(
+            f"step {step}, field '(document)': {size} bytes, at most {MAX_MANIFEST_BYTES} allowed"
+        )
+    return parse_manifest(storage.get(key), step)
 
 
 def verify(data: bytes | bytearray | memoryview, fragment: Fragment, byte_start: int, chunk: int) -> None:
@@ -89,7 +97,31 @@ class Sources:
     local: Storage | None = None
     bytes_by_tier: dict[str, int] = field(default_factory=lambda: {"local": 0, "durable": 0})
     _local_ok: dict[str, bool] = field(default_factory=dict)
+    _durable_ok: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _check_durable(self, file: str) -> None:
+        """Refuse a shard file whose real size is not the one the manifest declares, before the first
+        read of it: every offset and length checked against the declared size is then bounded by the
+        real one (no huge buffer for a lie)."""
+        with self._lock:
+            if file in self._durable_ok:
+                return
+        key = join_key(step_dir(self.manifest.step), file)
+        try:
+            real = self.durable.size(key)
+        except NotFoundError:
+            real = None
+        declared = self.manifest.files[file]
+        if real is None:
+            raise FormatError(f"step {self.manifest.step}, file {file!r}: committed but missing from storage")
+        if real != declared:
+            raise FormatError(
+                f"step {self.manifest.step}, field 'files[{file!r}]': declares {declared} bytes, "
+                f"storage holds {real}"
+            )
+        with self._lock:
+            self._durable_ok.add(file)
 
     def _has_local(self, file: str) -> bool:
         if self.local is None:
@@ -104,7 +136,9 @@ class Sources:
             return self._local_ok[file]
 
     def fetch(self, fragment: Fragment, start: int, end: int) -> bytearray:
-        """Verified bytes `[start, end)` of a fragment (chunk-aligned `start`)."""
+        """Verified bytes `[start, end)` of a fragment (chunk-aligned `start`); the file's real size
+        is checked before the buffer is allocated."""
+        self._check_durable(fragment.file)
         out = bytearray(end - start)
         self.fetch_into(fragment, start, memoryview(out))
         return out
@@ -121,6 +155,7 @@ class Sources:
         the local tier's copy failed, the durable tier's is read into them instead)."""
         file, chunk = run[0].fragment.file, self.manifest.chunk_bytes
         key = join_key(step_dir(self.manifest.step), file)
+        self._check_durable(file)
         parts = [r.out for r in run]
         total = sum(p.nbytes for p in parts)
         if self._has_local(file):
@@ -307,13 +342,22 @@ def run_reads(
         future.result()
 
 
+VERIFY_READ_BYTES = 64 << 20
+"""`verify_all` reads each fragment in pieces of about this size (whole checksum chunks)."""
+
+
 def verify_all(sources: Sources) -> list[str]:
-    """Read every fragment of a checkpoint in full; the problems found (empty when all is well)."""
+    """Read every fragment of a checkpoint; the problems found (empty when all is well).
+
+    Memory stays bounded by `VERIFY_READ_BYTES` (or one checksum chunk) whatever the sizes say."""
     problems = []
+    chunk = sources.manifest.chunk_bytes
+    step = max(chunk, VERIFY_READ_BYTES // chunk * chunk)
     for path, entry in sorted(sources.manifest.tensors.items()):
         for fragment in entry.fragments:
             try:
-                sources.fetch(fragment, 0, fragment.length)
+                for start in range(0, max(fragment.length, 1), step):
+                    sources.fetch(fragment, start, min(start + step, fragment.length))
             except (FormatError, StorageError) as exc:
                 problems.append(f"{path}: {exc}")
     return problems

@@ -1,4 +1,4 @@
-"""Which checkpoint a restore reads, and what came of it. Pure, except for one fixed-shape collective.
+"""Which checkpoint a restore reads, one attempt at reading it, and what came of it.
 
 A restore source is a checkpoint root (`s3://bucket/prefix`, a directory) or one step directory of
 one (`<root>/step-N`, what the operator hands a generation as `ELASTRA_RESTORE_URI`, possibly another
@@ -10,9 +10,19 @@ with the others instead of skipping a collective they wait in.
 
 from __future__ import annotations
 
+import concurrent.futures
 from dataclasses import dataclass
 
-from elastra.checkpoint.format import parse_step_dir
+import torch
+
+from elastra.checkpoint.format import FormatError, Manifest, parse_step_dir
+from elastra.checkpoint.reader import Sources, fill_tasks, read_manifest, run_reads
+from elastra.checkpoint.state import ST_TO_TORCH, TensorLeaf
+from elastra.storage import Storage
+
+READ_THREADS = 4
+"""Restore read tasks in flight per rank (a task reads one run of adjacent bytes of one file, or a
+partial chunk): reads and checksums release the GIL, so files are read in parallel."""
 
 NONE = -1
 """The candidate of a rank that has none left."""
@@ -61,3 +71,45 @@ def next_candidate(committed: list[int], below: int | None) -> int:
     """The newest committed step strictly below `below` (any, when None); `NONE` if there is none. Pure."""
     older = [s for s in committed if below is None or s < below]
     return max(older) if older else NONE
+
+
+def fill_target(leaf: TensorLeaf, manifest: Manifest) -> torch.Tensor:
+    """Where the restore of `leaf` is read to: its own memory when it is a contiguous CPU tensor
+    (no copy at all), else a scratch tensor that `_apply` copies over. The saved tensor must have
+    the target's dtype and global shape (FormatError otherwise: never a silent cast or a prefix)."""
+    entry = manifest.tensors.get(leaf.path)
+    where = f"step {manifest.step}, tensor {leaf.path!r}"
+    if entry is None:
+        raise FormatError(f"{where}: not in the checkpoint")
+    if entry.dtype != leaf.dtype:
+        raise FormatError(f"{where}, field 'dtype': saved {entry.dtype}, the target is {leaf.dtype}")
+    if entry.shape != leaf.shape:
+        raise FormatError(
+            f"{where}, field 'shape': saved {list(entry.shape)}, the target is {list(leaf.shape)}"
+        )
+    dtype = ST_TO_TORCH[entry.dtype]
+    local = leaf.local
+    if local.device.type == "cpu" and local.is_contiguous() and local.dtype == dtype:
+        return local.detach().view(leaf.box.shape)
+    return torch.empty(leaf.box.shape, dtype=dtype)
+
+
+def read_candidate(
+    storage: Storage, local: Storage | None, step: int, leaves: list[TensorLeaf], *,
+    manifest: Manifest | None = None,
+) -> tuple[Manifest, Sources, list[torch.Tensor]]:  # fmt: skip
+    """One restore attempt of this rank: the validated manifest of `step`, where its files are read
+    from, and each leaf's verified data. Raises what the checkpoint provokes (FormatError and its
+    ChecksumError for anything wrong with it); `Checkpointer.load` turns any failure into a verdict
+    all ranks share. `manifest`: the step's, when the caller already read it."""
+    manifest = manifest if manifest is not None else read_manifest(storage, step)
+    sources = Sources(manifest, storage, local)
+    restored = [fill_target(x, manifest) for x in leaves]
+    tasks = [
+        task
+        for leaf, into in zip(leaves, restored, strict=True)
+        for task in fill_tasks(sources, leaf.path, leaf.box, leaf.layout, into)
+    ]
+    with concurrent.futures.ThreadPoolExecutor(READ_THREADS) as pool:
+        run_reads(sources, tasks, pool)
+    return manifest, sources, restored

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from elastra.checkpoint.format import MANIFEST, parse_step_dir, step_dir
-from elastra.storage import Storage, join_key
+from elastra.storage import S3Storage, Storage, join_key
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,9 @@ def committed_steps(storage: Storage) -> dict[int, bool]:
 def apply_retention(storage: Storage, keep: int | None, drop_newer_uncommitted: bool = False) -> list[int]:
     """Delete what `plan_retention` says; returns the steps actually deleted."""
     deleted = []
-    for step in plan_retention(committed_steps(storage), keep, drop_newer_uncommitted):
+    steps = committed_steps(storage)
+    abort_stale_uploads(storage, steps, drop_newer_uncommitted)
+    for step in plan_retention(steps, keep, drop_newer_uncommitted):
         try:
             # The manifest goes first: a half-deleted step then reads as uncommitted, never as broken.
             _delete_step(storage, step)
@@ -57,3 +59,33 @@ def _delete_step(storage: Storage, step: int) -> None:
     name = step_dir(step)
     storage.delete(join_key(name, MANIFEST))
     storage.delete_prefix(name)
+
+
+def abort_stale_uploads(storage: Storage, steps: dict[int, bool], drop_newer_uncommitted: bool) -> int:
+    """Abort the incomplete S3 multipart uploads of steps that will never commit: those of a step
+    older than the newest committed one (or any uncommitted step, when no save can be in flight),
+    and uploads of files a committed step's manifest does not name are left to the step's deletion.
+    A no-op for other tiers. Returns how many were aborted; failures are logged, never raised."""
+    if not isinstance(storage, S3Storage):
+        return 0
+    committed = [s for s, ok in steps.items() if ok]
+    newest = max(committed) if committed else None
+    aborted = 0
+    try:
+        uploads = storage.list_uploads()
+    except Exception as exc:
+        log.warning("retention: cannot list incomplete uploads of %s: %s", storage.uri, exc)
+        return 0
+    for key, upload_id in uploads:
+        step = parse_step_dir(key.split("/", 1)[0])
+        if step is None or steps.get(step):
+            continue
+        if drop_newer_uncommitted or (newest is not None and step < newest):
+            try:
+                storage.abort_upload(key, upload_id)
+                aborted += 1
+            except Exception as exc:
+                log.warning("retention: could not abort the upload of %s: %s", key, exc)
+    if aborted:
+        log.info("retention: aborted %d incomplete upload(s) under %s", aborted, storage.uri)
+    return aborted

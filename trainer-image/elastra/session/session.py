@@ -66,6 +66,8 @@ STATUS_INTERVAL_S = 0.5
 """Least time between two routine status writes; events (saves, commits) write at once."""
 KEPT_SAVES = 16
 REASON_CHARS = 512
+REPORTED_SKIPS = 16
+"""At most this many skipped checkpoints (the newest) are reported."""
 """A skipped checkpoint's reason is cut to this many characters in the status (it travels to the
 operator in a pod annotation)."""
 
@@ -297,7 +299,9 @@ class Session:
             return
         from elastra.api.membership import RestoreSkip
 
-        skipped = tuple(RestoreSkip(step=s.step, reason=s.reason[:REASON_CHARS]) for s in result.skipped)
+        skipped = tuple(
+            RestoreSkip(step=s.step, reason=s.reason[:REASON_CHARS]) for s in result.skipped[:REPORTED_SKIPS]
+        )
         self._publish(restored_step=result.step, restore_skipped=skipped, force=True)
 
     # ------------------------------------------------------------------ lazy staging

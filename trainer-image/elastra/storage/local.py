@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -38,17 +39,37 @@ class LocalStorage:
         return str(self._path(key))
 
     def _open_for_reading(self, key: str) -> int:
-        """A read-only descriptor of `key`'s file (the caller closes it); NotFoundError if absent."""
+        """A read-only descriptor of `key`'s regular file (the caller closes it); NotFoundError if
+        absent. Every component below the root is opened without following symlinks, and anything but
+        a regular file (a symlink, a FIFO, a device, a directory) is refused: a key named in an
+        untrusted manifest can only ever read a file that really lies in this tier."""
+        parts = check_key(key).split("/")
         try:
-            return os.open(self._path(key), os.O_RDONLY)
+            dir_fd = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError as exc:
             raise NotFoundError(f"{self._path(key)} does not exist") from exc
         except OSError as exc:
-            raise StorageError(f"opening {self._path(key)}: {exc}") from exc
+            raise StorageError(f"opening {self._root}: {exc}") from exc
+        try:
+            for name in parts[:-1]:
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+                os.close(dir_fd)
+                dir_fd = fd
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"{self._path(key)} does not exist") from exc
+        except OSError as exc:  # ELOOP: a symlink; ENOTDIR: a symlink or file where a directory was
+            raise StorageError(f"refusing {self._path(key)}: not a regular file ({exc.strerror})") from exc
+        finally:
+            os.close(dir_fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StorageError(f"refusing {self._path(key)}: not a regular file")
+        return fd
 
     def _atomic_write(self, key: str, write: Callable[[BinaryIO], object]) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._make_dirs(path.parent)
         tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
         try:
             with open(tmp, "wb") as f:
@@ -56,17 +77,31 @@ class LocalStorage:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _fsync_dir(path.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise StorageError(f"writing {path}: {exc}") from exc
         except BaseException:  # e.g. a source that fails mid-copy: leave no temporary file behind
             tmp.unlink(missing_ok=True)
             raise
+
+    @staticmethod
+    def _make_dirs(directory: Path) -> None:
+        """Create `directory` and its missing parents, fsyncing the parent of each one created, so a new
+        step directory survives a crash together with the files renamed into it."""
+        missing = []
+        probe = directory
+        while not probe.is_dir():
+            missing.append(probe)
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+        try:
+            for new in reversed(missing):
+                new.mkdir(exist_ok=True)
+                _fsync_dir(new.parent)
+        except OSError as exc:
+            raise StorageError(f"creating {directory}: {exc}") from exc
 
     def put_bytes(self, key: str, data: bytes | memoryview) -> None:
         self._atomic_write(key, lambda f: f.write(data))
@@ -126,26 +161,36 @@ class LocalStorage:
             os.close(fd)
 
     def get(self, key: str) -> bytes:
+        fd = self._open_for_reading(key)
         try:
-            return self._path(key).read_bytes()
-        except FileNotFoundError as exc:
-            raise NotFoundError(f"{self._path(key)} does not exist") from exc
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                return f.read()
         except OSError as exc:
             raise StorageError(f"reading {self._path(key)}: {exc}") from exc
+        finally:
+            os.close(fd)
 
     def size(self, key: str) -> int | None:
+        """The size of `key`'s regular file; None when absent; StorageError for anything else there."""
         try:
-            return self._path(key).stat().st_size
-        except FileNotFoundError:
+            fd = self._open_for_reading(key)
+        except NotFoundError:
             return None
+        try:
+            return os.fstat(fd).st_size
+        finally:
+            os.close(fd)
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        try:
+            return self.size(key) is not None
+        except StorageError:
+            return False
 
     def list_dirs(self) -> list[str]:
         if not self._root.is_dir():
             return []
-        return sorted(p.name for p in self._root.iterdir() if p.is_dir())
+        return sorted(p.name for p in self._root.iterdir() if p.is_dir() and not p.is_symlink())
 
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix)
@@ -166,3 +211,12 @@ class LocalStorage:
             return
         except OSError as exc:
             raise StorageError(f"deleting {self._path(prefix)}: {exc}") from exc
+
+
+def _fsync_dir(directory: Path) -> None:
+    """fsync a directory, making the names created or renamed in it durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -8,6 +8,7 @@ are ranged GETs of only the bytes asked for.
 
 from __future__ import annotations
 
+import builtins
 import io
 import os
 from dataclasses import dataclass
@@ -227,3 +228,23 @@ class S3Storage:
                 raise StorageError(f"S3 delete under {self._key(prefix)}: {exc}") from exc
             if response.get("Errors"):
                 raise StorageError(f"S3 delete under {self._key(prefix)}: {response['Errors'][:3]}")
+
+    def list_uploads(self) -> builtins.list[tuple[str, str]]:
+        """`(key, upload id)` of every incomplete multipart upload under this root (a crashed upload
+        leaves one: its parts are stored and billed, yet no object and no listing shows them)."""
+        root = self._root_prefix()
+        found: builtins.list[tuple[str, str]] = []
+        try:
+            paginator = self._client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self._bucket, Prefix=root):
+                found.extend((u["Key"][len(root) :], u["UploadId"]) for u in page.get("Uploads", []))
+        except Exception as exc:
+            raise StorageError(f"S3 list uploads s3://{self._bucket}/{root}: {exc}") from exc
+        return found
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort one incomplete multipart upload (its parts are deleted)."""
+        try:
+            self._client.abort_multipart_upload(Bucket=self._bucket, Key=self._key(key), UploadId=upload_id)
+        except Exception as exc:
+            raise self._error("abort upload", key, exc) from exc

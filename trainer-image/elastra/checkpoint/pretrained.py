@@ -101,9 +101,17 @@ def _regular_size(storage: Storage, key: str) -> int:
     return size
 
 
+def _present(storage: Storage, key: str) -> bool:
+    """Whether `key` is there at all: on a file system a symbolic link counts (and is refused when
+    read, with a clear error), where `exists` would hide it."""
+    if isinstance(storage, LocalStorage):
+        return os.path.lexists(storage.path_of(key))
+    return storage.exists(key)
+
+
 def is_pretrained(storage: Storage) -> bool:
     """Whether `storage` is a Hugging Face model location (it holds the weights file or the index)."""
-    return storage.exists(SINGLE_FILE) or storage.exists(INDEX_FILE)
+    return _present(storage, SINGLE_FILE) or _present(storage, INDEX_FILE)
 
 
 def _read_header(storage: Storage, file: str) -> list[HFTensor]:
@@ -118,7 +126,7 @@ def open_pretrained(uri: str, s3: S3Options | None = None) -> PretrainedModel:
     StorageError when unreadable, NotFoundError when it holds neither weights file nor index."""
     storage = open_storage(uri.rstrip("/") if uri.startswith("s3://") else uri, s3)
     files: dict[str, int] = {}
-    if storage.exists(INDEX_FILE):
+    if _present(storage, INDEX_FILE):
         size = _regular_size(storage, INDEX_FILE)
         weight_map = parse_index(storage.get_range(INDEX_FILE, 0, size))
         tensors: list[HFTensor] = []
@@ -126,7 +134,7 @@ def open_pretrained(uri: str, s3: S3Options | None = None) -> PretrainedModel:
             tensors += _read_header(storage, file)
             files[file] = _regular_size(storage, file)
         by_name = check_against_index(weight_map, tensors)
-    elif storage.exists(SINGLE_FILE):
+    elif _present(storage, SINGLE_FILE):
         tensors = _read_header(storage, SINGLE_FILE)
         files[SINGLE_FILE] = _regular_size(storage, SINGLE_FILE)
         by_name = check_against_index({t.name: SINGLE_FILE for t in tensors}, tensors)
@@ -140,6 +148,9 @@ class UncheckedSources(Sources):
     (safetensors has none; the header checks bound every read)."""
 
     __slots__ = ()
+
+    def _check_durable(self, file: str) -> None:
+        """The file's size was checked against its header when the location was opened."""
 
     def fetch_run(self, run: Sequence[DirectRead]) -> None:
         file = run[0].fragment.file

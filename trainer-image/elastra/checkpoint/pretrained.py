@@ -26,7 +26,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,11 +107,6 @@ def _present(storage: Storage, key: str) -> bool:
     if isinstance(storage, LocalStorage):
         return os.path.lexists(storage.path_of(key))
     return storage.exists(key)
-
-
-def is_pretrained(storage: Storage) -> bool:
-    """Whether `storage` is a Hugging Face model location (it holds the weights file or the index)."""
-    return _present(storage, SINGLE_FILE) or _present(storage, INDEX_FILE)
 
 
 def _read_header(storage: Storage, file: str) -> list[HFTensor]:
@@ -365,8 +360,3 @@ def _destination(leaf: TensorLeaf, dtype: torch.dtype) -> torch.Tensor:
     if local.device.type == "cpu" and local.is_contiguous() and local.dtype == dtype:
         return local.detach().view(leaf.box.shape)
     return torch.empty(leaf.box.shape, dtype=dtype)
-
-
-def describe(model: PretrainedModel) -> Mapping[str, Any]:
-    """A small summary for logs and the CLI."""
-    return {"uri": model.uri, "files": len(model.files), "tensors": len(model.tensors), "bytes": model.nbytes}

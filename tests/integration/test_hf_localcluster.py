@@ -1,7 +1,7 @@
 """A TrainingJob on localcluster (real operator, pod agents, trainers) starts from a Hugging Face
 directory (`restoreFrom`), loses a node after its first checkpoint, restores that checkpoint at the
-smaller world size, and Succeeds. Then `elastra ckpt export --hf` of its final checkpoint loads with
-`from_pretrained`, equal in weights to the checkpoint."""
+smaller world size, and Succeeds. (Export of such a session-layout checkpoint: test_hf_files; of a
+trained FSDP2 checkpoint, bit for bit: test_hf_pretrained.)"""
 
 from __future__ import annotations
 
@@ -70,28 +70,6 @@ def test_job_starts_from_pretrained_loses_a_node_and_finishes(
 
     records = [json.loads(line) for line in losses.read_text().splitlines()]
     first = next(r for r in records if r["step"] == 0)
-    assert first["world"] == 3 and first["loss"] < RANDOM_INIT_LOSS, (
-        first
-    )  # started from the pretrained model
+    # It started from the pretrained model, not from a random initialisation.
+    assert first["world"] == 3 and first["loss"] < RANDOM_INIT_LOSS, first
     assert {r["world"] for r in records if r["step"] == STEPS - 1} == {2}
-
-    out = tmp_path / "exported"
-    job_root = ckpt_root / "default" / "hf"
-    done = subprocess.run(
-        [sys.executable, "-m", "elastra.cli", "ckpt", "export", str(job_root), "--hf", str(out),
-         "--config", str(pretrained / "config.json")],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert f"of step {STEPS}, prefix 'model/model/'" in done.stdout, done.stdout
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(out)
-    consolidated = tmp_path / "all.safetensors"
-    assert subprocess.run([sys.executable, "-m", "elastra.cli", "ckpt", "consolidate", str(job_root),
-                           "--out", str(consolidated)], check=False).returncode == 0  # fmt: skip
-    saved = load_file(consolidated)
-    for name, value in model.state_dict().items():
-        key = f"model/model/{name}"
-        assert (saved[key] == value).all(), name

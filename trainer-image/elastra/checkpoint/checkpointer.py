@@ -28,11 +28,12 @@ from torch.utils.hooks import RemovableHandle
 
 from elastra.checkpoint import faults
 from elastra.checkpoint.checksum import crc32
-from elastra.checkpoint.coverage import like
+from elastra.checkpoint.coverage import Coverage, StateMismatch, cover, like
 from elastra.checkpoint.format import (
     CHUNK_BYTES,
     FORMAT_VERSION,
     MANIFEST,
+    FormatError,
     Fragment,
     Manifest,
     TensorEntry,
@@ -44,16 +45,15 @@ from elastra.checkpoint.format import (
 from elastra.checkpoint.geometry import Box
 from elastra.checkpoint.handles import CheckpointError, CheckpointStats, CommitInfo, SaveHandle
 from elastra.checkpoint.plan import Piece, RankWrites, SavePlan, checksum_chunks, plan_save
+from elastra.checkpoint.reader import read_manifest
 from elastra.checkpoint.report import RestoreReport
 from elastra.checkpoint.restore import (
-    MISMATCH,
     NONE,
     RestoreResult,
     Skipped,
     next_candidate,
-    report_of,
+    read_candidate,
     split_source,
-    try_candidate,
 )
 from elastra.checkpoint.retention import apply_retention, committed_steps
 from elastra.checkpoint.staging import StagingBuffer, StagingJob
@@ -64,6 +64,10 @@ log = logging.getLogger(__name__)
 
 BUSY_POLICIES = ("wait", "skip")
 STAGING_MODES = ("eager", "lazy")
+_Read = tuple[Coverage, tuple[Manifest, Any, list[torch.Tensor]]]
+"""What one candidate read: which leaves it covers, and the manifest, sources and data of those."""
+MISMATCH = 2
+"""A restore verdict: the state does not fit the checkpoint (1: the checkpoint is unusable)."""
 
 
 def _signature(pieces: list[Piece]) -> int:
@@ -432,7 +436,7 @@ class Checkpointer:
                 candidate = self._agree_max(next_candidate(committed, below))
                 if candidate == NONE:
                     break
-            error, mismatch, read = try_candidate(
+            error, mismatch, read = self._try_candidate(
                 storage, local, candidate, leaves, values=values, allow_missing=allow_missing
             )
             verdict = self._agree_max(MISMATCH if mismatch else int(error is not None))
@@ -453,7 +457,7 @@ class Checkpointer:
             self.stats.restore_bytes_by_tier = dict(sources.bytes_by_tier)
             self.stats.restore_seconds = time.perf_counter() - started
             self.last_restore = RestoreResult(requested, candidate, root, tuple(skipped))
-            self.last_report = report_of(candidate, root, coverage, sources.bytes_by_tier, started)
+            self.last_report = self._report(candidate, root, coverage, sources.bytes_by_tier, started)
             if coverage.unexpected or coverage.missing:
                 log.warning("%s", self.last_report.summary())
             return candidate
@@ -462,6 +466,37 @@ class Checkpointer:
             tried = ", ".join(f"{step_dir(s.step)} ({s.reason})" for s in skipped) or step_dir(requested or 0)
             raise CheckpointError(f"no usable committed checkpoint under {root}: tried {tried}")
         return None
+
+    @staticmethod
+    def _report(
+        step: int, root: str, coverage: Coverage, by_tier: dict[str, int], started: float
+    ) -> RestoreReport:
+        tier = max(by_tier, key=lambda t: by_tier[t]) if any(by_tier.values()) else "durable"
+        return RestoreReport(
+            step=step, source=f"{root}/{step_dir(step)}", restored=len({x.path for x in coverage.loadable}),
+            missing=coverage.missing, unexpected=coverage.unexpected, tied=coverage.tied,
+            seconds=time.perf_counter() - started, bytes_read=sum(by_tier.values()), tier=tier,
+        )  # fmt: skip
+
+    @staticmethod
+    def _try_candidate(
+        storage: Storage, local: Storage | None, candidate: int, leaves: list[TensorLeaf], *,
+        values: dict[str, Any], allow_missing: bool | Collection[str],
+    ) -> tuple[str | None, bool, _Read | None]:  # fmt: skip
+        """One candidate: `(error, the error is a state mismatch, (coverage, what read_candidate read))`."""
+        try:
+            manifest = read_manifest(storage, candidate)
+            coverage = cover(leaves, values, manifest.tensors, step=candidate, allow_missing=allow_missing)
+            return None, False, (coverage, read_candidate(storage, local, candidate, coverage.loadable,
+                                                          manifest=manifest))  # fmt: skip
+        except StateMismatch as exc:
+            return str(exc), True, None
+        except Exception as exc:  # anything a hostile checkpoint provokes: all ranks decide together
+            return (
+                (f"{type(exc).__name__}: {exc}" if not isinstance(exc, FormatError) else str(exc)),
+                False,
+                None,
+            )
 
     def _committed(self, storage: Storage) -> list[int]:
         """Committed steps of a tier, or none when it cannot be listed (then every rank agrees on

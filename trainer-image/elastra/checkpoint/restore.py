@@ -11,25 +11,16 @@ with the others instead of skipping a collective they wait in.
 from __future__ import annotations
 
 import concurrent.futures
-import time
-from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from elastra.checkpoint.coverage import Coverage, StateMismatch, cover
-from elastra.checkpoint.format import FormatError, Manifest, parse_step_dir, step_dir
+from elastra.checkpoint.format import FormatError, Manifest, parse_step_dir
 from elastra.checkpoint.reader import Sources, fill_tasks, read_manifest, run_reads
-from elastra.checkpoint.report import RestoreReport
 from elastra.checkpoint.state import ST_TO_TORCH, TensorLeaf
 from elastra.storage import Storage
 
 READ_THREADS = 4
-MISMATCH = 2
-"""A restore verdict: the state does not fit the checkpoint (1: the checkpoint is unusable)."""
-Read = tuple[Coverage, tuple[Manifest, Any, list[torch.Tensor]]]
-"""What one candidate read: which leaves it covers, and the manifest, sources and data of those."""
 """Restore read tasks in flight per rank (a task reads one run of adjacent bytes of one file, or a
 partial chunk): reads and checksums release the GIL, so files are read in parallel."""
 
@@ -122,36 +113,3 @@ def read_candidate(
     with concurrent.futures.ThreadPoolExecutor(READ_THREADS) as pool:
         run_reads(sources, tasks, pool)
     return manifest, sources, restored
-
-
-def report_of(
-    step: int, root: str, coverage: Coverage, by_tier: dict[str, int], started: float
-) -> RestoreReport:
-    """What a successful restore of `step` did: tensors restored, missing, unexpected, tied; the tier
-    most bytes came from, the bytes and the seconds."""
-    tier = max(by_tier, key=lambda t: by_tier[t]) if any(by_tier.values()) else "durable"
-    return RestoreReport(
-        step=step, source=f"{root}/{step_dir(step)}", restored=len({x.path for x in coverage.loadable}),
-        missing=coverage.missing, unexpected=coverage.unexpected, tied=coverage.tied,
-        seconds=time.perf_counter() - started, bytes_read=sum(by_tier.values()), tier=tier,
-    )  # fmt: skip
-
-
-def try_candidate(
-    storage: Storage, local: Storage | None, candidate: int, leaves: list[TensorLeaf], *,
-    values: dict[str, Any], allow_missing: bool | Collection[str],
-) -> tuple[str | None, bool, Read | None]:  # fmt: skip
-    """One candidate: `(error, the error is a state mismatch, (coverage, what read_candidate read))`."""
-    try:
-        manifest = read_manifest(storage, candidate)
-        coverage = cover(leaves, values, manifest.tensors, step=candidate, allow_missing=allow_missing)
-        return None, False, (coverage, read_candidate(storage, local, candidate, coverage.loadable,
-                                                      manifest=manifest))  # fmt: skip
-    except StateMismatch as exc:
-        return str(exc), True, None
-    except Exception as exc:  # anything a hostile checkpoint provokes: all ranks decide together
-        return (
-            (f"{type(exc).__name__}: {exc}" if not isinstance(exc, FormatError) else str(exc)),
-            False,
-            None,
-        )

@@ -35,7 +35,7 @@ from elastra.api.membership import (
     Membership,
     membership_configmap_name,
 )
-from elastra.api.trainingjob import TrainingJobSpec, TrainingJobStatus
+from elastra.api.trainingjob import TrainingJobSpec, TrainingJobStatus, is_location
 
 from .reconcile import manifests, trust
 from .reconcile.actions import (
@@ -357,7 +357,7 @@ class Kube:
         cm = self.get_configmap(namespace, membership_configmap_name(name))
         spec = (raw.get("spec") or {}).get("checkpoint") or {}
         restore_from = None
-        if spec.get("restoreFrom"):
+        if spec.get("restoreFrom") and not is_location(str(spec["restoreFrom"])):  # else pretrained weights
             found = self.get_checkpoint(namespace, spec["restoreFrom"])
             restore_from = checkpoint_view(found) if found is not None else None
         refused = trust.endpoint_refusal((spec.get("s3") or {}).get("endpoint"), self.allowed_endpoints)

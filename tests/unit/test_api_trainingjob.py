@@ -98,6 +98,30 @@ def test_root_uri_and_keep(checkpoint: dict[str, Any], root: str, keep: int) -> 
     assert spec.checkpoint.keep == keep
 
 
+@pytest.mark.parametrize(
+    ("restore_from", "pretrained", "checkpoint", "error"),
+    [
+        pytest.param("gpt2-step-40", None, "gpt2-step-40", None, id="checkpoint-object"),
+        pytest.param("/models/gpt2", "/models/gpt2", None, None, id="directory"),
+        pytest.param("s3://hub/models/gpt2", "s3://hub/models/gpt2", None, None, id="s3-prefix"),
+        pytest.param("/models/../etc", None, None, "'..'", id="dotdot"),
+        pytest.param("s3:///gpt2", None, None, "bucket", id="s3-without-bucket"),
+    ],
+)
+def test_restore_from_is_a_checkpoint_or_a_pretrained_location(
+    restore_from: str, pretrained: str | None, checkpoint: str | None, error: str | None
+) -> None:
+    from elastra.api.trainingjob import CheckpointPolicy
+
+    raw = {"everySteps": 5, "directory": {"path": "/ck"}, "restoreFrom": restore_from}
+    if error is not None:
+        with pytest.raises(ValidationError, match=error):
+            CheckpointPolicy.model_validate(raw)
+        return
+    policy = CheckpointPolicy.model_validate(raw)
+    assert (policy.pretrained_uri, policy.restore_checkpoint) == (pretrained, checkpoint)
+
+
 def test_status_round_trip_ignores_unknown_keys() -> None:
     status = TrainingJobStatus.model_validate({"phase": "Running", "worldSize": 2, "kopf": {"x": 1}})
     assert status.phase is Phase.RUNNING

@@ -48,9 +48,9 @@ def test_cpu_staging_neither_pins_nor_makes_a_stream() -> None:
     pieces = [Piece(x.path, x.dtype, x.shape, x.layout, x.sharding, x.box) for x in leaves]
     writes = plan_save([pieces]).writes[0]
     buffer = StagingBuffer()
-    job = buffer.prepare(writes, {(x.path, x.box.offsets, x.box.shape): x for x in leaves})
+    job = buffer.prepare(writes, {(x.path, x.box.offsets, x.box.shape): x for x in leaves}, b" " * 4096)
     assert job.stream is None and buffer._stream is None
-    staged = bytes(StagingBuffer.copy(job))
+    staged = bytes(StagingBuffer.copy(job).data)
     assert len(staged) == writes.data_bytes == 12 * 4 + 5 * 2
     for placed in writes.pieces:
         source = state[placed.piece.path]

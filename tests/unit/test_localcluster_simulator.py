@@ -160,7 +160,7 @@ def test_checkpoint_request_is_acked_and_answered_by_a_commit(
     sim: tuple[Simulator, RecordingApi, list[Any]],
 ) -> None:
     simulator, api, _ = sim
-    start(simulator, 0, {"ELASTRA_CHECKPOINT_EVERY_STEPS": "0"})
+    start(simulator, 0, {"ELASTRA_CHECKPOINT_EVERY_STEPS": ""})
     simulator._record_arrived(("ns", "tj"), record(1, ["tj-w-0"]))
     run(simulator, 0.05)
     request = CheckpointRequest(id="r-1", reason="ScaleUp", requested_at=dt.datetime.now(dt.UTC))

@@ -30,6 +30,19 @@ def test_worker_pod_identity_and_placement() -> None:
     assert env["ELASTRA_TERMINATION_GRACE_SECONDS"] == "30"
 
 
+@pytest.mark.parametrize(
+    ("restore_from", "pretrained"),
+    [
+        pytest.param("/models/gpt2", "/models/gpt2", id="directory"),
+        pytest.param("s3://hub/gpt2", "s3://hub/gpt2", id="s3-prefix"),
+        pytest.param("other-step-40", None, id="checkpoint-object"),
+    ],
+)
+def test_a_pretrained_restore_from_reaches_the_trainers(restore_from: str, pretrained: str | None) -> None:
+    env = _env(manifests.worker_pod(job(checkpoint={"restoreFrom": restore_from}), 0))
+    assert env.get("ELASTRA_PRETRAINED_URI") == pretrained
+
+
 def test_worker_pod_keeps_the_template_and_adds_tiers() -> None:
     template = {
         "metadata": {"labels": {"team": "a"}},

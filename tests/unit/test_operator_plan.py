@@ -711,6 +711,22 @@ CASES = [
         id="restoreFrom-missing-checkpoint",
     ),
     pytest.param(
+        job(checkpoint={"restoreFrom": "/models/gpt2"}),
+        [],
+        nodes(3),
+        [],
+        {"created_pods": ["tj-w-0", "tj-w-1", "tj-w-2"]},
+        id="restoreFrom-pretrained-location-is-not-a-checkpoint-name",
+    ),
+    pytest.param(
+        job(m=hold(), checkpoint={"restoreFrom": "s3://hub/gpt2"}),
+        running(0, 1, generation=0),
+        nodes(2),
+        [],
+        {"m": (1, "Run", ["tj-w-0", "tj-w-1"]), "restore": None},
+        id="start-from-pretrained-has-no-restore-point",
+    ),
+    pytest.param(
         job(
             checkpoint={"s3": {"bucket": "bkt", "credentialsSecret": "creds"}, "directory": None},
             missing_secret="creds",

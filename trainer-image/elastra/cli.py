@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from dataclasses import dataclass
 
@@ -32,7 +33,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand(
         "ckpt",
         "elastra.checkpoint.cli",
-        "inspect, verify, consolidate and merge checkpoints (ls, inspect, verify, consolidate, merge)",
+        "work with checkpoints: ls, inspect, verify, consolidate, merge, export (to Hugging Face)",
     ),
     Subcommand(
         "operator", "elastra_operator.cli", "run the TrainingJob operator against the current kubeconfig"
@@ -85,8 +86,24 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 3
-    rc: int = module.main(list(ns.args))
+    try:
+        rc: int = module.main(list(ns.args))
+    except BrokenPipeError:
+        return _closed_pipe()
     return rc
+
+
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE: what a shell reports for a command whose reader went away (`elastra ... | head`)."""
+
+
+def _closed_pipe() -> int:
+    """The reader of stdout went away: stop quietly, without a traceback, as `cat` would. Python
+    flushes stdout once more at exit, so it is pointed at /dev/null first."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,7 +28,7 @@ def spec_problems(job: JobView) -> list[str]:
         problems.append(
             f"nprocPerPod ({spec.nproc_per_pod}) is more than the {gpus} GPU(s) each pod requests"
         )
-    restore = spec.checkpoint.restore_from
+    restore = spec.checkpoint.restore_checkpoint  # a pretrained location is the trainers' to read
     if restore is not None and job.restore_from is None and job.membership is None:
         problems.append(f"checkpoint.restoreFrom names Checkpoint {restore!r}, which does not exist")
     if job.endpoint_refused is not None:

@@ -53,6 +53,9 @@ class PodContract(BaseModel):
     report_interval_seconds: Annotated[float, Field(alias="ELASTRA_REPORT_INTERVAL_SECONDS", gt=0)] = 3.0
     """The agent's heartbeat: it reports at least this often, changed or not. The operator derives it
     from `nodeLossTimeoutSeconds` (a silent agent counts as lost)."""
+    pretrained_uri: Annotated[str | None, Field(alias="ELASTRA_PRETRAINED_URI")] = None
+    """A Hugging Face model location (`spec.checkpoint.restoreFrom` naming a directory or `s3://`
+    prefix): the trainers start from its weights when the job has no checkpoint of its own yet."""
     every_steps: Annotated[int | None, Field(alias="ELASTRA_CHECKPOINT_EVERY_STEPS", ge=1)] = None
     """Save every this many steps."""
     every_seconds: Annotated[float | None, Field(alias="ELASTRA_CHECKPOINT_EVERY_SECONDS", gt=0)] = None
@@ -91,6 +94,7 @@ class PodContract(BaseModel):
             checkpoint_keep=ck.keep,
             local_keep=ck.local.keep if ck.local is not None else None,
             report_interval_seconds=report_interval_seconds,
+            pretrained_uri=ck.pretrained_uri,
             every_steps=ck.every_steps,
             every_seconds=ck.every_seconds,
             grace_seconds=grace_seconds,

@@ -77,6 +77,12 @@ class DirectoryTier(SpecModel):
     """Committed checkpoints kept; older Checkpoint objects (and their storage) are deleted."""
 
 
+def is_location(restore_from: str) -> bool:
+    """Whether a `restoreFrom` value is a storage location (absolute path or `s3://`), not a Checkpoint
+    object's name (Kubernetes names hold neither `/` nor `:`). Pure."""
+    return restore_from.startswith(("/", "s3://"))
+
+
 class CheckpointPolicy(SpecModel):
     """When and where the trainers checkpoint."""
 
@@ -106,10 +112,30 @@ class CheckpointPolicy(SpecModel):
     directory: DirectoryTier | None = None
     """Durable shared-filesystem tier (exactly one of `s3` and `directory`)."""
     restore_from: Annotated[str, Field(min_length=1)] | None = None
-    """A Checkpoint object (same namespace, possibly another job's) to start from: fork or fine-tune."""
+    """Where the job's first generation starts from: a Checkpoint object (same namespace, possibly
+    another job's: fork), or a Hugging Face model location (an absolute directory or `s3://bucket/prefix`
+    holding `model.safetensors` or shards with `model.safetensors.index.json`: fine-tune from
+    pretrained weights, with a fresh optimizer at step 0). Once the job has its own checkpoints, they
+    are what it restores."""
+
+    @property
+    def pretrained_uri(self) -> str | None:
+        """`restore_from` when it is a Hugging Face model location, else None."""
+        return self.restore_from if self.restore_from and is_location(self.restore_from) else None
+
+    @property
+    def restore_checkpoint(self) -> str | None:
+        """`restore_from` when it names a Checkpoint object, else None."""
+        return self.restore_from if self.restore_from and not is_location(self.restore_from) else None
 
     @model_validator(mode="after")
     def _interval_and_tier(self) -> Self:
+        where = self.restore_from
+        if where is not None and is_location(where):
+            if ".." in where.split("/") or "//" in where.removeprefix("s3://"):
+                raise ValueError(f"restoreFrom {where!r}: no '..' or empty path components")
+            if where.startswith("s3://") and not where.removeprefix("s3://").split("/")[0]:
+                raise ValueError(f"restoreFrom {where!r} needs a bucket: s3://bucket/prefix")
         if self.every_steps is None and self.every_seconds is None:
             raise ValueError("checkpoint needs everySteps and/or everySeconds")
         if (self.s3 is None) == (self.directory is None):

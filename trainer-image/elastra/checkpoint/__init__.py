@@ -15,10 +15,13 @@ The format is described in docs/format.md.
 from __future__ import annotations
 
 from elastra.checkpoint.checkpointer import Checkpointer, latest
+from elastra.checkpoint.coverage import init_optimizer_state
 from elastra.checkpoint.format import FORMAT_VERSION, FormatError
 from elastra.checkpoint.handles import CheckpointError, CheckpointStats, CommitInfo, SaveHandle
 from elastra.checkpoint.merge_plan import MergeError, MergeMethod
 from elastra.checkpoint.merging import MergeResult, merge
+from elastra.checkpoint.pretrained import load_pretrained
+from elastra.checkpoint.report import RestoreReport
 from elastra.checkpoint.search import Candidate, SearchResult, merge_search
 from elastra.checkpoint.state import Flat
 
@@ -34,9 +37,12 @@ __all__ = [
     "MergeError",
     "MergeMethod",
     "MergeResult",
+    "RestoreReport",
     "SaveHandle",
     "SearchResult",
+    "init_optimizer_state",
     "latest",
+    "load_pretrained",
     "merge",
     "merge_search",
 ]

@@ -18,6 +18,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,6 +27,7 @@ import torch.distributed as dist
 from torch.utils.hooks import RemovableHandle
 
 from elastra.checkpoint import faults
+from elastra.checkpoint.coverage import Coverage, StateMismatch, cover, like
 from elastra.checkpoint.format import (
     CHUNK_BYTES,
     DIRECT_IO_ALIGN,
@@ -43,6 +45,8 @@ from elastra.checkpoint.format import (
 from elastra.checkpoint.geometry import Box
 from elastra.checkpoint.handles import CheckpointError, CheckpointStats, CommitInfo, SaveHandle
 from elastra.checkpoint.plan import Piece, RankWrites, SavePlan, plan_save
+from elastra.checkpoint.reader import read_manifest
+from elastra.checkpoint.report import RestoreReport
 from elastra.checkpoint.restore import (
     NONE,
     RestoreResult,
@@ -68,6 +72,10 @@ log = logging.getLogger(__name__)
 
 BUSY_POLICIES = ("wait", "skip")
 STAGING_MODES = ("eager", "lazy")
+_Read = tuple[Coverage, tuple[Manifest, Any, list[torch.Tensor]]]
+"""What one candidate read: which leaves it covers, and the manifest, sources and data of those."""
+MISMATCH = 2
+"""A restore verdict: the state does not fit the checkpoint (1: the checkpoint is unusable)."""
 
 
 def _signature(pieces: list[Piece]) -> int:
@@ -114,6 +122,8 @@ class Checkpointer:
         self.local_keep = local_keep if local_keep is not None else keep
         self.prune_durable = prune_durable
         self.last_restore: RestoreResult | None = None
+        self.last_report: RestoreReport | None = None
+        """What the newest successful `load` restored, left missing, found unexpected or tied."""
         """What the newest `load` restored and which newer checkpoints it skipped, and why."""
         self._s3 = s3
         self.busy_policy = busy_policy
@@ -395,7 +405,13 @@ class Checkpointer:
         return int(mine[0])
 
     def load(
-        self, state: object, step: int | None = None, *, source: str | None = None, fallback: bool = False
+        self,
+        state: object,
+        step: int | None = None,
+        *,
+        source: str | None = None,
+        fallback: bool = False,
+        allow_missing: bool | Collection[str] = False,
     ) -> int | None:
         """Restore `state` in place from the newest valid committed checkpoint (or `step`).
 
@@ -408,7 +424,14 @@ class Checkpointer:
         committed), in which case older steps of the same root are tried too. `last_restore` tells
         which step was restored and why any newer one was skipped. Contiguous CPU tensors of the
         saved dtype are read into in place, so a failed candidate may leave them partly overwritten
-        (the next candidate overwrites them again)."""
+        (the next candidate overwrites them again).
+
+        No silent partial restore: a state tensor the checkpoint lacks is an error unless
+        `allow_missing` (True, or those paths) allows it, and it then keeps its value; an optimizer
+        whose state is still empty while the checkpoint holds state for it is an error that says how
+        to create it. Both are the caller's mismatch, not damage: every rank raises CheckpointError at
+        once, without trying older checkpoints. `last_report` says what was restored, missing,
+        unexpected (saved but taken by nothing) and tied."""
         started = time.perf_counter()
         self.wait_quietly()
         root, source_step = split_source(source) if source else (self.uri, None)
@@ -416,7 +439,7 @@ class Checkpointer:
         same_root = root.rstrip("/") == self.uri.rstrip("/")
         storage = self._durable if same_root else open_storage(root, self._s3)
         local = self._local if same_root else None  # a foreign root's steps are not in our local tier
-        leaves, _values = split_state(state)
+        leaves, values = split_state(state)
         skipped: list[Skipped] = []
         committed: list[int] | None = None
         candidate: int | None = requested
@@ -430,27 +453,67 @@ class Checkpointer:
                 candidate = self._agree_max(next_candidate(committed, below))
                 if candidate == NONE:
                     break
-            error = None
-            try:
-                manifest, sources, restored = read_candidate(storage, local, candidate, leaves)
-            except Exception as exc:  # anything a hostile checkpoint provokes: all ranks decide together
-                error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, FormatError) else str(exc)
-            if self._agree_max(int(error is not None)):
+            error, mismatch, read = self._try_candidate(
+                storage, local, candidate, leaves, values=values, allow_missing=allow_missing
+            )
+            verdict = self._agree_max(MISMATCH if mismatch else int(error is not None))
+            if verdict == MISMATCH:  # the caller's state does not fit: older checkpoints would not either
+                why = f"rank {self.rank}: {error}" if mismatch else "another rank's state does not fit it"
+                raise CheckpointError(
+                    f"cannot restore {step_dir(candidate)} under {root} into this state: {why}"
+                )
+            if verdict:
                 reason = f"rank {self.rank}: {error}" if error else "another rank could not load it"
                 skipped.append(Skipped(candidate, reason))
                 more = "" if requested is not None and not fallback else ", trying an older one"
                 log.warning("%s is unusable, in %s (%s)%s", step_dir(candidate), root, reason, more)
                 continue
-            self._apply(state, leaves, restored, manifest)
+            assert read is not None  # no error: the candidate was read
+            coverage, (manifest, sources, restored) = read
+            self._apply(state, coverage.loadable, restored, manifest)
             self.stats.restore_bytes_by_tier = dict(sources.bytes_by_tier)
             self.stats.restore_seconds = time.perf_counter() - started
             self.last_restore = RestoreResult(requested, candidate, root, tuple(skipped))
+            self.last_report = self._report(candidate, root, coverage, sources.bytes_by_tier, started)
+            if coverage.unexpected or coverage.missing:
+                log.warning("%s", self.last_report.summary())
             return candidate
         self.last_restore = RestoreResult(requested, None, root, tuple(skipped))
         if skipped or requested is not None:
             tried = ", ".join(f"{step_dir(s.step)} ({s.reason})" for s in skipped) or step_dir(requested or 0)
             raise CheckpointError(f"no usable committed checkpoint under {root}: tried {tried}")
         return None
+
+    @staticmethod
+    def _report(
+        step: int, root: str, coverage: Coverage, by_tier: dict[str, int], started: float
+    ) -> RestoreReport:
+        tier = max(by_tier, key=lambda t: by_tier[t]) if any(by_tier.values()) else "durable"
+        return RestoreReport(
+            step=step, source=f"{root}/{step_dir(step)}", restored=len({x.path for x in coverage.loadable}),
+            missing=coverage.missing, unexpected=coverage.unexpected, tied=coverage.tied,
+            seconds=time.perf_counter() - started, bytes_read=sum(by_tier.values()), tier=tier,
+        )  # fmt: skip
+
+    @staticmethod
+    def _try_candidate(
+        storage: Storage, local: Storage | None, candidate: int, leaves: list[TensorLeaf], *,
+        values: dict[str, Any], allow_missing: bool | Collection[str],
+    ) -> tuple[str | None, bool, _Read | None]:  # fmt: skip
+        """One candidate: `(error, the error is a state mismatch, (coverage, what read_candidate read))`."""
+        try:
+            manifest = read_manifest(storage, candidate)
+            coverage = cover(leaves, values, manifest.tensors, step=candidate, allow_missing=allow_missing)
+            return None, False, (coverage, read_candidate(storage, local, candidate, coverage.loadable,
+                                                          manifest=manifest))  # fmt: skip
+        except StateMismatch as exc:
+            return str(exc), True, None
+        except Exception as exc:  # anything a hostile checkpoint provokes: all ranks decide together
+            return (
+                (f"{type(exc).__name__}: {exc}" if not isinstance(exc, FormatError) else str(exc)),
+                False,
+                None,
+            )
 
     def _committed(self, storage: Storage) -> list[int]:
         """Committed steps of a tier, or none when it cannot be listed (then every rank agrees on
@@ -491,7 +554,7 @@ class Checkpointer:
             torch.cuda.current_stream(device).synchronize()  # type: ignore[no-untyped-call]
         for path, container, key, value in list(walk(state)):
             if not is_tensor_value(value) and path in manifest.values:
-                container[key] = manifest.values[path]  # type: ignore[index]
+                container[key] = like(value, manifest.values[path])  # type: ignore[index]
 
     def wait_quietly(self) -> None:
         """Wait for an in-flight save, logging rather than raising its failure."""

@@ -1,4 +1,4 @@
-"""`elastra ckpt`: list, inspect, verify, consolidate and merge checkpoints.
+"""`elastra ckpt`: list, inspect, verify, consolidate, merge and export checkpoints.
 
 URIs are a checkpoint root (`s3://bucket/prefix` or a directory) or one step under it (`…/step-N`).
 Exit codes: 0 fine, 1 damage found (verify) or nothing to act on, 2 usage errors.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from elastra.checkpoint.format import FormatError, parse_step_dir
@@ -187,6 +188,45 @@ def _merge_parser(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
+def cmd_export(ns: argparse.Namespace) -> int:
+    from elastra.checkpoint.hf_export import DTYPES, export_hf
+    from elastra.checkpoint.hf_format import parse_size
+
+    root, step = split_uri(ns.uri)
+    result = export_hf(
+        root,
+        ns.hf,
+        step=ns.step if ns.step is not None else step,
+        prefix=ns.prefix,
+        dtype=DTYPES[ns.dtype] if ns.dtype else None,
+        config=ns.config,
+        max_shard_bytes=parse_size(ns.max_shard_size),
+    )
+    tensors = sum(len(names) for names in result.files.values())
+    tied = "".join(f"; {t} not written (tied to {s})" for t, s in sorted(result.dropped_tied.items()))
+    print(
+        f"exported {tensors} tensors ({result.total_bytes} bytes) of step {result.step}, prefix "
+        f"{result.prefix!r}, to {ns.hf} in {len(result.files)} file(s){tied}"
+    )
+    return 0
+
+
+def _export_parser(sub: Any) -> None:
+    export = sub.add_parser(
+        "export", help="write the model weights as a Hugging Face from_pretrained directory"
+    )
+    export.add_argument("uri", help="checkpoint root (newest committed step) or root/step-N")
+    export.add_argument("--hf", required=True, metavar="OUTDIR", help="directory to create (must be empty)")
+    export.add_argument("--step", type=int, default=None, help="step to export (default: the newest)")
+    export.add_argument(
+        "--prefix", default=None, help="state prefix of the weights, e.g. model/ (default: found)"
+    )
+    export.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
+                        help="cast floating tensors (default: as saved)")  # fmt: skip
+    export.add_argument("--config", default=None, help="config.json to include (and to learn tied weights)")
+    export.add_argument("--max-shard-size", default="5GB", help="shard above this size (default 5GB)")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="elastra ckpt", description="Inspect, verify and merge checkpoints."
@@ -199,19 +239,21 @@ def main(argv: list[str]) -> int:
     consolidate.add_argument("uri")
     consolidate.add_argument("--out", required=True)
     _merge_parser(sub)
+    _export_parser(sub)
     ns = parser.parse_args(argv)
-    commands = {
-        "ls": lambda: cmd_ls(ns.uri),
-        "inspect": lambda: cmd_inspect(ns.uri),
-        "verify": lambda: cmd_verify(ns.uri),
-        "consolidate": lambda: cmd_consolidate(ns.uri, ns.out),
-        "merge": lambda: cmd_merge(ns),
+    run: dict[str, Callable[[argparse.Namespace], int]] = {
+        "ls": lambda ns: cmd_ls(ns.uri),
+        "inspect": lambda ns: cmd_inspect(ns.uri),
+        "verify": lambda ns: cmd_verify(ns.uri),
+        "consolidate": lambda ns: cmd_consolidate(ns.uri, ns.out),
+        "merge": cmd_merge,
+        "export": cmd_export,
     }
     try:
-        return commands[ns.command]()
+        return run[ns.command](ns)
     except NothingCommitted as exc:
         print(exc, file=sys.stderr)
         return 1
-    except (FormatError, StorageError, ValueError, RegisterError) as exc:
+    except (FormatError, StorageError, ValueError, FileExistsError, RegisterError) as exc:
         print(f"elastra ckpt {ns.command}: {exc}", file=sys.stderr)
         return 1

@@ -95,13 +95,14 @@ def fill_target(leaf: TensorLeaf, manifest: Manifest) -> torch.Tensor:
 
 
 def read_candidate(
-    storage: Storage, local: Storage | None, step: int, leaves: list[TensorLeaf]
-) -> tuple[Manifest, Sources, list[torch.Tensor]]:
+    storage: Storage, local: Storage | None, step: int, leaves: list[TensorLeaf], *,
+    manifest: Manifest | None = None,
+) -> tuple[Manifest, Sources, list[torch.Tensor]]:  # fmt: skip
     """One restore attempt of this rank: the validated manifest of `step`, where its files are read
     from, and each leaf's verified data. Raises what the checkpoint provokes (FormatError and its
     ChecksumError for anything wrong with it); `Checkpointer.load` turns any failure into a verdict
-    all ranks share."""
-    manifest = read_manifest(storage, step)
+    all ranks share. `manifest`: the step's, when the caller already read it."""
+    manifest = manifest if manifest is not None else read_manifest(storage, step)
     sources = Sources(manifest, storage, local)
     restored = [fill_target(x, manifest) for x in leaves]
     tasks = [

@@ -57,6 +57,9 @@ class SessionConfig:
     local_keep: int | None = None
     """Checkpoints kept in the node-local tier (`ELASTRA_LOCAL_KEEP`, the job's `local.keep`); `keep`
     when unset."""
+    pretrained_uri: str | None = None
+    """Hugging Face model location a fresh job starts from (`ELASTRA_PRETRAINED_URI`, from the job's
+    `restoreFrom`); used only when there is no checkpoint to restore."""
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
@@ -142,6 +145,7 @@ def from_env(env: Mapping[str, str], **overrides: object) -> SessionConfig:
         ),
         "launched_at": _float(env, "ELASTRA_LAUNCHED_AT"),
         "local_keep": contract.local_keep,
+        "pretrained_uri": contract.pretrained_uri,
     }
     unknown = set(overrides) - set(values)
     if unknown:

@@ -36,7 +36,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
@@ -56,6 +56,7 @@ from elastra.control import (
 )
 from elastra.session.config import SessionConfig, from_env, save_due
 from elastra.session.fences import Fences, Stall
+from elastra.session.starting import announce, has_checkpoint, init_fresh_optimizers, load_pretrained_into
 
 log = logging.getLogger("elastra.session")
 
@@ -196,7 +197,15 @@ class Session:
         sys.excepthook = excepthook
 
     # ------------------------------------------------------------------ restore
-    def restore(self, state: Mapping[str, Any]) -> int:
+    def restore(
+        self,
+        state: Mapping[str, Any],
+        *,
+        pretrained: str | None = None,
+        prefix: str | None = None,
+        key_map: Callable[[str], str | None] | None = None,
+        allow_missing: bool | Collection[str] = False,
+    ) -> int:
         """Load the checkpoint this generation restores into `state`; the next step to run.
 
         Under an agent, the step is the one the operator chose (`ELASTRA_RESTORE_STEP`), read from
@@ -206,24 +215,38 @@ class Session:
         which step was restored and why the newer ones were skipped. Run by hand, the newest
         committed checkpoint under the URI, if any. The world size may differ from the one that
         saved: every rank loads its own slice.
+
+        With no checkpoint to restore, a job with pretrained weights (`pretrained`, else
+        `ELASTRA_PRETRAINED_URI` from `restoreFrom`: a Hugging Face model location) starts from them:
+        the weights under `prefix` (found when None; `key_map` renames) are filled, each rank reading
+        its own slices, and the optimizer and the step start fresh (0). An optimizer handed here as is
+        with no state yet gets its state created before a checkpoint restore fills it.
+        `allow_missing`: state tensors the source may lack (True: any). Each restore prints one line:
+        the step, the tier, the seconds, and what was skipped.
         """
+        pretrained = pretrained or self.config.pretrained_uri
         step = self.config.restore_step
-        if self.checkpointer is None or (step is None and self.config.under_agent):
-            return 0
+        fresh_job = step is None and (
+            self.config.under_agent or not has_checkpoint(self.checkpointer, self.config.restore_uri)
+        )
+        if self.checkpointer is None or fresh_job:
+            return self._start_from_pretrained(state, pretrained, prefix, key_map, allow_missing)
         started = time.monotonic()
         if self._timeline:
             self._timeline["restoring"] = time.time()
+        init_fresh_optimizers(state)
         flat = _materialize(state)
         under_agent = self.config.under_agent
         try:
             # step None: the newest committed one
             loaded = self.checkpointer.load(
-                flat, step=step, source=self.config.restore_uri, fallback=under_agent
-            )
+                flat, step=step, source=self.config.restore_uri, fallback=under_agent,
+                allow_missing=allow_missing,
+            )  # fmt: skip
         finally:
             self._publish_restore()
         if loaded is None:
-            return 0
+            return self._start_from_pretrained(state, pretrained, prefix, key_map, allow_missing)
         for key, value in state.items():
             if isinstance(value, Stateful):
                 value.load_state_dict(flat[key])
@@ -233,8 +256,31 @@ class Session:
         tier = max(by_tier, key=lambda t: by_tier[t]) if any(by_tier.values()) else "durable"
         self._last_saved_step = int(loaded)
         self._publish(step=self._last_saved_step, restore_seconds=seconds, restore_tier=str(tier), force=True)
-        log.info("rank %d restored step %s in %.2fs", self.rank, self._last_saved_step, seconds)
+        report = self.checkpointer.last_report
+        announce(self.rank, report.summary() if report is not None else f"restored step {loaded}")
         return self._last_saved_step
+
+    def _start_from_pretrained(
+        self, state: Mapping[str, Any], uri: str | None, prefix: str | None,
+        key_map: Callable[[str], str | None] | None, allow_missing: bool | Collection[str],
+    ) -> int:  # fmt: skip
+        """A fresh start: from the pretrained weights at `uri` when there are some; step 0 either way."""
+        if uri is None:
+            announce(self.rank, "starting fresh at step 0: no checkpoint to restore, no pretrained weights")
+            return 0
+        started = time.monotonic()
+        if self._timeline:
+            self._timeline["restoring"] = time.time()
+        flat = _materialize(state)
+        report = load_pretrained_into(flat, uri, prefix=prefix, key_map=key_map, allow_missing=allow_missing)
+        for key, value in state.items():
+            if isinstance(value, Stateful):
+                value.load_state_dict(flat[key])
+        self._timeline["restored"] = time.time()
+        seconds = time.monotonic() - started
+        self._publish(restore_seconds=seconds, restore_tier="pretrained", force=True)
+        announce(self.rank, report.summary())
+        return 0
 
     def _publish_restore(self) -> None:
         """Tell the agent which step the restore actually loaded and which newer ones it skipped."""

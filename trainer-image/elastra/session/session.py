@@ -166,6 +166,14 @@ class Session:
                 config.checkpoint_uri, local_dir=config.local_dir, keep=config.keep
             )
             self._fences = Fences(self.checkpointer.fence, self.rank)
+        self.restore_tier: str | None = None
+        """Tier the newest `restore()` read from (`memory`, `local`, `durable`), None before one."""
+        self.memory: Any = None
+        """The in-memory snapshot tier (`elastra.checkpoint.memory`), when the pod has one."""
+        if os.environ.get("ELASTRA_MEMORY_DIR"):
+            from elastra.checkpoint.memory import from_env as memory_from_env
+
+            self.memory = memory_from_env()
 
     # ------------------------------------------------------------------ setup
     def _init_process_group(self) -> None:
@@ -203,13 +211,21 @@ class Session:
         may differ from the one that saved: every rank loads its own slice.
         """
         step = self.config.restore_step
-        if self.checkpointer is None or (step is None and self.config.under_agent):
-            return 0
         started = time.monotonic()
-        if self._timeline:
-            self._timeline["restoring"] = time.time()
+        tier: str | None = None
         flat = _materialize(state)
-        loaded = self.checkpointer.load(flat, step=step)  # step None: the newest committed one
+        loaded: int | None = None
+        if self.memory is not None:  # the memory tier first, when it is at least as new as the disk's
+            if self._timeline:
+                self._timeline["restoring"] = time.time()
+            loaded = self.memory.restore(flat, not_before=step or 0)
+            tier = "memory" if loaded is not None else None
+        if loaded is None:
+            if self.checkpointer is None or (step is None and self.config.under_agent):
+                return 0
+            if self._timeline:
+                self._timeline["restoring"] = time.time()
+            loaded = self.checkpointer.load(flat, step=step)  # step None: the newest committed one
         if loaded is None:
             return 0
         for key, value in state.items():
@@ -217,8 +233,10 @@ class Session:
                 value.load_state_dict(flat[key])
         seconds = time.monotonic() - started
         self._timeline["restored"] = time.time()
-        by_tier = self.checkpointer.stats.restore_bytes_by_tier
-        tier = max(by_tier, key=lambda t: by_tier[t]) if any(by_tier.values()) else "durable"
+        if tier is None:
+            by_tier = self.checkpointer.stats.restore_bytes_by_tier
+            tier = max(by_tier, key=lambda t: by_tier[t]) if any(by_tier.values()) else "durable"
+        self.restore_tier = tier
         self._last_saved_step = int(loaded)
         self._publish(step=self._last_saved_step, restore_seconds=seconds, restore_tier=str(tier), force=True)
         log.info("rank %d restored step %s in %.2fs", self.rank, self._last_saved_step, seconds)
@@ -288,7 +306,8 @@ class Session:
             saved = True
         if requested:
             self._agreed_request_time = request_time
-        self._publish(step=completed, loss=loss, force=saved)
+        memory = self._memory_snapshot(completed, state)
+        self._publish(step=completed, loss=loss, force=saved, **memory)
         self._last_step_time = time.monotonic()  # do not count the save in the next step time
         if stop:
             asked_here = self._stop_asked_here()
@@ -301,6 +320,17 @@ class Session:
             self.finish()
             sys.exit(0 if asked_here else EXIT_PEER_STOPPED)
         return saved
+
+    def _memory_snapshot(self, completed: int, state: Mapping[str, Any]) -> dict[str, Any]:
+        """A memory snapshot when due (every rank agrees: the same step count); its figures so far."""
+        if self.memory is None:
+            return {}
+        if completed % self.memory.config.every_steps == 0:
+            self.memory.save(completed, _materialize(state), staging="eager")
+        return {
+            "memory_snapshot_bytes": self.memory.snapshot_bytes,
+            "memory_snapshot_seconds": self.memory.snapshot_seconds,
+        }
 
     def _log_start(self) -> None:
         """Once, after the first step: where this worker's start went (docs/benchmarks.md, Recovery)."""
@@ -462,6 +492,8 @@ class Session:
             self._save(step + 1, state, ack_request=None, wait=True)
         if self._fences is not None:
             self._fences.remove()
+        if self.memory is not None:
+            self.memory.close()
         if self.checkpointer is not None:
             try:
                 self.checkpointer.wait()

@@ -20,6 +20,11 @@ GPU = "nvidia.com/gpu"
 MASTER_PORT = 29500
 """The lowest rendezvous port; generation `g` of a job uses `generations.rendezvous_port(uid, g)`."""
 LOCAL_VOLUME = "elastra-local"
+MEMORY_VOLUME = "elastra-memory"
+MEMORY_PATH = "/elastra-memory"
+"""Mount path of the memory tier's volume (`emptyDir: {medium: Memory}`) in every container."""
+MEMORY_PORT = 9401
+"""Port of each pod's snapshot server (on its pod IP): the memory tier's peer transfers."""
 
 
 def pod_name(job: str, index: int) -> str:
@@ -110,6 +115,16 @@ def _env(job: JobView, name: str) -> list[dict[str, Any]]:
         env.append({"name": "ELASTRA_CHECKPOINT_EVERY_SECONDS", "value": str(ck.every_seconds)})
     if ck.local is not None:
         env.append({"name": "ELASTRA_LOCAL_DIR", "value": ck.local.path})
+    if ck.memory is not None:
+        env += [
+            {"name": "ELASTRA_MEMORY_DIR", "value": MEMORY_PATH},
+            {"name": "ELASTRA_MEMORY_PORT", "value": str(MEMORY_PORT)},
+            {"name": "ELASTRA_MEMORY_EVERY_STEPS", "value": str(ck.memory.every_steps)},
+            {"name": "ELASTRA_MEMORY_PARITY", "value": str(ck.memory.parity)},
+            {"name": "ELASTRA_MEMORY_GROUP_SIZE", "value": str(ck.memory.group_size)},
+        ]
+        if ck.memory.max_bytes_per_pod is not None:
+            env.append({"name": "ELASTRA_MEMORY_MAX_BYTES", "value": str(ck.memory.max_bytes_per_pod)})
     if ck.s3 is not None:
         env.append({"name": "AWS_REGION", "value": ck.s3.region})
         if ck.s3.endpoint:
@@ -152,10 +167,19 @@ def worker_pod(job: JobView, index: int) -> dict[str, Any]:
     if local is not None:
         volumes = pod_spec.setdefault("volumes", [])
         volumes.append({"name": LOCAL_VOLUME, "hostPath": {"path": local.path, "type": "DirectoryOrCreate"}})
+    memory = spec.checkpoint.memory
+    if memory is not None:  # tmpfs, counted against the pod's memory; the cap is its size limit
+        empty_dir: dict[str, Any] = {"medium": "Memory"}
+        if memory.max_bytes_per_pod is not None:
+            empty_dir["sizeLimit"] = str(memory.max_bytes_per_pod)
+        pod_spec.setdefault("volumes", []).append({"name": MEMORY_VOLUME, "emptyDir": empty_dir})
     for container in pod_spec.get("containers", []):
         container["env"] = [*container.get("env", []), *env]
         if local is not None:
             mount = {"name": LOCAL_VOLUME, "mountPath": local.path}
+            container["volumeMounts"] = [*container.get("volumeMounts", []), mount]
+        if memory is not None:
+            mount = {"name": MEMORY_VOLUME, "mountPath": MEMORY_PATH}
             container["volumeMounts"] = [*container.get("volumeMounts", []), mount]
     return {
         "apiVersion": "v1",

@@ -104,6 +104,10 @@ def worker_env(
     if membership.restore is not None:
         env["ELASTRA_RESTORE_STEP"] = str(membership.restore.step)
         env["ELASTRA_RESTORE_URI"] = membership.restore.uri
+    if base.get("ELASTRA_MEMORY_DIR"):  # the memory tier: every member's snapshot server
+        port = base.get("ELASTRA_MEMORY_PORT", "9401")
+        env["ELASTRA_MEMORY_PEERS"] = ",".join(f"{m.pod}={m.pod_ip}:{port}" for m in membership.members)
+        env["ELASTRA_MEMORY_ADDR"] = f"{member.pod_ip}:{port}"
     return env
 
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Self
 from pydantic import ConfigDict, Field, model_validator
 
 from elastra.api.base import SpecModel, StatusModel
+from elastra.api.memory import MemoryTier
 
 KIND = "TrainingJob"
 PLURAL = "trainingjobs"
@@ -107,6 +108,9 @@ class CheckpointPolicy(SpecModel):
     """Durable shared-filesystem tier (exactly one of `s3` and `directory`)."""
     restore_from: Annotated[str, Field(min_length=1)] | None = None
     """A Checkpoint object (same namespace, possibly another job's) to start from: fork or fine-tune."""
+    memory: MemoryTier | None = None
+    """Optional in-memory snapshots with erasure coding across nodes (REFT): restore after a worker or
+    node loss from the pods' memory, at most `memory.everySteps` steps back."""
 
     @model_validator(mode="after")
     def _interval_and_tier(self) -> Self:

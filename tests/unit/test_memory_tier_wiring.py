@@ -107,3 +107,27 @@ def test_no_event_without_memory_tier() -> None:
 def test_memory_spec_refuses(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         MemoryTier.model_validate(bad)
+
+
+@pytest.mark.parametrize(
+    ("restores", "tier", "lost"),
+    [
+        pytest.param({2: ("memory", 99)}, "memory", 1, id="memory-step-newer-than-checkpoint"),
+        pytest.param({2: ("durable", 80)}, "durable", 20, id="fell-back-to-s3"),
+        pytest.param({2: ("local", 80)}, "local", 20, id="local-tier"),
+        pytest.param({}, None, 20, id="not-reported"),
+    ],
+)
+def test_demo_summary_carries_the_restore_tier(
+    restores: dict[int, tuple[str, int]], tier: str | None, lost: int
+) -> None:
+    from elastra.demo.report import Event, Generation, Observed, Sample, summarize
+
+    observed = Observed(
+        samples=[Sample(1.0, "Running", 1, 4, 100, 1.0), Sample(3.0, "Running", 2, 3, 101, 1.0)],
+        events=[Event(t=1.5, kind="kill", node="node-3", step=100)],
+        generations={1: Generation(1, 0.0, 4, None), 2: Generation(2, 2.0, 3, 80)},
+        restores=restores,
+    )
+    (rescale,) = summarize(observed, phase="Succeeded")["rescales"]
+    assert rescale["restore_tier"] == tier and rescale["steps_lost"] == lost

@@ -83,6 +83,8 @@ class WorkerStatus(_File):
     """Steps this process completed (for the step-time histogram)."""
     restore_seconds: float | None = None
     restore_tier: str | None = None
+    restore_step: int | None = None
+    """The step this worker restored (the memory tier may restore a newer one than the operator's)."""
     saves: tuple[SaveRecord, ...] = ()
     """The newest saves (bounded), oldest first."""
     bytes_by_tier: dict[str, int] = {}

@@ -97,6 +97,8 @@ class Agent:
         self.ack: str | None = None
         self.restore: tuple[float, str] | None = None
         """(seconds, tier) of this generation's slowest local restore, once a worker reported one."""
+        self.restore_step: int | None = None
+        """The step this generation's workers restored (the oldest, were they to differ)."""
         self._terminate = threading.Event()
         self._readers: dict[int, FileReader[WorkerStatus]] = {}
         self._control: ControlMessage | None = None
@@ -204,6 +206,7 @@ class Agent:
         self.generation = generation
         self.exit_code = self.reason = self.step = self.ack = None
         self.restore = None
+        self.restore_step = None
         self._succeeded_at = None
         self._sync_control()
         launched = {"ELASTRA_LAUNCHED_AT": f"{time.time():.3f}"}  # the session logs its start from here
@@ -282,6 +285,9 @@ class Agent:
             seconds = s.restore_seconds
             if seconds is not None and (self.restore is None or seconds > self.restore[0]):
                 self.restore = (seconds, s.restore_tier or "unknown")
+            if s.restore_step is not None:
+                old = self.restore_step
+                self.restore_step = s.restore_step if old is None else min(old, s.restore_step)
         if (
             self.state is AgentState.RESTORING
             and len(statuses) == len(self._readers)
@@ -319,6 +325,7 @@ class Agent:
             ack_request=self.ack,
             restore_seconds=self.restore[0] if self.restore else None,
             restore_tier=self.restore[1] if self.restore else None,
+            restore_step=self.restore_step,
             time=dt.datetime.now(dt.UTC),
         )
         self.link.report({AGENT_ANNOTATION: report.to_json()})

@@ -165,7 +165,9 @@ class AgentReport(_Wire):
     restore_seconds: Annotated[float, Field(ge=0)] | None = None
     """How long this generation's restore took on this pod (set from `Running` on, when it restored)."""
     restore_tier: str | None = None
-    """Tier the restore read from (`local`, `s3`, `directory`)."""
+    """Tier the restore read from (`memory`, `local`, `durable`)."""
+    restore_step: Annotated[int, Field(ge=0)] | None = None
+    """Step the restore loaded: the restore point's, or a newer one from the memory tier."""
     time: dt.datetime
     """When the agent wrote this."""
 

@@ -238,7 +238,13 @@ class Session:
             tier = max(by_tier, key=lambda t: by_tier[t]) if any(by_tier.values()) else "durable"
         self.restore_tier = tier
         self._last_saved_step = int(loaded)
-        self._publish(step=self._last_saved_step, restore_seconds=seconds, restore_tier=str(tier), force=True)
+        self._publish(
+            step=self._last_saved_step,
+            restore_seconds=seconds,
+            restore_tier=str(tier),
+            restore_step=self._last_saved_step,
+            force=True,
+        )
         log.info("rank %d restored step %s in %.2fs", self.rank, self._last_saved_step, seconds)
         return self._last_saved_step
 

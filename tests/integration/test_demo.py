@@ -73,9 +73,11 @@ def test_summary_from_observations() -> None:
     assert (summary["final_step"], summary["final_loss"]) == (60, 2.4)
     assert summary["world_sizes"] == [[5.0, 4], [13.0, 3], [33.0, 4]]
     assert summary["rescales"] == [
-        {"from": 4, "to": 3, "reason": "NodeLost", "generation": 2, "recovery_s": 6.0, "steps_lost": 7},
-        {"from": 3, "to": 4, "reason": "ScaleUp", "generation": 3, "recovery_s": 8.0, "steps_lost": 2},
-    ]
+        {"from": 4, "to": 3, "reason": "NodeLost", "generation": 2, "recovery_s": 6.0, "steps_lost": 7,
+         "restore_tier": None},
+        {"from": 3, "to": 4, "reason": "ScaleUp", "generation": 3, "recovery_s": 8.0, "steps_lost": 2,
+         "restore_tier": None},
+    ]  # fmt: skip
     assert summary["checkpoints"] == {"count": 2, "median_stall_s": 0.03, "bytes": 120}
 
 

@@ -222,6 +222,7 @@ class Session:
             tier = "memory" if loaded is not None else None
         if loaded is None:
             if self.checkpointer is None or (step is None and self.config.under_agent):
+                self._timeline.pop("restoring", None)  # nothing was restored
                 return 0
             if self._timeline:
                 self._timeline["restoring"] = time.time()

@@ -53,7 +53,7 @@ def decode(shares: Mapping[int, Buffer], k: int, parity: int, want: int) -> byte
     if not 0 <= want < k:
         raise ErasureError(f"want must be a data share in [0, {k}), got {want}")
     if want in shares:
-        return bytes(shares[want])
+        return bytes(shares[want])  # a copy: the caller may reuse its buffers
     usable = {n: b for n, b in shares.items() if 0 <= n < k + parity}
     if len(usable) < k:
         raise ErasureError(f"need {k} shares to rebuild share {want}, have {sorted(usable)}")

@@ -17,6 +17,7 @@ the manifest's checksums, rebuilt ones included.
 from __future__ import annotations
 
 import builtins
+import concurrent.futures
 import json
 import logging
 import threading
@@ -29,6 +30,9 @@ from elastra.storage.erasure import ErasureError, decode
 from elastra.storage.memory import MANIFEST, MemoryStore, PeerClient
 
 log = logging.getLogger(__name__)
+
+REBUILD_PIECE = 32 << 20
+"""A lost pod's bytes are rebuilt this many at a time (k shares of it in memory at once)."""
 
 
 def parity_file(group: int, index: int) -> str:
@@ -212,7 +216,7 @@ class PodMemoryStorage:
                 return
             except StorageError as exc:  # the peer died since the generation began: rebuild instead
                 log.warning("memory tier: %s; rebuilding from parity", exc)
-        data = self.rebuild(step, pod, offset + start, total)
+        data = memoryview(self.rebuild(step, pod, offset + start, total))
         pos = 0
         for view in views:
             view[:] = data[pos : pos + view.nbytes]
@@ -226,7 +230,7 @@ class PodMemoryStorage:
 
     def _share_range(
         self, step: int, layout: Layout, group: Group, share: int, span: tuple[int, int]
-    ) -> bytes:
+    ) -> bytearray:
         """Bytes `[start, start+n)` of one share of `group` (a data block, zero-padded, or a parity block)."""
         start, n = span
         holder = group.members[share] if share < group.k else group.holders[share - group.k]
@@ -234,7 +238,7 @@ class PodMemoryStorage:
         if share >= group.k:
             key = join_key(f"step-{step}", parity_file(group.index, share - group.k))
             self._read_from(holder, key, start, memoryview(out))
-            return bytes(out)
+            return out
         offset = 0
         for name, size in layout.blocks[holder]:
             lo, hi = max(start, offset), min(start + n, offset + size)
@@ -242,7 +246,7 @@ class PodMemoryStorage:
                 key = join_key(f"step-{step}", name)
                 self._read_from(holder, key, lo - offset, memoryview(out)[lo - start : hi - start])
             offset += size
-        return bytes(out)  # past the block's end: the zero padding
+        return out  # past the block's end: the zero padding
 
     def _read_from(self, pod: str, key: str, start: int, out: memoryview) -> None:
         if pod == self.pod:
@@ -250,8 +254,9 @@ class PodMemoryStorage:
         else:
             self.peers[pod].read_into(key, start, out)
 
-    def rebuild(self, step: int, lost: str, start: int, n: int) -> bytes:
-        """Bytes `[start, start+n)` of lost pod `lost`'s data block, decoded from its group's live shares."""
+    def rebuild(self, step: int, lost: str, start: int, n: int) -> bytearray:
+        """Bytes `[start, start+n)` of lost pod `lost`'s data block, decoded from its group's live shares:
+        in pieces of `REBUILD_PIECE` bytes (bounded memory), each piece's `k` shares read in parallel."""
         layout = self.layout(step)
         group = layout.group_of(lost)
         want = group.members.index(lost)
@@ -259,21 +264,30 @@ class PodMemoryStorage:
         candidates = [
             s for s, pod in enumerate((*group.members, *group.holders)) if pod in alive and pod != lost
         ]
-        shares: dict[int, bytes] = {}
-        for share in candidates:
-            if len(shares) == group.k:
-                break
-            try:
-                shares[share] = self._share_range(step, layout, group, share, (start, n))
-            except StorageError as exc:
-                log.warning("memory tier: share %d of group %d unusable: %s", share, group.index, exc)
-        try:
-            return decode(shares, group.k, layout.parity, want)
-        except ErasureError as exc:
-            raise StorageError(
-                f"step {step}: pod {lost}'s data is lost: group {group.index} has {len(shares)} of the "
-                f"{group.k} shares needed ({exc})"
-            ) from exc
+        out = bytearray(n)
+        with concurrent.futures.ThreadPoolExecutor(max(1, group.k)) as pool:
+            for lo in range(0, n, REBUILD_PIECE):
+                span = (start + lo, min(REBUILD_PIECE, n - lo))
+                shares: dict[int, bytearray] = {}
+                pending = list(candidates)
+                while len(shares) < group.k and pending:
+                    batch, pending = pending[: group.k - len(shares)], pending[group.k - len(shares) :]
+                    futures = {s: pool.submit(self._share_range, step, layout, group, s, span) for s in batch}
+                    for share, future in futures.items():
+                        try:
+                            shares[share] = future.result()
+                        except StorageError as exc:
+                            log.warning(
+                                "memory tier: share %d of group %d unusable: %s", share, group.index, exc
+                            )
+                try:
+                    out[lo : lo + span[1]] = decode(shares, group.k, layout.parity, want)
+                except ErasureError as exc:
+                    raise StorageError(
+                        f"step {step}: pod {lost}'s data is lost: group {group.index} has {len(shares)} of "
+                        f"the {group.k} shares needed ({exc})"
+                    ) from exc
+        return out
 
     def _count(self, source: str, n: int) -> None:
         with self._lock:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +117,16 @@ class MemorySnapshotter(Checkpointer):
         self._started = {s: t for s, t in self._started.items() if s > step - 64}
         self._started[step] = time.perf_counter()
         return super().save(step, state, staging=staging)
+
+    def step(self, completed: int, state: Callable[[], object]) -> dict[str, Any]:
+        """After `completed` steps: a snapshot of `state()` when due (every `every_steps`; all ranks
+        agree by the step count); this rank's figures for its status."""
+        if completed % self.config.every_steps == 0:
+            self.save(completed, state(), staging="eager")
+        return {
+            "memory_snapshot_bytes": self.snapshot_bytes,
+            "memory_snapshot_seconds": self.snapshot_seconds,
+        }
 
     def _retention(self, drop_newer_uncommitted: bool) -> None:
         """Per pod, after each commit (`_after_commit`), not per tier on rank 0."""

@@ -239,13 +239,8 @@ class Session:
             tier = max(by_tier, key=lambda t: by_tier[t]) if any(by_tier.values()) else "durable"
         self.restore_tier = tier
         self._last_saved_step = int(loaded)
-        self._publish(
-            step=self._last_saved_step,
-            restore_seconds=seconds,
-            restore_tier=str(tier),
-            restore_step=self._last_saved_step,
-            force=True,
-        )
+        restored = {"restore_seconds": seconds, "restore_tier": tier, "restore_step": self._last_saved_step}
+        self._publish(step=self._last_saved_step, force=True, **restored)
         log.info("rank %d restored step %s in %.2fs", self.rank, self._last_saved_step, seconds)
         return self._last_saved_step
 
@@ -313,7 +308,7 @@ class Session:
             saved = True
         if requested:
             self._agreed_request_time = request_time
-        memory = self._memory_snapshot(completed, state)
+        memory = self.memory.step(completed, lambda: _materialize(state)) if self.memory else {}
         self._publish(step=completed, loss=loss, force=saved, **memory)
         self._last_step_time = time.monotonic()  # do not count the save in the next step time
         if stop:
@@ -327,17 +322,6 @@ class Session:
             self.finish()
             sys.exit(0 if asked_here else EXIT_PEER_STOPPED)
         return saved
-
-    def _memory_snapshot(self, completed: int, state: Mapping[str, Any]) -> dict[str, Any]:
-        """A memory snapshot when due (every rank agrees: the same step count); its figures so far."""
-        if self.memory is None:
-            return {}
-        if completed % self.memory.config.every_steps == 0:
-            self.memory.save(completed, _materialize(state), staging="eager")
-        return {
-            "memory_snapshot_bytes": self.memory.snapshot_bytes,
-            "memory_snapshot_seconds": self.memory.snapshot_seconds,
-        }
 
     def _log_start(self) -> None:
         """Once, after the first step: where this worker's start went (docs/benchmarks.md, Recovery)."""

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _checkpoint_worker import (  # noqa: E402
+from _checkpoint_worker import (
     Compute,
     TensorSpec,
     as_dtensor,
@@ -32,15 +32,16 @@ from _checkpoint_worker import (  # noqa: E402
     make_saver,
     state_layout,
 )
-
-from elastra.checkpoint import Checkpointer  # noqa: E402
-from elastra.checkpoint.memory import MemoryConfig, MemorySnapshotter  # noqa: E402
+from elastra.checkpoint import Checkpointer
+from elastra.checkpoint.memory import MemoryConfig, MemorySnapshotter
 
 
 def layout(state_bytes: int) -> list[TensorSpec]:
     """The checkpoint benchmark's state at `state_bytes` per rank on 4 ranks, rows divisible by 12
     (so both 4 and 3 ranks hold equal row blocks)."""
-    return [dataclasses.replace(s, global_rows=s.global_rows // 12 * 12) for s in state_layout(state_bytes, 4)]
+    return [
+        dataclasses.replace(s, global_rows=s.global_rows // 12 * 12) for s in state_layout(state_bytes, 4)
+    ]
 
 
 def build(specs: list[TensorSpec], mesh: Any, rank: int, world: int, *, empty: bool) -> dict[str, Any]:
@@ -107,9 +108,7 @@ def phase_save(args: argparse.Namespace, mesh: Any) -> dict[str, Any]:
             dist.barrier()
         return stalls, overheads
 
-    snap_stall, snap_overhead = loop(
-        lambda step: snap.save(step, state), lambda h: h.wait(), args.rounds, 1
-    )
+    snap_stall, snap_overhead = loop(lambda step: snap.save(step, state), lambda h: h.wait(), args.rounds, 1)
     snapshot_seconds, encode_seconds = snap.snapshot_seconds, snap.encode_seconds
     saver = make_saver("dcp_async_save", pathlib.Path(args.disk) / "dcp", args.rank)
 

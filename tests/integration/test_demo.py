@@ -81,6 +81,7 @@ def test_summary_from_observations() -> None:
             "detected_s": 2.0,
             "recovery_s": 6.0,
             "steps_lost": 7,
+            "restore_tier": None,
         },
         {
             "from": 3,
@@ -90,6 +91,7 @@ def test_summary_from_observations() -> None:
             "detected_s": 5.0,
             "recovery_s": 8.0,
             "steps_lost": 2,
+            "restore_tier": None,
         },
     ]
     assert summary["checkpoints"] == {"count": 2, "median_stall_s": 0.03, "bytes": 120}

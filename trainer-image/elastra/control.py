@@ -103,6 +103,10 @@ class WorkerStatus(_File):
     """Step of the emergency checkpoint taken on stop, once staged."""
     failure: str | None = None
     """Why the worker is about to exit non-zero (a collective failed, …)."""
+    memory_snapshot_bytes: int | None = None
+    """Bytes of the pod's memory store after this rank's newest memory snapshot (data + parity)."""
+    memory_snapshot_seconds: float | None = None
+    """Time of this rank's newest committed memory snapshot, from `step()` to its in-memory commit."""
 
 
 def write_atomic(path: str | os.PathLike[str], model: BaseModel) -> None:

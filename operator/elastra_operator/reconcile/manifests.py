@@ -11,7 +11,7 @@ from elastra.api import API_VERSION
 from elastra.api import checkpoint as ckpt_api
 from elastra.api import trainingjob as tj_api
 from elastra.api.membership import JOB_LABEL, ROLE_LABEL, CommitReport, membership_configmap_name
-from elastra.api.pod import PodContract
+from elastra.api.pod import MEMORY_PATH, PodContract
 
 from .facts import HEARTBEAT_FRACTION, silence_timeout
 from .views import JobView, NodeView
@@ -22,6 +22,7 @@ GPU = "nvidia.com/gpu"
 MASTER_PORT = 29500
 """The lowest rendezvous port; generation `g` of a job uses `generations.rendezvous_port(uid, g)`."""
 LOCAL_VOLUME = "elastra-local"
+MEMORY_VOLUME = "elastra-memory"
 
 
 def pod_name(job: str, index: int) -> str:
@@ -148,10 +149,19 @@ def worker_pod(job: JobView, index: int) -> dict[str, Any]:
         volumes = pod_spec.setdefault("volumes", [])
         host = {"path": local_host_path(job), "type": "DirectoryOrCreate"}
         volumes.append({"name": LOCAL_VOLUME, "hostPath": host})
+    memory = spec.checkpoint.memory
+    if memory is not None:  # tmpfs, counted against the pod's memory; the cap is its size limit
+        empty_dir: dict[str, Any] = {"medium": "Memory"}
+        if memory.max_bytes_per_pod is not None:
+            empty_dir["sizeLimit"] = str(memory.max_bytes_per_pod)
+        pod_spec.setdefault("volumes", []).append({"name": MEMORY_VOLUME, "emptyDir": empty_dir})
     for container in pod_spec.get("containers", []):
         container["env"] = [*container.get("env", []), *env]
         if local is not None:
             mount = {"name": LOCAL_VOLUME, "mountPath": local.path}
+            container["volumeMounts"] = [*container.get("volumeMounts", []), mount]
+        if memory is not None:
+            mount = {"name": MEMORY_VOLUME, "mountPath": MEMORY_PATH}
             container["volumeMounts"] = [*container.get("volumeMounts", []), mount]
     return {
         "apiVersion": "v1",

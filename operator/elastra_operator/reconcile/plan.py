@@ -32,6 +32,7 @@ from .actions import (
 from .checks import spec_problems
 from .facts import Facts, Failure
 from .generations import next_membership, restore_point
+from .memory import memory_loss_event
 from .outcomes import after_finish, invalid
 from .reasons import Metric, Reason
 from .status import build_status, changed, set_condition, status_body
@@ -455,6 +456,12 @@ class _Pass:
         )
         self.observations.append(Observe(metric=Metric.RESCALES, labels={"reason": reason}))
         source = f", restoring {restore.checkpoint}" if restore is not None else ""
+        lost = memory_loss_event(
+            self.spec.checkpoint.memory, self.m, {p.name for p in pods},
+            restore.checkpoint if restore is not None else None,
+        )  # fmt: skip
+        if lost is not None and phase is MembershipPhase.RUN:
+            self.events.append(lost)
         self.events.append(
             Event(
                 reason=Reason.RESCALED if phase is MembershipPhase.RUN else "Held",

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from elastra.agent.config import AgentConfig, agent_config_from_env
 from elastra.agent.decide import Kind, Local, control_message, decide, worker_env
 from elastra.agent.metrics import TrainerMetrics
+from elastra.agent.snapshots import start_memory_server, stop_memory_server
 from elastra.agent.workers import WorkerGroup, clear_status_files
 from elastra.agent.zygote import Zygote, zygote_target
 from elastra.api.membership import (
@@ -96,9 +97,9 @@ class Agent:
         self.step: int | None = None
         self.ack: str | None = None
         self.restore: tuple[float, str] | None = None
+        """(seconds, tier) of this generation's slowest local restore, once a worker reported one."""
         self.restored: tuple[int | None, tuple[RestoreSkip, ...]] | None = None
         """The step this generation's workers restored and the checkpoints they skipped."""
-        """(seconds, tier) of this generation's slowest local restore, once a worker reported one."""
         self._terminate = threading.Event()
         self._readers: dict[int, FileReader[WorkerStatus]] = {}
         self._control: ControlMessage | None = None
@@ -107,6 +108,8 @@ class Agent:
         self._commit_step: int | None = None
         self._succeeded_at: float | None = None
         self.zygote: Zygote | None = None
+        self.memory_server: Any = None
+        """The memory tier's snapshot server process, when the pod has a memory tier."""
         pathlib.Path(cfg.control_dir).mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ loop
@@ -116,6 +119,7 @@ class Agent:
         if self.cfg.metrics_port:
             self.metrics.serve(self.cfg.pod_ip, self.cfg.metrics_port)
         self.link.start()
+        self.memory_server = start_memory_server(os.environ, self.cfg.pod_ip)
         self._start_zygote()
         self._report(force=True)
         try:
@@ -149,6 +153,8 @@ class Agent:
                 self.workers.stop(signal.SIGKILL, 1.0)
             if self.zygote is not None:
                 self.zygote.close()
+            if self.memory_server is not None:
+                stop_memory_server(self.memory_server)
             self.link.stop()
 
     def _start_zygote(self) -> None:

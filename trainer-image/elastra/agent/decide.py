@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from elastra.api.membership import Member, Membership, MembershipPhase
+from elastra.api.pod import PodContract
 from elastra.control import ControlMessage
 
 WORKER_ENV_OWNED = (
@@ -104,6 +105,11 @@ def worker_env(
     if membership.restore is not None:
         env["ELASTRA_RESTORE_STEP"] = str(membership.restore.step)
         env["ELASTRA_RESTORE_URI"] = membership.restore.uri
+    contract = PodContract.from_env(base)
+    if contract.memory_dir:  # the memory tier: every member's snapshot server
+        port = contract.memory_port
+        env["ELASTRA_MEMORY_PEERS"] = ",".join(f"{m.pod}={m.pod_ip}:{port}" for m in membership.members)
+        env["ELASTRA_MEMORY_ADDR"] = f"{member.pod_ip}:{port}"
     return env
 
 

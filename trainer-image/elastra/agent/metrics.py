@@ -75,6 +75,18 @@ class TrainerMetrics:
             registry=r,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )
+        self.memory_bytes = Gauge(
+            "elastra_memory_snapshot_bytes",
+            "bytes the pod's memory tier holds after its newest snapshot (data + parity)",
+            names,
+            registry=r,
+        ).labels(**labels)
+        self.memory_seconds = Gauge(
+            "elastra_memory_snapshot_seconds",
+            "time of the newest memory snapshot, from step() to its in-memory commit",
+            names,
+            registry=r,
+        ).labels(**labels)
         self._seen: dict[tuple[int, int], _Seen] = {}
 
     def serve(self, addr: str, port: int) -> bool:
@@ -97,6 +109,12 @@ class TrainerMetrics:
         rates = [s.tokens_per_second for s in statuses if s.tokens_per_second is not None]
         if rates:
             self.tokens.set(sum(rates))
+        held = [s.memory_snapshot_bytes for s in statuses if s.memory_snapshot_bytes is not None]
+        if held:
+            self.memory_bytes.set(max(held))  # the pod's one store, as each local rank last saw it
+        took = [s.memory_snapshot_seconds for s in statuses if s.memory_snapshot_seconds is not None]
+        if took:
+            self.memory_seconds.set(max(took))
         for status in statuses:
             self._fold(status)
 

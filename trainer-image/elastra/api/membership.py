@@ -174,10 +174,11 @@ class AgentReport(_Wire):
     restore_seconds: Annotated[float, Field(ge=0)] | None = None
     """How long this generation's restore took on this pod (set from `Running` on, when it restored)."""
     restore_tier: str | None = None
-    """Tier the restore read from (`local`, `s3`, `directory`)."""
+    """Tier the restore read from (`memory`, `local`, `s3`, `directory`)."""
     restored_step: Annotated[int, Field(ge=0)] | None = None
     """Step this generation's restore actually loaded; older than the membership's restore point
-    when that one was unusable and the ranks fell back."""
+    when that one was unusable and the ranks fell back, or newer when the memory tier had a newer
+    snapshot."""
     restore_skipped: Annotated[tuple[RestoreSkip, ...], Field(max_length=64)] = ()
     """Checkpoints the restore skipped as unusable, newest first (the operator marks them
     `Verified=False` and never restores them again)."""

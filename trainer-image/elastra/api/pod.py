@@ -21,6 +21,11 @@ localcluster (no mount namespaces) rewrites to the pod's own folder."""
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 """Keys of an S3 credentials Secret; the pod gets them as env vars of the same names."""
 
+MEMORY_PATH = "/elastra-memory"
+"""Where the memory-tier volume is mounted in worker pods."""
+MEMORY_PORT = 9401
+"""Default port of a pod's snapshot server."""
+
 FIELD_REFS = {"NODE_NAME": "spec.nodeName", "POD_IP": "status.podIP"}
 """Env vars the kubelet fills from the pod itself (downward API) instead of a value."""
 
@@ -60,6 +65,18 @@ class PodContract(BaseModel):
     """Save every this many steps."""
     every_seconds: Annotated[float | None, Field(alias="ELASTRA_CHECKPOINT_EVERY_SECONDS", gt=0)] = None
     """Save when this long passed since the previous save."""
+    memory_dir: Annotated[str | None, Field(alias="ELASTRA_MEMORY_DIR")] = None
+    """Mount path of the pod's memory-tier volume (`emptyDir: {medium: Memory}`); None: no memory tier."""
+    memory_port: Annotated[int, Field(alias="ELASTRA_MEMORY_PORT", ge=1, le=65535)] = MEMORY_PORT
+    """Port of the pod's snapshot server, on the pod IP."""
+    memory_every_steps: Annotated[int, Field(alias="ELASTRA_MEMORY_EVERY_STEPS", ge=1)] = 1
+    """Memory snapshot every this many steps (`memory.everySteps`)."""
+    memory_parity: Annotated[int, Field(alias="ELASTRA_MEMORY_PARITY", ge=0)] = 1
+    """Parity blocks per group (`memory.parity`)."""
+    memory_group_size: Annotated[int, Field(alias="ELASTRA_MEMORY_GROUP_SIZE", ge=1)] = 4
+    """Pods per erasure-coding group (`memory.groupSize`)."""
+    memory_max_bytes: Annotated[int | None, Field(alias="ELASTRA_MEMORY_MAX_BYTES", ge=1)] = None
+    """Cap on the pod's snapshot memory (`memory.maxBytesPerPod`)."""
     grace_seconds: Annotated[int, Field(alias="ELASTRA_TERMINATION_GRACE_SECONDS", ge=0)] = 30
     """The pod's termination grace period (`terminationGracePeriodSeconds`)."""
     serviceaccount_dir: Annotated[str, Field(alias=SERVICEACCOUNT_DIR_ENV)] = SERVICEACCOUNT_DIR
@@ -98,6 +115,7 @@ class PodContract(BaseModel):
             every_steps=ck.every_steps,
             every_seconds=ck.every_seconds,
             grace_seconds=grace_seconds,
+            **_memory_fields(spec),
             s3_region=ck.s3.region if ck.s3 is not None else None,
             s3_endpoint=ck.s3.endpoint if ck.s3 is not None else None,
             credentials_secret=ck.s3.credentials_secret if ck.s3 is not None else None,
@@ -114,8 +132,8 @@ class PodContract(BaseModel):
                 env.append({"name": alias, "valueFrom": {"fieldRef": {"fieldPath": FIELD_REFS[alias]}}})
                 continue
             value = getattr(self, name)
-            if value is None:
-                continue
+            if value is None or (name.startswith("memory_") and self.memory_dir is None):
+                continue  # unset; the memory tier's settings only with a memory tier
             env.append({"name": alias, "value": str(value)})
         if self.credentials_secret:
             for key in CREDENTIAL_KEYS:
@@ -137,3 +155,17 @@ class PodContract(BaseModel):
         except ValidationError as exc:
             problems = "; ".join(f"{e['loc'][0]}: {e['msg']}, got {e.get('input')!r}" for e in exc.errors())
             raise ValueError(problems) from None
+
+
+def _memory_fields(spec: TrainingJobSpec) -> dict[str, Any]:
+    """The memory tier's part of the contract (nothing when the job has none). Pure."""
+    memory = spec.checkpoint.memory
+    if memory is None:
+        return {}
+    return {
+        "memory_dir": MEMORY_PATH,
+        "memory_every_steps": memory.every_steps,
+        "memory_parity": memory.parity,
+        "memory_group_size": memory.group_size,
+        "memory_max_bytes": memory.max_bytes_per_pod,
+    }

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Self
 from pydantic import ConfigDict, Field, model_validator
 
 from elastra.api.base import SpecModel, StatusModel
+from elastra.api.memory import MemoryTier
 
 KIND = "TrainingJob"
 PLURAL = "trainingjobs"
@@ -117,6 +118,9 @@ class CheckpointPolicy(SpecModel):
     holding `model.safetensors` or shards with `model.safetensors.index.json`: fine-tune from
     pretrained weights, with a fresh optimizer at step 0). Once the job has its own checkpoints, they
     are what it restores."""
+    memory: MemoryTier | None = None
+    """Optional in-memory snapshots with erasure coding across nodes (REFT): restore after a worker or
+    node loss from the pods' memory, at most `memory.everySteps` steps back."""
 
     @property
     def pretrained_uri(self) -> str | None:

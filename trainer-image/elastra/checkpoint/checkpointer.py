@@ -13,6 +13,7 @@ interleave with training collectives or with each other.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import logging
@@ -298,10 +299,13 @@ class Checkpointer:
         failures = [r["error"] for r in reports if not r["ok"]]
         if failures:
             raise CheckpointError(f"step {step} not committed: {'; '.join(failures)}")
+        extra_meta = self._before_manifest(step, reports)
         outcome: dict[str, Any] = {"ok": False, "error": "rank 0 did not commit"}
         if self.rank == 0:
             try:
                 manifest = self._manifest(step, plan, reports, values, stall)
+                if extra_meta:
+                    manifest = dataclasses.replace(manifest, meta={**manifest.meta, **extra_meta})
                 body = manifest_to_json(manifest)
                 self._durable.put_bytes(join_key(step_dir(step), MANIFEST), body)
                 outcome = {"ok": True, "manifest": body.decode(), "bytes": manifest.nbytes}
@@ -311,6 +315,7 @@ class Checkpointer:
         outcome = self._all_gather(outcome, self._commit)[0]
         if not outcome["ok"]:
             raise CheckpointError(f"step {step} not committed: {outcome['error']}")
+        self._after_commit(step, outcome["manifest"])
         tiers = ["durable"]
         if self._local is not None:
             try:
@@ -330,6 +335,15 @@ class Checkpointer:
             stall_seconds=stall,
             commit_seconds=time.perf_counter() - started,
         )
+
+    def _before_manifest(self, step: int, reports: list[dict[str, Any]]) -> dict[str, Any]:
+        """Hook on every rank, once every shard is written and before rank 0 writes the manifest:
+        more manifest `meta` (used on rank 0). Raises CheckpointError on every rank, or none, to fail
+        the step. Nothing here; the memory tier encodes its parity here."""
+        return {}
+
+    def _after_commit(self, step: int, manifest: str) -> None:
+        """Hook on every rank once the step is committed (`manifest` is its text). Nothing here."""
 
     def _write_shard(self, step: int, mine: RankWrites, staged: Staged, file: str) -> dict[str, Any]:
         """Checksum (unless staging did), persist and upload this rank's shard as `file`; its index for

@@ -4,7 +4,8 @@ When the environment variable `ELASTRA_CKPT_FAULT` is `PHASE` or `PHASE@RANK`, t
 itself when a save reaches that phase boundary (on that rank only, with `@RANK`), exactly as a node
 loss would. Phases, in order: `stage` (before staging copies), `persist` (before the first tier's shard
 is written), `upload` (before copying to the durable tier), `commit` (shards durable, before the
-manifest). Unset in production: the check is one dictionary lookup per phase.
+manifest); the memory tier adds `encode` (a parity holder, its group's blocks read, before its parity
+block is written). Unset in production: the check is one dictionary lookup per phase.
 """
 
 from __future__ import annotations

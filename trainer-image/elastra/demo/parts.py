@@ -105,6 +105,7 @@ def job_manifest(
     checkpoint_every: int | None = None,
     nproc_per_pod: int = 1,
     local_tier: bool = False,
+    memory_tier: bool = False,
 ) -> dict[str, Any]:
     """The example TrainingJob, pointed at the local S3 endpoint and this machine's Python.
 
@@ -115,6 +116,8 @@ def job_manifest(
         job["spec"]["checkpoint"]["everySteps"] = checkpoint_every
     if local_tier:
         job["spec"]["checkpoint"]["local"] = {"path": LOCAL_TIER, "keep": 2}
+    if memory_tier:
+        job["spec"]["checkpoint"]["memory"] = {"everySteps": 1, "parity": 1, "groupSize": 4}
     job["spec"]["nprocPerPod"] = nproc_per_pod  # one GPU per rank: the nodes get as many
     job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = nproc_per_pod
     container = job["spec"]["template"]["spec"]["containers"][0]

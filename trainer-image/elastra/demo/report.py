@@ -54,6 +54,12 @@ class Observed:
     generations: dict[int, Generation] = field(default_factory=dict)
     commits: dict[int, dict[str, Any]] = field(default_factory=dict)
     """Commit reports by step."""
+    restores: dict[int, tuple[str, int | None]] = field(default_factory=dict)
+    """generation → (tier, step) its pods' agents reported restoring (`restoreTier`, `restoreStep`)."""
+
+
+TIERS = {"memory": "memory", "local": "local"}
+"""The agents' `restoreTier` → summary.json's `restore_tier`; anything else (`durable`) is `durable`."""
 
 
 REASONS = {"kill": "NodeLost", "freeze": "Unresponsive", "add": "ScaleUp", "thaw": "ScaleUp"}
@@ -77,7 +83,8 @@ def summarize(observed: Observed, *, phase: str) -> dict[str, Any]:
         started = cause.t if cause is not None else new.t
         # Progress reached before the new generation: steps seen since the previous one started.
         last_before = max((s.step or 0 for s in stepped if prev.t <= s.t <= new.t), default=0)
-        restored = new.restore_step or 0
+        tier, restored_step = observed.restores.get(new.generation, (None, None))
+        restored = restored_step if restored_step is not None else (new.restore_step or 0)
         resumed = next(
             (
                 s.t
@@ -95,6 +102,7 @@ def summarize(observed: Observed, *, phase: str) -> dict[str, Any]:
                 "detected_s": round(new.t - started, 2),
                 "recovery_s": round(resumed - started, 2) if resumed is not None else None,
                 "steps_lost": max(0, last_before - restored),
+                "restore_tier": TIERS.get(tier, "durable") if tier is not None else None,
             }
         )
     stalls = [float(c.get("stallSeconds", 0.0)) for c in observed.commits.values()]

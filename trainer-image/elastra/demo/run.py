@@ -21,7 +21,12 @@ import time
 import urllib.request
 from typing import Any
 
-from elastra.api.membership import COMMIT_ANNOTATION, MEMBERSHIP_KEY, membership_configmap_name
+from elastra.api.membership import (
+    AGENT_ANNOTATION,
+    COMMIT_ANNOTATION,
+    MEMBERSHIP_KEY,
+    membership_configmap_name,
+)
 from elastra.demo.parts import (
     CRDS,
     LOCAL_TIER,
@@ -86,6 +91,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=int,
         default=DEMO_CHECKPOINT_EVERY,
         help=f"checkpoint every N steps (default {DEMO_CHECKPOINT_EVERY}; 0: the example's everySteps, 20)",
+    )
+    p.add_argument(
+        "--memory-tier",
+        action="store_true",
+        help="turn on the memory tier (spec.checkpoint.memory: a snapshot every step, parity 1, groups "
+        "of 4): the node kill then restores from the pods' memory",
     )
     p.add_argument(
         "--cold-start",
@@ -162,6 +173,7 @@ class Demo:
             checkpoint_every=self.args.checkpoint_every,
             nproc_per_pod=self.args.nproc_per_pod,
             local_tier=self.args.local_tier,
+            memory_tier=getattr(self.args, "memory_tier", False),
         )
         s3.create_bucket(Bucket=job["spec"]["checkpoint"]["s3"]["bucket"])
         self.core.create_namespaced_secret(
@@ -233,6 +245,28 @@ class Demo:
             commit = json.loads(raw)
             self.observed.commits.setdefault(int(commit["step"]), commit)
 
+    def _restores(self, generation: int, members: int) -> None:
+        """The tier and step this generation's agents report restoring from (once all have)."""
+        if generation in self.observed.restores:
+            return
+        try:
+            pods = self.core.list_namespaced_pod(
+                self.namespace, label_selector=f"elastra.dev/job={self.job_name}"
+            ).items
+        except Exception:
+            return
+        seen = []
+        for pod in pods:
+            raw = (pod.metadata.annotations or {}).get(AGENT_ANNOTATION)
+            report = json.loads(raw) if raw else {}
+            if report.get("generation") == generation and report.get("restoreTier"):
+                seen.append((str(report["restoreTier"]), report.get("restoredStep")))
+        if seen and len(seen) >= members:  # the slowest tier any pod used, and the oldest step
+            tiers = [t for t, _ in seen]
+            tier = next((t for t in ("durable", "s3", "local", "memory") if t in tiers), tiers[0])
+            steps = [s for _, s in seen if s is not None]
+            self.observed.restores[generation] = (tier, min(steps) if steps else None)
+
     def _sample(self) -> Sample:
         status, membership = self._look()
         now = time.monotonic() - self.t0
@@ -245,6 +279,8 @@ class Demo:
                 world=int(membership.get("worldSize", 0)),
                 restore_step=restore.get("step"),
             )
+        if membership and generation in self.observed.generations:
+            self._restores(generation, len(membership.get("members") or []))
         pod, ip = self._rank0(membership)
         step, loss = self._scrape(ip)
         self._commit(pod)
@@ -384,7 +420,7 @@ class Demo:
         for r in summary["rescales"]:
             print(
                 f"demo: rescale {r['from']} -> {r['to']} ({r['reason']}): recovered in {r['recovery_s']}s, "
-                f"{r['steps_lost']} steps redone"
+                f"{r['steps_lost']} steps redone, restored from {r.get('restore_tier') or '?'}"
             )
         ck = summary["checkpoints"]
         print(

@@ -168,6 +168,14 @@ class Session:
                 prune_durable=not config.under_agent,
             )
             self._fences = Fences(self.checkpointer.fence, self.rank)
+        self.restore_tier: str | None = None
+        """Tier the newest `restore()` read from (`memory`, `local`, `durable`), None before one."""
+        self.memory: Any = None
+        """The in-memory snapshot tier (`elastra.checkpoint.memory`), when the pod has one."""
+        if os.environ.get("ELASTRA_MEMORY_DIR"):
+            from elastra.checkpoint.memory import from_env as memory_from_env
+
+            self.memory = memory_from_env()
 
     # ------------------------------------------------------------------ setup
     def _init_process_group(self) -> None:
@@ -226,39 +234,69 @@ class Session:
         """
         pretrained = pretrained or self.config.pretrained_uri
         step = self.config.restore_step
-        fresh_job = step is None and (
-            self.config.under_agent or not has_checkpoint(self.checkpointer, self.config.restore_uri)
-        )
-        if self.checkpointer is None or fresh_job:
-            return self._start_from_pretrained(state, pretrained, prefix, key_map, allow_missing)
         started = time.monotonic()
-        if self._timeline:
-            self._timeline["restoring"] = time.time()
-        init_fresh_optimizers(state)
-        flat = _materialize(state)
-        under_agent = self.config.under_agent
-        try:
-            # step None: the newest committed one
-            loaded = self.checkpointer.load(
-                flat, step=step, source=self.config.restore_uri, fallback=under_agent,
-                allow_missing=allow_missing,
-            )  # fmt: skip
-        finally:
-            self._publish_restore()
+        tier: str | None = None
+        loaded, flat = self._restore_from_memory(state, step)
+        if loaded is not None:
+            tier = "memory"
+        else:
+            fresh_job = step is None and (
+                self.config.under_agent or not has_checkpoint(self.checkpointer, self.config.restore_uri)
+            )
+            if self.checkpointer is None or fresh_job:
+                return self._start_from_pretrained(state, pretrained, prefix, key_map, allow_missing)
+            if self._timeline:
+                self._timeline["restoring"] = time.time()
+            if flat is None:
+                init_fresh_optimizers(state)
+                flat = _materialize(state)
+            assert self.checkpointer is not None
+            try:
+                # step None: the newest committed one
+                loaded = self.checkpointer.load(
+                    flat, step=step, source=self.config.restore_uri, fallback=self.config.under_agent,
+                    allow_missing=allow_missing,
+                )  # fmt: skip
+            finally:
+                self._publish_restore()
         if loaded is None:
             return self._start_from_pretrained(state, pretrained, prefix, key_map, allow_missing)
+        assert flat is not None  # something was loaded into it
         for key, value in state.items():
             if isinstance(value, Stateful):
                 value.load_state_dict(flat[key])
         seconds = time.monotonic() - started
         self._timeline["restored"] = time.time()
-        by_tier = self.checkpointer.stats.restore_bytes_by_tier
-        tier = max(by_tier, key=lambda t: by_tier[t]) if any(by_tier.values()) else "durable"
+        if tier is None and self.checkpointer is not None:
+            by_tier = self.checkpointer.stats.restore_bytes_by_tier
+            tier = max(by_tier, key=lambda t: by_tier[t]) if any(by_tier.values()) else "durable"
+        self.restore_tier = tier
         self._last_saved_step = int(loaded)
         self._publish(step=self._last_saved_step, restore_seconds=seconds, restore_tier=str(tier), force=True)
-        report = self.checkpointer.last_report
-        announce(self.rank, report.summary() if report is not None else f"restored step {loaded}")
+        report = self.checkpointer.last_report if tier != "memory" and self.checkpointer is not None else None
+        if report is not None:
+            announce(self.rank, report.summary())
+        else:
+            announce(self.rank, f"restored step {loaded} from {tier} in {seconds:.2f}s")
         return self._last_saved_step
+
+    def _restore_from_memory(
+        self, state: Mapping[str, Any], step: int | None
+    ) -> tuple[int | None, dict[str, Any] | None]:
+        """The memory tier first, when the pod has one and its newest snapshot every rank can read is at
+        least as new as `step`: (the step loaded or None, the materialized state or None)."""
+        if self.memory is None:
+            return None, None
+        if self._timeline:
+            self._timeline["restoring"] = time.time()
+        init_fresh_optimizers(state)
+        flat = _materialize(state)
+        loaded = self.memory.restore(flat, not_before=step or 0)
+        if loaded is None:
+            self._timeline.pop("restoring", None)  # nothing was restored from memory
+        else:
+            self._publish(restored_step=loaded, force=True)
+        return loaded, flat
 
     def _start_from_pretrained(
         self, state: Mapping[str, Any], uri: str | None, prefix: str | None,
@@ -358,7 +396,8 @@ class Session:
             saved = True
         if requested:
             self._agreed_request_time = request_time
-        self._publish(step=completed, loss=loss, force=saved)
+        memory = self.memory.step(completed, lambda: _materialize(state)) if self.memory else {}
+        self._publish(step=completed, loss=loss, force=saved, **memory)
         self._last_step_time = time.monotonic()  # do not count the save in the next step time
         if stop:
             asked_here = self._stop_asked_here()
@@ -532,6 +571,8 @@ class Session:
             self._save(step + 1, state, ack_request=None, wait=True)
         if self._fences is not None:
             self._fences.remove()
+        if self.memory is not None:
+            self.memory.close()
         if self.checkpointer is not None:
             try:
                 self.checkpointer.wait()

@@ -1,0 +1,294 @@
+"""The memory tier as one `Storage`: writes go to this pod's memory, reads come from whoever has them.
+
+`PodMemoryStorage` is what the memory snapshotter hands the checkpoint engine as its tier, so the
+save pipeline (shard files, checksums, manifest last) and the restore path (`plan_reads`, verified
+reads straight into the tensors) are the disk tiers' own. A read of `step-N/<file>` goes:
+1. to this pod's store, when the file is here;
+2. else to the live pod that wrote it, over HTTP on its pod IP (`PeerClient`);
+3. else (its pod is lost) it is rebuilt: the same byte range is read from `k` of its group's live
+   shares (data blocks of the other members, parity blocks of the holders) and decoded.
+
+Where each file lives comes from the step's manifest (`meta.memory`, written by the snapshotter):
+pods, the files of each pod's data block in order, the groups. That document crossed a boundary (a
+peer wrote it), so it is checked before use. The bytes themselves are checked by the reader against
+the manifest's checksums, rebuilt ones included.
+"""
+
+from __future__ import annotations
+
+import builtins
+import concurrent.futures
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from elastra.api.memory import Group
+from elastra.storage.base import NotFoundError, StorageError, check_key, join_key
+from elastra.storage.erasure import ErasureError, decode
+from elastra.storage.memory import MANIFEST, MemoryStore, PeerClient
+
+log = logging.getLogger(__name__)
+
+REBUILD_PIECE = 32 << 20
+"""A lost pod's bytes are rebuilt this many at a time (k shares of it in memory at once)."""
+
+
+def parity_file(group: int, index: int) -> str:
+    """The name of parity block `index` of group `group` in a step directory."""
+    return f"parity-g{group:03d}-{index}.bin"
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where one memory snapshot's bytes are (`meta.memory` of its manifest)."""
+
+    parity: int
+    groups: tuple[Group, ...]
+    blocks: dict[str, tuple[tuple[str, int], ...]]
+    """pod → its data block: the shard files (name, size) in order."""
+    lengths: tuple[int, ...]
+    """Each group's padded block length."""
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "parity": self.parity,
+            "groups": [
+                {"members": list(g.members), "holders": list(g.holders), "length": n}
+                for g, n in zip(self.groups, self.lengths, strict=True)
+            ],
+            "blocks": {pod: [list(f) for f in files] for pod, files in self.blocks.items()},
+        }
+
+    @staticmethod
+    def from_json(raw: object) -> Layout:
+        """The layout, or StorageError when the document is malformed or inconsistent."""
+        try:
+            assert isinstance(raw, dict)
+            parity = int(raw["parity"])
+            blocks: dict[str, tuple[tuple[str, int], ...]] = {}
+            for pod, files in raw["blocks"].items():
+                blocks[str(pod)] = tuple((check_key(str(name)), int(size)) for name, size in files)
+                assert all(size >= 0 and "/" not in name for name, size in blocks[str(pod)])
+            groups, lengths = [], []
+            for i, g in enumerate(raw["groups"]):
+                members = tuple(str(p) for p in g["members"])
+                holders = tuple(str(p) for p in g["holders"])
+                length = int(g["length"])
+                assert len(holders) == parity and len(set(members + holders)) == len(members + holders)
+                assert all(p in blocks for p in members) and length >= 0
+                assert all(sum(s for _, s in blocks[p]) <= length for p in members)
+                groups.append(Group(i, members, holders))
+                lengths.append(length)
+            assert 0 <= parity <= 16
+            return Layout(parity, tuple(groups), blocks, tuple(lengths))
+        except (AssertionError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StorageError(f"malformed memory layout in manifest: {exc!r}") from exc
+
+    def locate(self, file: str) -> tuple[str, int, int]:
+        """(pod, offset in its data block, size) of a shard file; NotFoundError when none has it."""
+        for pod, files in self.blocks.items():
+            offset = 0
+            for name, size in files:
+                if name == file:
+                    return pod, offset, size
+                offset += size
+        raise NotFoundError(f"no pod's block holds {file}")
+
+    def group_of(self, pod: str) -> Group:
+        for group in self.groups:
+            if pod in group.members:
+                return group
+        raise NotFoundError(f"pod {pod} is in no group")
+
+
+class PodMemoryStorage:
+    """The memory tier seen from one pod: its own store plus its live peers. Thread-safe."""
+
+    def __init__(self, store: MemoryStore, pod: str, peers: Mapping[str, str]) -> None:
+        """`peers`: pod name → snapshot server address of every *live* pod (others count as lost)."""
+        self.uri = f"memory://{pod}"
+        self.store = store
+        self.pod = pod
+        self.peers = {p: PeerClient(a) for p, a in peers.items() if p != pod}
+        self._layouts: dict[int, Layout] = {}
+        self._lock = threading.Lock()
+        self.bytes_by_source = {"own": 0, "peer": 0, "rebuilt": 0}
+
+    # ------------------------------------------------------------------ writes: this pod only
+    def put_bytes(self, key: str, data: bytes | memoryview) -> None:
+        self.store.put_bytes(key, data)
+
+    def put_parts(self, key: str, parts: builtins.list[memoryview]) -> None:
+        self.store.put_parts(key, parts)
+
+    def put_file(self, key: str, path: str) -> None:
+        self.store.put_file(key, path)
+
+    def delete(self, key: str) -> None:
+        self.store.delete(key)
+
+    def delete_prefix(self, prefix: str) -> None:
+        self.store.delete_prefix(prefix)
+
+    # ------------------------------------------------------------------ listing
+    def committed_steps(self) -> set[int]:
+        """Steps whose manifest is on this pod or on any live peer (unreachable peers are skipped)."""
+        steps = {s for s, ok in self.store.steps().items() if ok}
+        for peer in self.peers.values():
+            try:
+                steps |= {s for s, ok in peer.steps().items() if ok}
+            except StorageError as exc:
+                log.warning("memory tier: %s", exc)
+        return steps
+
+    def list_dirs(self) -> list[str]:
+        return sorted({f"step-{s}" for s in self.committed_steps()})
+
+    def list(self, prefix: str) -> list[str]:
+        return self.store.list(prefix)
+
+    def exists(self, key: str) -> bool:
+        return self.size(key) is not None
+
+    def size(self, key: str) -> int | None:
+        local = self.store.size(key)
+        if local is not None:
+            return local
+        step, _, file = check_key(key).partition("/")
+        try:
+            return self.layout(int(step[5:])).locate(file)[2]
+        except (StorageError, ValueError):
+            return None
+
+    # ------------------------------------------------------------------ reads
+    def get(self, key: str) -> bytes:
+        """Small objects (manifests): this pod's copy, else the first live peer's."""
+        try:
+            return self.store.get(key)
+        except NotFoundError:
+            pass
+        for peer in self.peers.values():
+            try:
+                return peer.get(key)
+            except StorageError:
+                continue
+        raise NotFoundError(f"no live pod holds {key}")
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        out = bytearray(end - start)
+        self.read_into(key, start, [memoryview(out)])
+        return bytes(out)
+
+    def layout(self, step: int) -> Layout:
+        with self._lock:
+            if step in self._layouts:
+                return self._layouts[step]
+        try:
+            doc = json.loads(self.get(join_key(f"step-{step}", MANIFEST)))
+            layout = Layout.from_json(doc["meta"]["memory"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StorageError(f"manifest of step {step} has no usable memory layout: {exc!r}") from exc
+        with self._lock:
+            self._layouts[step] = layout
+        return layout
+
+    def read_into(self, key: str, start: int, parts: builtins.list[memoryview]) -> None:
+        views = [p.cast("B") if p.format != "B" else p for p in parts if p.nbytes]
+        total = sum(v.nbytes for v in views)
+        if self.store.exists(key):
+            self.store.read_into(key, start, views)
+            self._count("own", total)
+            return
+        step_name, _, file = check_key(key).partition("/")
+        if not step_name.startswith("step-") or not step_name[5:].isdigit():
+            raise NotFoundError(f"{key} is not a snapshot file")
+        step = int(step_name[5:])
+        layout = self.layout(step)
+        pod, offset, size = layout.locate(file)
+        if start < 0 or start + total > size:
+            raise StorageError(f"range [{start}, +{total}) outside {key} ({size} bytes)")
+        if pod in self.peers:
+            try:
+                self._peer_read(pod, key, start, views)
+                self._count("peer", total)
+                return
+            except StorageError as exc:  # the peer died since the generation began: rebuild instead
+                log.warning("memory tier: %s; rebuilding from parity", exc)
+        data = memoryview(self.rebuild(step, pod, offset + start, total))
+        pos = 0
+        for view in views:
+            view[:] = data[pos : pos + view.nbytes]
+            pos += view.nbytes
+        self._count("rebuilt", total)
+
+    def _peer_read(self, pod: str, key: str, start: int, views: builtins.list[memoryview]) -> None:
+        for view in views:
+            self.peers[pod].read_into(key, start, view)
+            start += view.nbytes
+
+    def _share_range(
+        self, step: int, layout: Layout, group: Group, share: int, span: tuple[int, int]
+    ) -> bytearray:
+        """Bytes `[start, start+n)` of one share of `group` (a data block, zero-padded, or a parity block)."""
+        start, n = span
+        holder = group.members[share] if share < group.k else group.holders[share - group.k]
+        out = bytearray(n)
+        if share >= group.k:
+            key = join_key(f"step-{step}", parity_file(group.index, share - group.k))
+            self._read_from(holder, key, start, memoryview(out))
+            return out
+        offset = 0
+        for name, size in layout.blocks[holder]:
+            lo, hi = max(start, offset), min(start + n, offset + size)
+            if lo < hi:
+                key = join_key(f"step-{step}", name)
+                self._read_from(holder, key, lo - offset, memoryview(out)[lo - start : hi - start])
+            offset += size
+        return out  # past the block's end: the zero padding
+
+    def _read_from(self, pod: str, key: str, start: int, out: memoryview) -> None:
+        if pod == self.pod:
+            self.store.read_into(key, start, [out])
+        else:
+            self.peers[pod].read_into(key, start, out)
+
+    def rebuild(self, step: int, lost: str, start: int, n: int) -> bytearray:
+        """Bytes `[start, start+n)` of lost pod `lost`'s data block, decoded from its group's live shares:
+        in pieces of `REBUILD_PIECE` bytes (bounded memory), each piece's `k` shares read in parallel."""
+        layout = self.layout(step)
+        group = layout.group_of(lost)
+        want = group.members.index(lost)
+        alive = {self.pod, *self.peers}
+        candidates = [
+            s for s, pod in enumerate((*group.members, *group.holders)) if pod in alive and pod != lost
+        ]
+        out = bytearray(n)
+        with concurrent.futures.ThreadPoolExecutor(max(1, group.k)) as pool:
+            for lo in range(0, n, REBUILD_PIECE):
+                span = (start + lo, min(REBUILD_PIECE, n - lo))
+                shares: dict[int, bytearray] = {}
+                pending = list(candidates)
+                while len(shares) < group.k and pending:
+                    batch, pending = pending[: group.k - len(shares)], pending[group.k - len(shares) :]
+                    futures = {s: pool.submit(self._share_range, step, layout, group, s, span) for s in batch}
+                    for share, future in futures.items():
+                        try:
+                            shares[share] = future.result()
+                        except StorageError as exc:
+                            log.warning(
+                                "memory tier: share %d of group %d unusable: %s", share, group.index, exc
+                            )
+                try:
+                    out[lo : lo + span[1]] = decode(shares, group.k, layout.parity, want)
+                except ErasureError as exc:
+                    raise StorageError(
+                        f"step {step}: pod {lost}'s data is lost: group {group.index} has {len(shares)} of "
+                        f"the {group.k} shares needed ({exc})"
+                    ) from exc
+        return out
+
+    def _count(self, source: str, n: int) -> None:
+        with self._lock:
+            self.bytes_by_source[source] += n

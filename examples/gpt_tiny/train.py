@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--block", type=int, default=64, help="context length in characters")
     p.add_argument("--stride", type=int, default=32, help="characters between two samples")
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--checkpoint-uri", default=None, help="overrides ELASTRA_CHECKPOINT_URI")
     p.add_argument("--every-steps", type=int, default=None, help="overrides ELASTRA_CHECKPOINT_EVERY_STEPS")
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     for block in model.blocks:
         fully_shard(block)
     fully_shard(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sampler = ReshardableSampler(
         num_samples=len(dataset),
         global_batch_size=args.global_batch,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import pathlib
 import signal
@@ -318,7 +319,7 @@ class Session:
         saved = False
         if self.checkpointer is not None and (due or requested or stop):
             ack = self._current_request_id() if requested else None
-            self._save(completed, state, ack_request=ack, wait=stop)
+            self._save(completed, state, ack_request=ack, wait=stop, loss=loss)
             saved = True
         if requested:
             self._agreed_request_time = request_time
@@ -394,7 +395,15 @@ class Session:
         os._exit(EXIT_PEER_LOST)
 
     # ------------------------------------------------------------------ saving
-    def _save(self, completed: int, state: Mapping[str, Any], *, ack_request: str | None, wait: bool) -> None:
+    def _save(
+        self,
+        completed: int,
+        state: Mapping[str, Any],
+        *,
+        ack_request: str | None,
+        wait: bool,
+        loss: float | None = None,
+    ) -> None:
         """Save after `completed` steps; `wait`: stage eagerly and block until the commit (the emergency
         and final saves, after which the process exits)."""
         self.fence()  # the previous lazy save's stall is final before this one starts
@@ -417,19 +426,21 @@ class Session:
         else:
             stall.settled.set()
         if wait:
-            self._await_commit(handle, ack_request, stall)
+            self._await_commit(handle, ack_request, stall, loss)
             self._publish(emergency_step=completed, force=True)
             return
         waiter = threading.Thread(
             target=self._await_commit,
-            args=(handle, ack_request, stall),
+            args=(handle, ack_request, stall, loss),
             name=f"elastra-commit-{completed}",
             daemon=True,
         )
         waiter.start()
         self._waiters = [t for t in self._waiters if t.is_alive()] + [waiter]
 
-    def _await_commit(self, handle: Any, ack_request: str | None, stall: Stall) -> None:
+    def _await_commit(
+        self, handle: Any, ack_request: str | None, stall: Stall, loss: float | None = None
+    ) -> None:
         """Wait for one save to commit; on global rank 0, publish its commit report (once its stall
         is final: a lazy save's first fence comes from the training thread)."""
         try:
@@ -455,6 +466,7 @@ class Session:
             stall_seconds=stall.seconds,
             commit_seconds=info.commit_seconds,
             request_id=ack_request,
+            loss=loss if loss is not None and math.isfinite(loss) else None,
             time=dt.datetime.now(dt.UTC),
         )
         self._publish(last_commit=report.model_dump(mode="json", by_alias=True), force=True)

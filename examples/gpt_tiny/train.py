@@ -88,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     # sampler's and RNG's state dicts are copies), so this one guard is all the script needs.
     session.guard(optimizer)
     start = session.restore(state)
+    # A restored optimizer state carries the saving run's hyperparameters: this run's flags win (a fork
+    # from another job's checkpoint, e.g. a hyperparameter-search trial, trains with its own).
+    for group in optimizer.param_groups:
+        group["lr"], group["weight_decay"] = args.lr, args.weight_decay
     parts = accumulation_steps(args.global_batch, world, args.micro_batch)
     if rank == 0:
         print(

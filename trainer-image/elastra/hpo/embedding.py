@@ -84,16 +84,19 @@ def weight_embedding(tensors: Mapping[str, torch.Tensor]) -> list[float]:
     return out
 
 
-def read_weights(uri: str, *, prefix: str = "model.", exclude: str = "optim") -> dict[str, torch.Tensor]:
+def read_weights(
+    uri: str, *, prefix: str = "", exclude: tuple[str, ...] = ("optim", "optimizer")
+) -> dict[str, torch.Tensor]:
     """The unsharded float tensors under `prefix` of the committed checkpoint at `uri` (`…/step-N`),
-    without those whose path has a segment `exclude` (optimizer moments are not weights).
+    without those with a path segment in `exclude` (optimizer moments are not weights). Paths are the
+    checkpoint's `/`-joined state keys, e.g. `model/model/blocks.0.qkv.weight` for gpt_tiny.
 
     Verified as every Elastra read is (checksums); a FormatError names what is wrong."""
     return read_weights_with(uri, None, prefix=prefix, exclude=exclude)
 
 
 def read_weights_with(
-    uri: str, s3: S3Options | None, *, prefix: str = "model.", exclude: str = "optim"
+    uri: str, s3: S3Options | None, *, prefix: str = "", exclude: tuple[str, ...] = ("optim", "optimizer")
 ) -> dict[str, torch.Tensor]:
     """`read_weights` with explicit S3 options (endpoint) for `s3://` URIs."""
     root, _, last = uri.rstrip("/").rpartition("/")
@@ -105,7 +108,11 @@ def read_weights_with(
     out: dict[str, torch.Tensor] = {}
     total = 0
     for path, t in sorted(manifest.tensors.items()):
-        if not path.startswith(prefix) or exclude in path.split(".") or t.dtype not in FLOATS:
+        if (
+            not path.startswith(prefix)
+            or not set(path.split("/")).isdisjoint(exclude)
+            or t.dtype not in FLOATS
+        ):
             continue
         n = math.prod(t.shape)
         if total + n > MAX_ELEMENTS:

@@ -8,6 +8,7 @@ and shown on optuna-dashboard like any other.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from elastra.hpo.forecast import Forecaster, Row
 
+log = logging.getLogger(__name__)
 BUDGET_KEY = "elastra.budget"
 WEIGHTS_PREFIX = "elastra.w."
 
@@ -118,7 +120,13 @@ class WeightGuidedSampler(BaseSampler):
         rows = rows_of(done, space)
         starts = [trial_embeddings(t).get(0) for t in done]
         start = next((e for e in reversed(starts) if e is not None), None)
+        if start is None and rows:  # no warm start recorded: the earliest weights trials logged
+            firsts = [emb[min(emb)] for t in done if (emb := trial_embeddings(t))]
+            start = tuple(sum(col) / len(firsts) for col in zip(*firsts, strict=True))
         if len(rows) < 2 or start is None:
+            log.warning(
+                "trial %d: no checkpointed weights to learn from yet; sampling at random", trial.number
+            )
             return {}
         forecaster = Forecaster(rows)
         x = forecaster.suggest(start, len(space), candidates=self.candidates, generator=self._generator)

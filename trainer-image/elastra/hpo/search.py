@@ -46,6 +46,8 @@ class MethodResult:
     best_trial: str | None = None
     seconds: float = 0.0
     pruned: int = 0
+    trials: list[FrozenTrial] = field(default_factory=list)
+    """The study's trials at the end."""
 
 
 def _progress_line(method: Method, t: FrozenTrial, best: float) -> str:
@@ -120,6 +122,7 @@ def run_method(
         objective, n_trials=spec.trials, n_jobs=spec.parallel, callbacks=[progress], catch=(Exception,)
     )
     result.seconds = time.monotonic() - t0
+    result.trials = study.get_trials()
     runner.finish(best=result.best_trial, trials=names)
     return result
 

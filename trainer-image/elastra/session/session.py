@@ -149,6 +149,8 @@ class Session:
         self._last_save_time = time.monotonic()
         self._last_saved_step: int | None = None
         self._last_step_time: float | None = None
+        self._last_loss: tuple[int, float | None] = (-1, None)
+        """(steps completed, the loss `step` was given then): the final save carries it too."""
         self._status = WorkerStatus(rank=self.rank, generation=self.generation)
         self._saves: deque[SaveRecord] = deque(maxlen=KEPT_SAVES)
         self._steps_since_status = 0
@@ -303,6 +305,7 @@ class Session:
             self._tokens_since_status += tokens
         self._last_step_time = now
         completed = step + 1
+        self._last_loss = (completed, loss)
         by_steps = save_due(
             completed=completed, every_steps=self.config.every_steps, every_seconds=None, seconds_since_save=0
         )
@@ -505,7 +508,8 @@ class Session:
         self.fence()
         final = state is not None and step is not None and self._last_saved_step != step + 1
         if final and self.checkpointer is not None and state is not None and step is not None:
-            self._save(step + 1, state, ack_request=None, wait=True)
+            loss = self._last_loss[1] if self._last_loss[0] == step + 1 else None
+            self._save(step + 1, state, ack_request=None, wait=True, loss=loss)
         if self._fences is not None:
             self._fences.remove()
         if self.checkpointer is not None:

@@ -33,7 +33,7 @@ def test_four_trials_as_trainingjobs_warm_started_pruned_and_cleaned_up(
     h.create_job("base", replicas={"min": 1, "max": 1}, template=trainer(4, 0.0), checkpoint=checkpoint)
     assert h.wait(finished(h, "base"), 120, "the warm-start job")["phase"] == "Succeeded"
     base = h.checkpoints("base")
-    assert [c["spec"]["step"] for c in base] == [2, 4]
+    assert base[-1]["spec"]["step"] == 4
     assert all(math.isfinite(c["spec"]["loss"]) for c in base), "each commit carries the step's loss"
 
     template: dict[str, Any] = {
@@ -42,7 +42,7 @@ def test_four_trials_as_trainingjobs_warm_started_pruned_and_cleaned_up(
         "metadata": {"name": "template"},
         "spec": {
             "replicas": {"min": 1, "max": 1},
-            "template": trainer(100, 0.0),
+            "template": trainer(100, 0.5),  # commits 1 s apart: each one is reported
             "checkpoint": checkpoint,
             "elastic": {"nodeLossTimeoutSeconds": 1, "checkpointDeadlineSeconds": 30},
         },
@@ -59,7 +59,7 @@ def test_four_trials_as_trainingjobs_warm_started_pruned_and_cleaned_up(
             "budget": {"steps": 4},
             "trials": 4,
             "parallel": 2,
-            "warmStart": {"checkpoint": "base-step-2"},
+            "warmStart": {"checkpoint": "base-step-4"},
             "methods": ["weight-guided"],
             "trialTimeoutSeconds": 150,
         }
@@ -71,7 +71,7 @@ def test_four_trials_as_trainingjobs_warm_started_pruned_and_cleaned_up(
     assert len(lines) == 4 and all(line.startswith("[weight-guided] trial") for line in lines), lines
     assert result.best_trial is not None and math.isfinite(result.best), lines
     assert len(result.best_so_far) == 4
-    # Every trial forked at step 2 and trained 4 steps: its embeddings are of the warm start (0) and
+    # Every trial forked at step 4 and trained 4 steps: its embeddings are of the warm start (0) and
     # of its own checkpoints 2 and 4 steps later (the pruner may have stopped one after step 2).
     trials = result.trials
     finished_trials = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -80,16 +80,17 @@ def test_four_trials_as_trainingjobs_warm_started_pruned_and_cleaned_up(
     assert len(values) == len(finished_trials), f"each trial trained with its own hyperparameters: {lines}"
     for t in trials:
         steps = sorted(trial_embeddings(t))
-        assert steps[:2] == [0, 2], (t.number, steps)
-        assert all(s in (0, 2, 4) for s in steps)
+        assert steps[0] == 0 and len(steps) >= 2 and set(steps) <= {0, 2, 4}, (t.number, steps)
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert steps[-1] == 4, (t.number, steps)
     # keep-best: only the best trial's TrainingJob is left, with its final Checkpoint, labelled.
     jobs = h.custom.list_namespaced_custom_object(GROUP, VERSION, NS, "trainingjobs")["items"]
     names = sorted(j["metadata"]["name"] for j in jobs if j["metadata"].get("deletionTimestamp") is None)
     assert names == sorted(["base", result.best_trial]), names
     best = h.wait(lambda: (c := h.checkpoints(result.best_trial)) and len(c) == 1 and c, 30, "cleanup")
-    assert best[0]["spec"]["step"] == 6 and best[0]["metadata"]["labels"][BEST_LABEL] == "lrwd"
+    assert best[0]["spec"]["step"] == 8 and best[0]["metadata"]["labels"][BEST_LABEL] == "lrwd"
     assert best[0]["spec"]["loss"] == pytest.approx(result.best)
-    assert [c["spec"]["step"] for c in h.checkpoints("base")] == [2, 4], "the warm start is never touched"
+    assert [c["spec"] for c in h.checkpoints("base")] == [c["spec"] for c in base], "the warm start stays"
     job = h.custom.get_namespaced_custom_object(GROUP, VERSION, NS, "trainingjobs", result.best_trial)
     pod_cmd = " ".join(job["spec"]["template"]["spec"]["containers"][0]["command"])
-    assert "--steps 6" in pod_cmd and "--lr" in pod_cmd and "--weight-decay" in pod_cmd
+    assert "--steps 8" in pod_cmd and "--lr" in pod_cmd and "--weight-decay" in pod_cmd

@@ -240,3 +240,47 @@ def test_forecast_pruner_stops_trials_whose_forecast_is_poor(u: float, pruned: b
     trial.set_user_attr(weights_key(5), embedding_after(u, 0.5))  # its weights at half its budget
     trial.report(synthetic_loss(u) + 0.01, 5)
     assert trial.should_prune() is pruned
+
+
+# ---------------------------------------------------------------- the CLI's edges
+def test_spec_file_loads_its_template_relative_to_itself(tmp_path: Any) -> None:
+    import yaml
+
+    from elastra.hpo.spec import load
+
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(TEMPLATE))
+    (tmp_path / "hpo.yaml").write_text(
+        "study: s\ntemplate: job.yaml\nparams: {lr: {low: 0.001, high: 0.1, log: true, arg: --lr}}\n"
+        "budget: {steps: 5}\n"
+    )
+    assert load(tmp_path / "hpo.yaml").template == TEMPLATE
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("- a list\n", id="not-a-mapping"),
+        pytest.param(
+            "study: s\ntemplate: missing.yaml\nparams: {}\nbudget: {steps: 1}\n", id="missing-template"
+        ),
+        pytest.param("study: s\ntemplate: {kind: Pod}\nparams: {}\nbudget: {steps: 1}\n", id="invalid"),
+        pytest.param("study: [unclosed\n", id="not-yaml"),
+    ],
+)
+def test_hpo_run_rejects_a_bad_spec_before_starting_anything(tmp_path: Any, text: str, capsys: Any) -> None:
+    from elastra.cli import main
+
+    (tmp_path / "hpo.yaml").write_text(text)
+    assert main(["hpo", "run", str(tmp_path / "hpo.yaml"), "--out", str(tmp_path / "out")]) == 2
+    assert "invalid spec" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_best_so_far_plot_is_a_png(tmp_path: Any) -> None:
+    from elastra.hpo.search import MethodResult, plot
+
+    results = [
+        MethodResult(method=m, best_so_far=[math.inf, 2.0, 1.5], best=1.5) for m in ("tpe", "weight-guided")
+    ]
+    out = plot(results, tmp_path / "p.png", title="t")  # type: ignore[arg-type]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

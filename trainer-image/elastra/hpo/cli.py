@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import yaml
 from pydantic import ValidationError
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
@@ -68,11 +69,11 @@ def run(argv: list[str]) -> int:
     ns = p.parse_args(argv)
     try:
         spec = load(ns.spec)
-    except (OSError, ValueError, ValidationError) as exc:
+    except (OSError, ValueError, ValidationError, yaml.YAMLError) as exc:
         print(f"elastra hpo: invalid spec {ns.spec}: {exc}", file=sys.stderr)
         return 2
     out = pathlib.Path(ns.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # only once the spec is valid
     logging.basicConfig(level=logging.WARNING)
     with contextlib.ExitStack() as stack:
         kubeconfig = ns.kubeconfig or stack.enter_context(local_cluster(out, ns.nodes))

@@ -32,6 +32,7 @@ from typing import Any
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
+DOCS = REPO / "docs" / "benchmarks.md"
 sys.path.insert(0, str(REPO / "examples" / "gpt_tiny"))
 
 import optuna  # noqa: E402
@@ -153,31 +154,70 @@ def machine() -> dict[str, Any]:
     }
 
 
-def table(results: dict[str, Any]) -> str:
+def section(results: dict[str, Any]) -> str:
+    """The docs/benchmarks.md section of one run: setup, machine, the table, the warm-start figures."""
+    trials, seeds = results["trials"], results["seeds"]
+    start, end = results["machine_start"], results["machine_end"]
     lines = [
-        f"| method | best val loss after {TRIALS} trials (mean ± sd, {len(SEEDS)} seeds) "
-        "| per seed | pruned | wall s |",
+        f"Measured {results['date']} on {start['cpu']}, {start['cores']} cores, Python {start['python']}, "
+        f"torch {start['torch']}, optuna {start['optuna']}. The box was shared with other work: 1/5/15-min "
+        f"load average {' / '.join(map(str, start['loadavg']))} at the start and "
+        f"{' / '.join(map(str, end['loadavg']))} at the end, so wall times are noisy.",
+        "",
+        f"gpt_tiny, AdamW learning rate in [1e-4, 3e-2] and weight decay in [1e-4, 0.5] (both log), "
+        f"{trials} trials per method and seed, each {results['budget']} steps from a shared "
+        f"{results['warm_steps']}-step warm start, checkpoint (loss + weight embedding) every "
+        f"{results['every']} steps; objective: validation loss at the end of the budget. Trials run "
+        "in-process through the `TrialRunner` interface (see benchmarks/hpo.py and docs/hpo.md).",
+        "",
+        f"| method | best val loss after {trials} trials, mean ± sd over {len(seeds)} seeds | per seed "
+        "| trials pruned (all seeds) | search wall s (all seeds) |",
         "|---|---|---|---|---|",
     ]
+    means = {}
     for method, r in results["methods"].items():
         bests = r["best"]
         sd = statistics.stdev(bests) if len(bests) > 1 else 0.0
+        means[method] = (statistics.mean(bests), sd)
         lines.append(
-            f"| {method} | {statistics.mean(bests):.4f} ± {sd:.4f} | {' / '.join(f'{b:.4f}' for b in bests)} "
+            f"| {method} | {means[method][0]:.4f} ± {sd:.4f} | {' / '.join(f'{b:.4f}' for b in bests)} "
             f"| {sum(r['pruned'])} | {sum(r['seconds']):.0f} |"
         )
-    w = results["warm_start"]
+    ranked = sorted(means.items(), key=lambda kv: kv[1][0])
+    fastest = min(results["methods"], key=lambda m: sum(results["methods"][m]["seconds"]))
+    (win, (wm, wsd)), (second, (sm, ssd)) = ranked[0], ranked[1]
+    clear = sm - wm > max(wsd, ssd)
     lines += [
         "",
-        f"Warm start: one cold trial ({WARM_STEPS + BUDGET} steps from the random init) took "
-        f"{w['cold_seconds']:.2f} s (mean over seeds), a warm trial ({BUDGET} steps from the shared "
-        f"checkpoint) "
-        f"{w['warm_seconds']:.2f} s: {w['saved_per_trial']:.2f} s saved per trial; with the shared "
-        f"{WARM_STEPS}-step base run ({w['base_seconds']:.2f} s) paid once, a {TRIALS}-trial study needs "
-        f"{w['study_fraction']:.0%} of the cold study's training time. Validation loss at the same "
-        f"hyperparameters: cold {w['cold_val']:.4f}, warm {w['warm_val']:.4f}.",
+        f"Lowest mean: **{win}** ({wm:.4f}), then {second} ({sm:.4f}); the gap is "
+        + ("larger" if clear else "smaller")
+        + f" than one standard deviation, so with {len(seeds)} seeds x {trials} trials this is "
+        + ("a clear" if clear else "no clear")
+        + f" win. Least search wall time: {fastest} (pruned trials stop early); weight-guided's includes "
+        "fitting its GP before each trial and at each checkpoint the pruner judges.",
     ]
-    return "\n".join(lines)
+    w = results["warm_start"]
+    cold_steps, warm_steps = results["warm_steps"] + results["budget"], results["budget"]
+    lines += [
+        "",
+        f"Warm start (default hyperparameters, mean over seeds): a cold trial ({cold_steps} steps from the "
+        f"random init) took {w['cold_seconds']:.2f} s, a warm trial ({warm_steps} steps from the shared "
+        f"checkpoint) {w['warm_seconds']:.2f} s: **{w['saved_per_trial']:.2f} s saved per trial** "
+        f"({1 - warm_steps / cold_steps:.0%} of its steps). Paying the {results['warm_steps']}-step base run "
+        f"({w['base_seconds']:.2f} s, measured under the same load) once, a {trials}-trial study trains for "
+        f"{w['study_fraction']:.0%} of the cold study's time. Final validation loss at the same "
+        f"hyperparameters: cold {w['cold_val']:.4f}, warm {w['warm_val']:.4f}.",
+        "",
+        "![best validation loss so far against trials](../benchmarks/results/hpo.png)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_docs(results: dict[str, Any]) -> None:
+    """Rewrite the `hpo` section of docs/benchmarks.md (only between its markers)."""
+    import _report
+
+    DOCS.write_text(_report.replace_section(DOCS.read_text(), "hpo", section(results)))
 
 
 def main() -> int:
@@ -253,7 +293,8 @@ def main() -> int:
         results_dir / "hpo.png",
         title=f"gpt_tiny lr/wd: best val loss vs trials (mean of {len(SEEDS)} seeds)",
     )
-    print(table(out))
+    write_docs(out)
+    print(section(out))
     print(f"machine at start {out['machine_start']}, at end {out['machine_end']}")
     return 0
 

@@ -143,6 +143,23 @@ def test_trial_job_sets_hyperparameters_budget_and_warm_start(
     assert s.template == TEMPLATE, "the template is not modified"
 
 
+def test_base_job_runs_the_template_as_written_for_the_warm_start() -> None:
+    from elastra.hpo.trial import base_job
+
+    job = base_job(spec(warmStart={"steps": 7}), 7)
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert job["metadata"]["name"] == "s-base"
+    assert c["command"] == ["python", "train.py", "--steps", "7", "--lr=0.1"], "the template's own lr"
+    assert "restoreFrom" not in job["spec"]["checkpoint"]
+    warm = trial_job(
+        spec(warmStart={"steps": 7}),
+        TrialRequest(name="t", number=0, params={"lr": 0.01, "wd": 0.1, "beta": 0.9}, budget_steps=3),
+        start_step=7,
+        warm_checkpoint="s-base-step-7",
+    )
+    assert warm["spec"]["checkpoint"]["restoreFrom"] == "s-base-step-7"
+
+
 @pytest.mark.parametrize(
     "over",
     [
@@ -157,6 +174,8 @@ def test_trial_job_sets_hyperparameters_budget_and_warm_start(
         pytest.param({"study": "Bad_Name"}, id="bad-study-name"),
         pytest.param({"budget": {"steps": 0}}, id="no-budget"),
         pytest.param({"warmStart": {"checkpoint": "../x"}}, id="bad-checkpoint-name"),
+        pytest.param({"warmStart": {"checkpoint": "a", "steps": 3}}, id="warm-start-twice"),
+        pytest.param({"warmStart": {}}, id="warm-start-from-nothing"),
         pytest.param({"methods": ["tpe", "tpe"]}, id="duplicate-method"),
         pytest.param({"surprise": 1}, id="unknown-field"),
     ],

@@ -75,6 +75,9 @@ def run(argv: list[str]) -> int:
     out = pathlib.Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)  # only once the spec is valid
     logging.basicConfig(level=logging.WARNING)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our one line per trial is the progress
     with contextlib.ExitStack() as stack:
         kubeconfig = ns.kubeconfig or stack.enter_context(local_cluster(out, ns.nodes))
         runner = KubeTrialRunner(spec, config.new_client_from_config(config_file=kubeconfig))

@@ -10,6 +10,7 @@ Checkpoint of another job, a malformed spec or unreadable weights is skipped and
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -18,12 +19,22 @@ from pydantic import ValidationError
 from elastra.api.checkpoint import CheckpointSpec
 from elastra.hpo.embedding import read_weights, weight_embedding
 from elastra.hpo.spec import CleanupPolicy, HpoSpec
-from elastra.hpo.trial import BEST_LABEL, Observation, Observe, TrialOutcome, TrialRequest, trial_job
+from elastra.hpo.trial import (
+    BEST_LABEL,
+    Observation,
+    Observe,
+    TrialOutcome,
+    TrialRequest,
+    base_job,
+    trial_job,
+)
 from elastra.storage import S3Options
 
 log = logging.getLogger(__name__)
 GROUP, VERSION = "elastra.dev", "v1alpha1"
 JOB_LABEL = "elastra.dev/job"
+FINAL_GRACE_SECONDS = 30.0
+"""How long after a trial Succeeded its final step's Checkpoint may still appear."""
 
 
 class TrialFailed(RuntimeError):
@@ -40,6 +51,9 @@ class KubeTrialRunner:
         self.custom = client.CustomObjectsApi(api_client)
         self.poll_seconds = poll_seconds
         self._start: tuple[int, tuple[float, ...] | None] | None = None
+        self._lock = threading.Lock()
+        self.warm_checkpoint: str | None = None
+        """The Checkpoint trials fork from, once known."""
 
     # ------------------------------------------------------------------ reads
     def _checkpoint(self, name: str) -> CheckpointSpec:
@@ -82,19 +96,47 @@ class KubeTrialRunner:
             return None
 
     def start(self) -> tuple[int, tuple[float, ...] | None]:
-        """The step trials start at and the embedding of the weights they start from (warm start)."""
-        if self._start is None:
-            if self.spec.warm_start is None:
-                self._start = (0, None)
-            else:
-                warm = self._checkpoint(self.spec.warm_start.checkpoint)
-                self._start = (warm.step, self._embed(warm))
-        return self._start
+        """The step trials start at and the embedding of the weights they start from (warm start);
+        with `warmStart.steps`, runs the base job first (once per runner, under a lock)."""
+        with self._lock:
+            if self._start is None:
+                warm = self.spec.warm_start
+                if warm is None:
+                    self._start = (0, None)
+                else:
+                    name = warm.checkpoint if warm.checkpoint is not None else self._run_base(warm.steps or 1)
+                    self.warm_checkpoint = name
+                    ck = self._checkpoint(name)
+                    self._start = (ck.step, self._embed(ck))
+            return self._start
+
+    def _run_base(self, steps: int) -> str:
+        """Run `<study>-base` for `steps` steps (reused if it exists); the name of its final Checkpoint."""
+        from kubernetes.client.exceptions import ApiException
+
+        body = base_job(self.spec, steps)
+        name = body["metadata"]["name"]
+        try:
+            self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, self.spec.namespace, "trainingjobs", body
+            )
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        deadline = time.monotonic() + self.spec.trial_timeout_seconds
+        while (phase := self._phase(name)) != "Succeeded":
+            if phase == "Failed" or time.monotonic() > deadline:
+                raise TrialFailed(f"the warm-start job {name} did not succeed ({phase})")
+            time.sleep(self.poll_seconds)
+        checkpoints = self._checkpoints(name)
+        if not checkpoints or checkpoints[-1][1].step != steps:
+            raise TrialFailed(f"the warm-start job {name} left no Checkpoint at step {steps}")
+        return checkpoints[-1][0]
 
     # ------------------------------------------------------------------ a trial
     def run(self, request: TrialRequest, observe: Observe) -> TrialOutcome:
         start_step, start_embedding = self.start()
-        body = trial_job(self.spec, request, start_step=start_step)
+        body = trial_job(self.spec, request, start_step=start_step, warm_checkpoint=self.warm_checkpoint)
         t0 = time.monotonic()
         self.custom.create_namespaced_custom_object(GROUP, VERSION, self.spec.namespace, "trainingjobs", body)
         if start_embedding is not None:
@@ -102,6 +144,7 @@ class KubeTrialRunner:
         seen: set[int] = set()
         last: tuple[str, CheckpointSpec] | None = None
         deadline = t0 + self.spec.trial_timeout_seconds
+        succeeded_at: float | None = None
         while True:
             phase = self._phase(request.name)
             for name, ck in self._checkpoints(request.name):
@@ -119,6 +162,12 @@ class KubeTrialRunner:
                         seconds=time.monotonic() - t0,
                         checkpoint=name,
                     )
+            final_seen = last is not None and last[1].step >= start_step + request.budget_steps
+            if phase == "Succeeded" and not final_seen:
+                succeeded_at = succeeded_at or time.monotonic()
+                if time.monotonic() < succeeded_at + FINAL_GRACE_SECONDS:
+                    time.sleep(self.poll_seconds)  # the final commit's Checkpoint may be on its way
+                    continue
             if phase == "Succeeded":
                 if last is None or last[1].loss is None:
                     raise TrialFailed(f"{request.name} Succeeded without a Checkpoint carrying a loss")

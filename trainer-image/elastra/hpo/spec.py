@@ -11,6 +11,7 @@ budget: {steps: 40, arg: --steps}
 trials: 12
 parallel: 2
 warmStart: {checkpoint: gpt-tiny-step-20}     # optional: every trial forks from this Checkpoint
+                                              # ({steps: 20}: run the template 20 steps first)
 methods: [weight-guided, tpe]
 cleanup: {policy: keep-best}
 ```
@@ -89,10 +90,19 @@ class Budget(_Spec):
 
 
 class WarmStart(_Spec):
-    """A shared Checkpoint every trial forks from (`spec.checkpoint.restoreFrom`)."""
+    """A shared Checkpoint every trial forks from (`spec.checkpoint.restoreFrom`): an existing one, or
+    one the search makes first by running the template (its own hyperparameters) for `steps` steps."""
 
-    checkpoint: Annotated[str, Field(pattern=NAME, max_length=253)]
+    checkpoint: Annotated[str, Field(pattern=NAME, max_length=253)] | None = None
     """Name of a Checkpoint object in the study's namespace."""
+    steps: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+    """Run the template as TrainingJob `<study>-base` for this many steps; fork from its final Checkpoint."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.checkpoint is None) == (self.steps is None):
+            raise ValueError("warmStart needs exactly one of `checkpoint` and `steps`")
+        return self
 
 
 class Cleanup(_Spec):

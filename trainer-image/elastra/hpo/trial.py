@@ -97,10 +97,31 @@ def format_value(value: float) -> str:
     return repr(float(value))
 
 
-def trial_job(spec: HpoSpec, request: TrialRequest, *, start_step: int) -> dict[str, Any]:
+def base_job(spec: HpoSpec, steps: int) -> dict[str, Any]:
+    """The warm-start TrainingJob `<study>-base`: the template as written (its own hyperparameters),
+    `steps` steps, no `restoreFrom`."""
+    job = copy.deepcopy(spec.template)
+    meta = job.setdefault("metadata", {})
+    meta.update(name=f"{spec.study}-base", namespace=spec.namespace)
+    meta["labels"] = {**(meta.get("labels") or {}), STUDY_LABEL: spec.study}
+    main = (job["spec"].get("template", {}).get("spec", {}).get("containers") or [None])[0]
+    if main is None:
+        raise ValueError("template: spec.template.spec.containers is empty")
+    main["command"] = _set_flag(
+        [*(main.get("command") or []), *(main.pop("args", None) or [])], spec.budget.arg, str(steps)
+    )
+    if isinstance(job["spec"].get("checkpoint"), dict):
+        job["spec"]["checkpoint"].pop("restoreFrom", None)
+    return job
+
+
+def trial_job(
+    spec: HpoSpec, request: TrialRequest, *, start_step: int, warm_checkpoint: str | None = None
+) -> dict[str, Any]:
     """The TrainingJob manifest of one trial: the template with the trial's hyperparameters (flags of
     the first container's command, or env), `--steps start_step + budget`, `restoreFrom` the warm
-    start, its own name and labels. The template itself is not modified."""
+    start (`warm_checkpoint` when the search made it), its own name and labels. The template itself is
+    not modified."""
     job = copy.deepcopy(spec.template)
     meta = job.setdefault("metadata", {})
     meta["name"] = request.name
@@ -129,7 +150,10 @@ def trial_job(spec: HpoSpec, request: TrialRequest, *, start_step: int) -> dict[
     if spec.warm_start is not None:
         if not isinstance(checkpoint, dict):
             raise ValueError("a warm start needs spec.checkpoint in the template")
-        checkpoint["restoreFrom"] = spec.warm_start.checkpoint
+        source = warm_checkpoint or spec.warm_start.checkpoint
+        if source is None:
+            raise ValueError("the warm-start Checkpoint is not known yet (run the base job first)")
+        checkpoint["restoreFrom"] = source
     elif isinstance(checkpoint, dict):
         checkpoint.pop("restoreFrom", None)
     return job

@@ -20,7 +20,7 @@ from elastra.hpo.kube import KubeTrialRunner
 from elastra.hpo.sampler import trial_embeddings
 from elastra.hpo.search import run_method
 from elastra.hpo.spec import HpoSpec, Method
-from elastra.hpo.trial import BEST_LABEL
+from elastra.hpo.trial import BEST_LABEL, TrialRequest
 
 pytestmark = pytest.mark.timeout(280)
 
@@ -94,3 +94,22 @@ def test_four_trials_as_trainingjobs_warm_started_pruned_and_cleaned_up(
     job = h.custom.get_namespaced_custom_object(GROUP, VERSION, NS, "trainingjobs", result.best_trial)
     pod_cmd = " ".join(job["spec"]["template"]["spec"]["containers"][0]["command"])
     assert "--steps 8" in pod_cmd and "--lr" in pod_cmd and "--weight-decay" in pod_cmd
+
+    # A trial the pruner stops at its first checkpoint: its TrainingJob, pods and Checkpoints go.
+    request = TrialRequest(
+        name="lrwd-pruned", number=9, params={"lr": 0.03, "weight_decay": 0.3}, budget_steps=4
+    )
+    seen: list[int] = []
+    outcome = runner.run(request, lambda obs: seen.append(obs.step) or obs.step > 0)
+    assert outcome.pruned and outcome.steps == 2 and seen == [0, 2], (outcome, seen)
+
+    def gone() -> bool:
+        jobs = h.custom.list_namespaced_custom_object(GROUP, VERSION, NS, "trainingjobs")["items"]
+        alive = [p for p in h.pods("lrwd-pruned") if p.status.phase in ("Pending", "Running")]
+        return (
+            not alive
+            and not h.checkpoints("lrwd-pruned")
+            and "lrwd-pruned" not in {j["metadata"]["name"] for j in jobs}
+        )
+
+    h.wait(gone, 60, "the pruned trial's job, pods and checkpoints to be deleted")

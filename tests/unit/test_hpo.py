@@ -303,3 +303,17 @@ def test_best_so_far_plot_is_a_png(tmp_path: Any) -> None:
     ]
     out = plot(results, tmp_path / "p.png", title="t")  # type: ignore[arg-type]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_forecast_pruner_waits_for_enough_finished_trials_with_weights() -> None:
+    study = optuna.create_study(pruner=ForecastPruner(n_min_trials=6))
+    for u in (0.0, 0.25, 0.35, 0.7, 1.0):  # five with weights: enough to forecast, one short of 6
+        add_trial(study, u)
+    add_trial(study, 0.6, steps=())  # finished without any checkpointed weights: does not count
+    study.enqueue_trial({"lr": 10 ** (-4 + 3 * 0.95)})
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+    trial.set_user_attr(BUDGET_KEY, 10)
+    trial.set_user_attr(weights_key(5), embedding_after(0.95, 0.5))
+    trial.report(5.0, 5)
+    assert trial.should_prune() is False

@@ -159,7 +159,8 @@ class ForecastPruner(optuna.pruners.BasePruner):
         key = tuple(t.number for t in done)
         if self._cache is None or self._cache[0] != key:
             rows = rows_of(done, space)
-            if len({r.y for r in rows}) < 2 or len({id(t) for t in done}) < self.n_min_trials:
+            with_weights = sum(1 for t in done if trial_embeddings(t))
+            if len({r.y for r in rows}) < 2 or with_weights < self.n_min_trials:
                 return None
             self._cache = (key, Forecaster(rows))
         forecaster = self._cache[1]

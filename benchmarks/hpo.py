@@ -7,7 +7,7 @@ every `EVERY` steps it "commits a checkpoint": the validation loss and the permu
 embedding of its weights go to the sampler/pruner exactly as `KubeTrialRunner` hands them over. The
 objective is the validation loss (held-out last 10% of the corpus) at the end of the budget.
 
-Trials run in-process through the same `TrialRunner` interface as TrainingJobs do: 4 methods x 3 seeds
+Trials run in-process through the same `TrialRunner` interface as TrainingJobs do: 4 methods x 5 seeds
 x N trials as TrainingJobs on localcluster would take hours on this 2-core box (each pod starts Python,
 torch and the agent). The search code (`elastra.hpo.search.run_method`) is the one `elastra hpo run`
 uses. Warm-start savings are measured by also training, once per seed, the same hyperparameters cold
@@ -45,8 +45,9 @@ from elastra.hpo.search import MethodResult, plot, run_method  # noqa: E402
 from elastra.hpo.spec import HpoSpec, Method  # noqa: E402
 from elastra.hpo.trial import Observation, Observe, TrialOutcome, TrialRequest  # noqa: E402
 
-SEEDS = tuple(range(int(os.environ.get("HPO_BENCH_SEEDS", "3"))))
-TRIALS = int(os.environ.get("HPO_BENCH_TRIALS", "8"))
+SEEDS = tuple(range(int(os.environ.get("HPO_BENCH_SEEDS", "5"))))
+TRIALS = int(os.environ.get("HPO_BENCH_TRIALS", "10"))
+TIMING_REPEATS = 3
 WARM_STEPS, BUDGET, EVERY = 30, 30, 10
 BATCH, BLOCK = 16, 32
 METHODS = (Method.RANDOM, Method.TPE, Method.TPE_MEDIAN, Method.WEIGHT_GUIDED)
@@ -200,11 +201,12 @@ def section(results: dict[str, Any]) -> str:
     cold_steps, warm_steps = results["warm_steps"] + results["budget"], results["budget"]
     lines += [
         "",
-        f"Warm start (default hyperparameters, mean over seeds): a cold trial ({cold_steps} steps from the "
+        f"Warm start (default hyperparameters; per seed the median of {TIMING_REPEATS} alternated runs, "
+        f"then the mean over seeds): a cold trial ({cold_steps} steps from the "
         f"random init) took {w['cold_seconds']:.2f} s, a warm trial ({warm_steps} steps from the shared "
         f"checkpoint) {w['warm_seconds']:.2f} s: **{w['saved_per_trial']:.2f} s saved per trial** "
         f"({1 - warm_steps / cold_steps:.0%} of its steps). Paying the {results['warm_steps']}-step base run "
-        f"({w['base_seconds']:.2f} s, measured under the same load) once, a {trials}-trial study trains for "
+        f"({w['base_seconds']:.2f} s) once, a {trials}-trial study trains for "
         f"{w['study_fraction']:.0%} of the cold study's time. Final validation loss at the same "
         f"hyperparameters: cold {w['cold_val']:.4f}, warm {w['warm_val']:.4f}.",
         "",
@@ -239,9 +241,7 @@ def main() -> int:
     for seed in SEEDS:
         base = InProcessRunner(data, seed, None, 0)
         m = base.model()
-        t0 = time.perf_counter()
         base.train(m, 3e-3, 0.01, WARM_STEPS)
-        warm["base"].append(time.perf_counter() - t0)
         state = copy.deepcopy(m.state_dict())
         runner = InProcessRunner(data, seed, state, WARM_STEPS)
         for method in METHODS:
@@ -253,17 +253,24 @@ def main() -> int:
             if seed == SEEDS[0]:
                 per_seed_results.append(r)
         # Warm vs cold at the default hyperparameters: same steps reached, wall time and val loss.
+        # Alternated and repeated (median) so that a load spike hits both alike; the base run is
+        # timed the same way (WARM_STEPS steps from the random init).
         cold_runner = InProcessRunner(data, seed, None, 0)
-        mc = cold_runner.model()
-        t0 = time.perf_counter()
-        cold_runner.train(mc, 3e-3, 0.01, WARM_STEPS + BUDGET)
-        warm["cold"].append(time.perf_counter() - t0)
-        warm["cold_val"].append(runner.val_loss(mc))
-        mw = runner.model()
-        t0 = time.perf_counter()
-        runner.train(mw, 3e-3, 0.01, BUDGET)
-        warm["warm"].append(time.perf_counter() - t0)
-        warm["warm_val"].append(runner.val_loss(mw))
+        times: dict[str, list[float]] = {"base": [], "cold": [], "warm": []}
+        for _ in range(TIMING_REPEATS):
+            for kind, r, steps in (
+                ("base", cold_runner, WARM_STEPS),
+                ("cold", cold_runner, WARM_STEPS + BUDGET),
+                ("warm", runner, BUDGET),
+            ):
+                model = r.model()
+                t0 = time.perf_counter()
+                r.train(model, 3e-3, 0.01, steps)
+                times[kind].append(time.perf_counter() - t0)
+                if kind != "base":
+                    warm[f"{kind}_val"].append(runner.val_loss(model))
+        for kind, values in times.items():
+            warm[kind].append(statistics.median(values))
     mean = {k: statistics.mean(v) for k, v in warm.items()}
     out["warm_start"] = {
         "base_seconds": mean["base"],

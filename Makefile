@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 # The CPU build of torch 2.13.0 lies on this machine's disk; asking for it by exact version keeps pip
 # from fetching a multi-GB CUDA build for the `torch>=2.5,<=2.14.1` range (trainer-image/Dockerfile pins the same version).
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS := operator,trainer,local,dev
+EXTRAS := operator,trainer,local,hpo,dev
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 

@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--block", type=int, default=64, help="context length in characters")
     p.add_argument("--stride", type=int, default=32, help="characters between two samples")
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--checkpoint-uri", default=None, help="overrides ELASTRA_CHECKPOINT_URI")
     p.add_argument("--every-steps", type=int, default=None, help="overrides ELASTRA_CHECKPOINT_EVERY_STEPS")
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     for block in model.blocks:
         fully_shard(block)
     fully_shard(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sampler = ReshardableSampler(
         num_samples=len(dataset),
         global_batch_size=args.global_batch,
@@ -87,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     # sampler's and RNG's state dicts are copies), so this one guard is all the script needs.
     session.guard(optimizer)
     start = session.restore(state)
+    # A restored optimizer state carries the saving run's hyperparameters: this run's flags win (a fork
+    # from another job's checkpoint, e.g. a hyperparameter-search trial, trains with its own).
+    for group in optimizer.param_groups:
+        group["lr"], group["weight_decay"] = args.lr, args.weight_decay
     parts = accumulation_steps(args.global_batch, world, args.micro_batch)
     if rank == 0:
         print(

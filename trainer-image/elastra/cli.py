@@ -44,6 +44,9 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "generate the CRD manifests from the pydantic models in elastra.api",
     ),
     Subcommand("demo", "elastra.demo", "run the main job end to end on localcluster and write a report"),
+    Subcommand(
+        "hpo", "elastra.hpo.cli", "hyperparameter search whose trials are TrainingJobs (hpo run SPEC)"
+    ),
 )
 
 

@@ -281,6 +281,7 @@ def checkpoint_object(job: JobView, commit: CommitReport) -> dict[str, Any]:
             "manifestDigest": commit.manifest_digest,
             "committedAt": commit.time,
             "storage": storage,
+            "loss": commit.loss,
         }
     )
     return {

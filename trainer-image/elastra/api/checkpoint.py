@@ -74,6 +74,8 @@ class CheckpointSpec(SpecModel):
     """When the manifest was committed."""
     storage: StorageAccess | None = None
     """Access to an S3 durable tier; None for a directory tier."""
+    loss: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    """Training loss at this step as the trainer reported it with the commit (`elastra.hpo` reads it)."""
 
     @field_validator("uri")
     @classmethod

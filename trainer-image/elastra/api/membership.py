@@ -211,5 +211,8 @@ class CommitReport(_Wire):
     """Time from `save()` to the manifest being committed."""
     request_id: str | None = None
     """The checkpoint request this save answered, if any."""
+    loss: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    """Training loss of the step the checkpoint holds (as passed to `session.step`), if known:
+    what hyperparameter search (`elastra.hpo`) reads back per Checkpoint."""
     time: dt.datetime
     """When the manifest was committed."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import pathlib
 import signal
@@ -139,6 +140,8 @@ class Session:
         self._last_save_time = time.monotonic()
         self._last_saved_step: int | None = None
         self._last_step_time: float | None = None
+        self._last_loss: tuple[int, float | None] = (-1, None)
+        """(steps completed, the loss `step` was given then): the final save carries it too."""
         self._status = WorkerStatus(rank=self.rank, generation=self.generation)
         self._saves: deque[SaveRecord] = deque(maxlen=KEPT_SAVES)
         self._steps_since_status = 0
@@ -376,6 +379,7 @@ class Session:
             self._tokens_since_status += tokens
         self._last_step_time = now
         completed = step + 1
+        self._last_loss = (completed, loss)
         by_steps = save_due(
             completed=completed, every_steps=self.config.every_steps, every_seconds=None, seconds_since_save=0
         )
@@ -392,7 +396,7 @@ class Session:
         saved = False
         if self.checkpointer is not None and (due or requested or stop):
             ack = self._current_request_id() if requested else None
-            self._save(completed, state, ack_request=ack, wait=stop)
+            self._save(completed, state, ack_request=ack, wait=stop, loss=loss)
             saved = True
         if requested:
             self._agreed_request_time = request_time
@@ -469,7 +473,15 @@ class Session:
         os._exit(EXIT_PEER_LOST)
 
     # ------------------------------------------------------------------ saving
-    def _save(self, completed: int, state: Mapping[str, Any], *, ack_request: str | None, wait: bool) -> None:
+    def _save(
+        self,
+        completed: int,
+        state: Mapping[str, Any],
+        *,
+        ack_request: str | None,
+        wait: bool,
+        loss: float | None = None,
+    ) -> None:
         """Save after `completed` steps; `wait`: stage eagerly and block until the commit (the emergency
         and final saves, after which the process exits)."""
         self.fence()  # the previous lazy save's stall is final before this one starts
@@ -492,19 +504,21 @@ class Session:
         else:
             stall.settled.set()
         if wait:
-            self._await_commit(handle, ack_request, stall)
+            self._await_commit(handle, ack_request, stall, loss)
             self._publish(emergency_step=completed, force=True)
             return
         waiter = threading.Thread(
             target=self._await_commit,
-            args=(handle, ack_request, stall),
+            args=(handle, ack_request, stall, loss),
             name=f"elastra-commit-{completed}",
             daemon=True,
         )
         waiter.start()
         self._waiters = [t for t in self._waiters if t.is_alive()] + [waiter]
 
-    def _await_commit(self, handle: Any, ack_request: str | None, stall: Stall) -> None:
+    def _await_commit(
+        self, handle: Any, ack_request: str | None, stall: Stall, loss: float | None = None
+    ) -> None:
         """Wait for one save to commit; on global rank 0, publish its commit report (once its stall
         is final: a lazy save's first fence comes from the training thread)."""
         try:
@@ -530,6 +544,7 @@ class Session:
             stall_seconds=stall.seconds,
             commit_seconds=info.commit_seconds,
             request_id=ack_request,
+            loss=loss if loss is not None and math.isfinite(loss) else None,
             time=dt.datetime.now(dt.UTC),
         )
         self._publish(last_commit=report.model_dump(mode="json", by_alias=True), force=True)
@@ -568,7 +583,8 @@ class Session:
         self.fence()
         final = state is not None and step is not None and self._last_saved_step != step + 1
         if final and self.checkpointer is not None and state is not None and step is not None:
-            self._save(step + 1, state, ack_request=None, wait=True)
+            loss = self._last_loss[1] if self._last_loss[0] == step + 1 else None
+            self._save(step + 1, state, ack_request=None, wait=True, loss=loss)
         if self._fences is not None:
             self._fences.remove()
         if self.memory is not None:

@@ -97,3 +97,29 @@ def test_inspect_into_a_closed_pipe_prints_no_traceback(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.stdout.startswith("step 1"), done
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+def test_a_merged_checkpoint_exports_to_from_pretrained(tmp_path: Path) -> None:
+    """`elastra ckpt merge` output (issue 13) is an ordinary committed checkpoint: it exports with
+    `--hf` (issue 18) and `from_pretrained` loads the weighted sum, tied weights included."""
+    from transformers import GPT2LMHeadModel
+
+    from elastra.checkpoint import merge
+
+    models = [BUILD["gpt2"](seed=seed) for seed in (0, 1)]
+    roots = []
+    for index, model in enumerate(models):
+        root = tmp_path / f"run-{index}"
+        writer = Checkpointer(str(root))
+        writer.save(7, {"model": model.state_dict()}).wait()
+        writer.close()
+        roots.append(str(root))
+    merge(str(tmp_path / "merged"), roots, weights=[0.25, 0.75])
+    models[0].config.save_pretrained(tmp_path / "config")
+    export_hf(str(tmp_path / "merged"), str(tmp_path / "hf"), config=str(tmp_path / "config" / "config.json"))
+    loaded = GPT2LMHeadModel.from_pretrained(tmp_path / "hf")
+    a, b = models[0].state_dict(), models[1].state_dict()
+    for name, value in loaded.state_dict().items():
+        expected = (0.25 * a[name].double() + 0.75 * b[name].double()).to(value.dtype)
+        assert torch.equal(value, expected), name
+    assert loaded.lm_head.weight.data_ptr() == loaded.transformer.wte.weight.data_ptr()  # still tied

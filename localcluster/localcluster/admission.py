@@ -8,6 +8,7 @@ Both are pure: they return new data or raise `ApiError` (422 with field causes),
 
 from __future__ import annotations
 
+import base64
 import logging
 from typing import Any
 
@@ -51,6 +52,12 @@ def admit(
         obj.setdefault("status", {}).setdefault("phase", "Active")
         obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
         obj["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = obj["metadata"]["name"]
+    elif rt.kind == "Secret" and obj.get("stringData"):
+        # stringData is write-only: the real server merges it into data (base64) and drops it
+        data = dict(obj.get("data") or {})
+        for key, value in obj.pop("stringData").items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+        obj["data"] = data
     elif rt.kind == "Service" and old is None:
         obj.setdefault("spec", {}).setdefault("clusterIP", "None")
     return obj
@@ -74,7 +81,7 @@ class RuleWarnings:
         self._seen: set[tuple[str, str, str]] = set()
 
     def warn(self, crd_name: str, served: list[ResourceType]) -> None:
-        """Log the rules of `served` outside the CEL subset that were not logged before."""
+        """Log the rules of `served` that do not compile and were not logged before."""
         for served_type in served:
             for skipped in celrules.unsupported_rules(served_type.schema or {}):
                 key = (crd_name, skipped.field, skipped.rule)

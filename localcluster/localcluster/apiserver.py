@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from localcluster import discovery, openapi, podlogs, protobuf, schema, tables
+from localcluster import discovery, names, openapi, podlogs, protobuf, schema, tables
+from localcluster.auth import UserInfo
 from localcluster.errors import ApiError
 from localcluster.patch import (
     APPLY_PATCH,
@@ -31,6 +32,7 @@ from localcluster.patch import (
 )
 from localcluster.podlogs import LogPathFn, truthy
 from localcluster.resources import ResourceType
+from localcluster.security import Security
 from localcluster.selectors import (
     Requirement,
     SelectorError,
@@ -43,6 +45,9 @@ from localcluster.store import Store
 from localcluster.watchlog import WatchEvent
 
 log = logging.getLogger("localcluster.apiserver")
+
+USER = web.RequestKey("localcluster.user", UserInfo)
+"""The authenticated user of a request (set when the server checks authentication)."""
 
 
 def _dumps(obj: Any) -> bytes:
@@ -96,13 +101,22 @@ class ApiServer:
     """The HTTP face of the store."""
 
     def __init__(
-        self, store: Store, *, bookmark_interval_s: float = 30.0, log_path: LogPathFn | None = None
+        self,
+        store: Store,
+        *,
+        bookmark_interval_s: float = 30.0,
+        log_path: LogPathFn | None = None,
+        security: Security | None = None,
     ) -> None:
         self.store = store
         self.bookmark_interval_s = bookmark_interval_s
         self.log_path = log_path
+        self.security = security
+        """Authentication and RBAC; None serves everybody everything (no auth at all)."""
         self.address = "127.0.0.1:0"
-        self.app = web.Application(middlewares=[self._errors], client_max_size=64 * 1024**2)
+        self.app = web.Application(
+            middlewares=[self._errors, self._authenticate], client_max_size=64 * 1024**2
+        )
         static: dict[str, Callable[[], Any]] = {
             "/version": lambda: discovery.VERSION_INFO,
             "/api": lambda: discovery.core_versions(self.address),
@@ -130,6 +144,18 @@ class ApiServer:
             return _json(exc.status(), exc.code)
         except (SelectorError, json.JSONDecodeError, yaml.YAMLError, ValueError, TypeError, KeyError) as exc:
             return _json(ApiError(400, f"bad request: {exc}").status(), 400)
+
+    @web.middleware
+    async def _authenticate(
+        self, request: web.Request, handler: Callable[[web.Request], Any]
+    ) -> web.StreamResponse:
+        """Every request, the control endpoints included, passes authentication and RBAC first."""
+        if self.security is not None:
+            request[USER] = self.security.check(
+                request.method, request.path, request.query, request.headers.get("Authorization")
+            )
+        response: web.StreamResponse = await handler(request)
+        return response
 
     async def _openapi_v2(self, request: web.Request) -> web.Response:
         """Swagger 2.0: the gnostic protobuf when asked for (client-go asks for nothing else), else JSON."""
@@ -174,6 +200,7 @@ class ApiServer:
         namespace = None
         if rest[0] == "namespaces" and len(rest) >= 3 and rest[2] not in {"status", "finalize"}:
             namespace, rest = rest[1], rest[2:]
+            names.check_namespace(namespace)
         rt = self.store.type_of(group, version, rest[0])
         if namespace is not None and not rt.namespaced:
             raise ApiError(404, f"{rt.plural} is not namespaced")
@@ -221,6 +248,8 @@ class ApiServer:
             if q.get("dryRun"):
                 return _json(body, 201)
             return _json(self._versioned(t.rt, self.store.create(t.rt, ns, body)), 201)
+        if method == "POST" and t.subresource == "token" and t.name is not None and self.security:
+            return _json(self.security.token_request(ns, t.name, await self._body(request)), 201)
         if method == "POST" and t.subresource in {"eviction", "binding"}:
             return _json(await self._pod_action(request, t), 201)
         if method == "PUT" and t.name is not None:

@@ -10,8 +10,9 @@ Like the real server: rules are not evaluated on null values; transition rules (
 not re-checked on update (validation ratcheting, on by default since Kubernetes 1.30), so a status
 write never fails on a spec rule and a spec write never fails on a status rule; on create, `status`
 is skipped when the status subresource is enabled (the server drops it). Old list items are matched
-to new ones only for `x-kubernetes-list-type: map` lists, by their keys. Rules outside the subset of
-`localcluster.cel` are not evaluated: `unsupported_rules` lists them so the caller can warn.
+to new ones only for `x-kubernetes-list-type: map` lists, by their keys. Rules that
+`localcluster.cel` cannot compile (Kubernetes-only libraries) are not evaluated: `unsupported_rules`
+lists them so the caller can warn.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class UnsupportedRule:
 
 
 def unsupported_rules(schema: dict[str, Any], path: str = "") -> list[UnsupportedRule]:
-    """Every rule under a schema that is outside the supported CEL subset."""
+    """Every rule under a schema that `localcluster.cel` cannot compile."""
     found: list[UnsupportedRule] = []
     for rule in schema.get("x-kubernetes-validations") or []:
         try:

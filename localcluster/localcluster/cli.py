@@ -24,6 +24,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import yaml
+
 from localcluster.server import STATE_FILE, add_cluster_arguments
 
 DEFAULT_DIR = pathlib.Path(os.environ.get("ELASTRA_LOCAL_DIR", "~/.cache/elastra/localcluster")).expanduser()
@@ -52,10 +54,24 @@ def _require_state(directory: pathlib.Path) -> dict[str, Any]:
     return state
 
 
+def _admin_token(state: dict[str, Any]) -> str | None:
+    """The admin kubeconfig's token: the control endpoints are cluster-admin only."""
+    try:
+        config = yaml.safe_load(pathlib.Path(state["kubeconfig"]).read_text())
+        token: str = config["users"][0]["user"]["token"]
+    except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
+        return None
+    return token
+
+
 def _call(state: dict[str, Any], method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     data = json.dumps(body or {}).encode() if method == "POST" else None
+    headers = {"Content-Type": "application/json"}
+    token = _admin_token(state)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(  # noqa: S310 - the URL comes from our state.json
-        state["url"] + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        state["url"] + path, data=data, method=method, headers=headers
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - our own http URL

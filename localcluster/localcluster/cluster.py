@@ -27,6 +27,7 @@ from localcluster.deployments import DeploymentController
 from localcluster.errors import ApiError
 from localcluster.ippool import IpPool
 from localcluster.kubelet import Kubelet
+from localcluster.security import Security
 from localcluster.store import Store, now_iso
 from localcluster.watchlog import StorageKey, WatchEvent
 
@@ -68,6 +69,9 @@ class ClusterConfig:
     validation_rules: bool = True
     """Evaluate CRD CEL rules (`x-kubernetes-validations`) like a real API server (422 on failure).
     Turn off only to emulate a server that does not evaluate CEL."""
+    rbac: bool = True
+    """Authenticate every request and authorize it with RBAC, as a real API server does: the admin
+    kubeconfig is cluster-admin, each pod gets its ServiceAccount's token. Off: anybody may do anything."""
 
     def __post_init__(self) -> None:
         if self.nodes < 0 or self.gpus_per_node < 0:
@@ -95,8 +99,14 @@ class ClusterCore:
         self.store = Store(validation_rules=config.validation_rules)
         self.kubelets: dict[str, Kubelet] = {}
         self.ips = IpPool()
+        self.security = Security(self.store)
+        """Tokens, ServiceAccounts and RBAC objects exist either way; checks only with `config.rbac`."""
+        self.security.install()
         self.api = ApiServer(
-            self.store, bookmark_interval_s=config.bookmark_interval_s, log_path=self._log_path
+            self.store,
+            bookmark_interval_s=config.bookmark_interval_s,
+            log_path=self._log_path,
+            security=self.security if config.rbac else None,
         )
         self.url = ""
         self.kubeconfig = str(self.workdir / "kubeconfig")
@@ -162,7 +172,7 @@ class ClusterCore:
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "localcluster", "cluster": {"server": self.url}}],
-            "users": [{"name": "localcluster", "user": {"token": "localcluster"}}],
+            "users": [{"name": "localcluster", "user": {"token": self.security.authenticator.admin_token}}],
             "contexts": [
                 {
                     "name": "localcluster",
@@ -188,7 +198,10 @@ class ClusterCore:
         nodes_rt = self.store.type_of("", "v1", "nodes")
         if not self._node_exists(name):
             self.store.create(nodes_rt, "", self._node_object(name))
-        env = {**os.environ, "KUBECONFIG": self.kubeconfig, "LOCALCLUSTER_NODE": name}
+        # Pods reach the API as their ServiceAccount (in-cluster configuration), never as the admin.
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        host, _, port = self.api.address.rpartition(":")
+        env.update(LOCALCLUSTER_NODE=name, KUBERNETES_SERVICE_HOST=host, KUBERNETES_SERVICE_PORT=port)
         kubelet = Kubelet(
             store=self.store,
             node=name,
@@ -198,6 +211,7 @@ class ClusterCore:
             lease_duration_s=self.config.node_grace_s,
             base_env=env,
             default_cwd=self.config.container_cwd or os.getcwd(),
+            token_files=self.security.service_accounts.token_files,
             on_event=lambda obj, reason, message, kind: record_event(
                 self.store, obj, reason, message, kind, component="kubelet"
             ),

@@ -31,6 +31,7 @@ _SUBRESOURCE_VERBS = {
     "log": ["get"],
     "eviction": ["create"],
     "binding": ["create"],
+    "token": ["create"],
 }
 
 
@@ -102,7 +103,7 @@ def resource_list(types: list[ResourceType], group: str, version: str) -> dict[s
                     "name": f"{rt.plural}/{sub}",
                     "singularName": "",
                     "namespaced": rt.namespaced,
-                    "kind": "Eviction" if sub == "eviction" else rt.kind,
+                    "kind": {"eviction": "Eviction", "token": "TokenRequest"}.get(sub, rt.kind),
                     "verbs": _SUBRESOURCE_VERBS.get(sub, ["get"]),
                 }
             )

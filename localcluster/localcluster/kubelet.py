@@ -75,6 +75,7 @@ class Kubelet:
         base_env: dict[str, str],
         default_cwd: str,
         on_event: Callable[[dict[str, Any], str, str, str], None],
+        token_files: Callable[[dict[str, Any]], dict[str, dict[str, bytes]]] | None = None,
     ) -> None:
         self.store = store
         self.node = node
@@ -85,6 +86,8 @@ class Kubelet:
         self.base_env = base_env
         self.default_cwd = default_cwd
         self.on_event = on_event
+        self.token_files = token_files
+        """Files of the pod's projected ServiceAccount volumes (a fresh bound token each)."""
         self.alive = False
         self.pods: dict[str, PodRun] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -301,11 +304,15 @@ class Kubelet:
             folders = podspec.volume_folders(pod, node_dir=self.node_dir, pod_dir=run.folder)
             for folder in folders.values():
                 folder.mkdir(parents=True, exist_ok=True)
-            for volume, files in podspec.volume_files(pod, self._lookup).items():
+            files_of = podspec.volume_files(pod, self._lookup)
+            if self.token_files is not None:
+                files_of.update(self.token_files(pod))
+            for volume, files in files_of.items():
                 for rel, content in files.items():
-                    target = folders[volume] / rel
+                    target = podspec.inside(folders[volume], rel)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(content)
+                    target.chmod(0o600)
             (run.folder / "logs").mkdir(parents=True, exist_ok=True)
             spec = pod["spec"]
             inits = [

@@ -48,6 +48,15 @@ def expand(text: str, env: dict[str, str]) -> str:
     return _VAR_REF.sub(lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), text)
 
 
+def inside(folder: pathlib.Path, relative: str) -> pathlib.Path:
+    """`folder / relative`, refused (PodSpecError) when it would resolve outside `folder`. The API
+    server already refuses `..` in these paths; this is the kubelet's own guard."""
+    target = (folder / relative).resolve()
+    if not target.is_relative_to(folder.resolve()):
+        raise PodSpecError(f"path {relative!r} leaves its volume")
+    return target
+
+
 def volume_folders(
     pod: dict[str, Any], *, node_dir: pathlib.Path, pod_dir: pathlib.Path
 ) -> dict[str, pathlib.Path]:
@@ -56,7 +65,7 @@ def volume_folders(
     for volume in (pod.get("spec") or {}).get("volumes") or []:
         name = volume["name"]
         if "hostPath" in volume:
-            folders[name] = node_dir / "hostpath" / volume["hostPath"]["path"].lstrip("/")
+            folders[name] = inside(node_dir / "hostpath", volume["hostPath"]["path"].lstrip("/"))
         else:
             folders[name] = pod_dir / "volumes" / name
     return folders
@@ -156,7 +165,8 @@ def plan_container(
             raise PodSpecError(
                 f"volumeMount {mount['name']} of container {container['name']} names no volume"
             )
-        host = folders[mount["name"]] / mount["subPath"] if mount.get("subPath") else folders[mount["name"]]
+        folder = folders[mount["name"]]
+        host = inside(folder, mount["subPath"]) if mount.get("subPath") else folder
         mounts.append((mount["mountPath"], host))
     rewrite = _path_rewriter(mounts)
     env: dict[str, str] = {}

@@ -69,7 +69,7 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
     _rt("", "v1", "secrets", "Secret", True),
     _rt("", "v1", "events", "Event", True, ("ev",)),
     _rt("", "v1", "namespaces", "Namespace", False, ("ns",), ("status",)),
-    _rt("", "v1", "serviceaccounts", "ServiceAccount", True, ("sa",)),
+    _rt("", "v1", "serviceaccounts", "ServiceAccount", True, ("sa",), ("token",)),
     _rt("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", True, ("pvc",), ("status",)),
     _rt("events.k8s.io", "v1", "events", "Event", True, ("ev",)),
     _rt("coordination.k8s.io", "v1", "leases", "Lease", True),

@@ -33,6 +33,13 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--s3", action="store_true", help="also start a local S3 endpoint (moto)")
     parser.add_argument(
+        "--no-rbac",
+        dest="rbac",
+        action="store_false",
+        help="serve every request without authentication or RBAC (kubectl and helm send no token over "
+        "plain HTTP)",
+    )
+    parser.add_argument(
         "--no-validation-rules",
         dest="validation_rules",
         action="store_false",
@@ -53,6 +60,7 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         node_grace_s=args.node_grace,
         s3=args.s3,
         validation_rules=args.validation_rules,
+        rbac=args.rbac,
     )
 
 

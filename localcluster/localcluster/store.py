@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from localcluster import admission, resources
+from localcluster import admission, names, resources
 from localcluster.errors import ApiError, already_exists, conflict, not_found
 from localcluster.resources import ResourceType
 from localcluster.selectors import Requirement, fields_match, labels_match
@@ -51,6 +51,9 @@ class Store:
         self.events = WatchLog(history_per_resource=history_per_resource)
         """The watch event log: history, compaction, watchers."""
         self.listeners: list[Callable[[StorageKey, WatchEvent], None]] = []
+        self.create_hooks: list[Callable[[ResourceType, dict[str, Any]], dict[str, Any]]] = []
+        """Admission plugins run on every create before the built-in admission (e.g. the
+        ServiceAccount plugin of `localcluster.serviceaccounts`); each returns the object or raises."""
         self._dependents: dict[str, set[tuple[StorageKey, ObjectKey]]] = collections.defaultdict(set)
         self._rule_warnings = admission.RuleWarnings()
         for rt in resources.BUILTIN_TYPES:
@@ -134,6 +137,7 @@ class Store:
             suffix = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(5))
             meta["name"] = meta["generateName"] + suffix
         name = meta["name"]
+        names.check_name(rt, name)
         if (namespace, name) in self.objects[rt.storage_key]:
             raise already_exists(rt.group, rt.plural, name)
         obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
@@ -236,7 +240,8 @@ class Store:
         if propagation == "Orphan" and "orphan" not in finalizers and self._dependents.get(meta["uid"]):
             finalizers.append("orphan")
         grace = self._grace(rt, old, grace_seconds)
-        if not finalizers and grace == 0:
+        # A namespace is held by its spec.finalizers (`kubernetes`) until its objects are gone.
+        if not finalizers and grace == 0 and rt.kind != "Namespace":
             return self._remove(rt, old)
         if meta.get("deletionTimestamp") and (grace != 0 or finalizers):
             current = meta.get("deletionGracePeriodSeconds")
@@ -279,6 +284,11 @@ class Store:
 
     def _prepare(self, rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
         """Admission (`localcluster.admission`); a CRD also (re)registers the types it serves."""
+        if rt.kind == "Pod":
+            names.check_pod_paths(rt, obj)
+        if old is None:
+            for hook in self.create_hooks:
+                obj = hook(rt, obj)
         obj = admission.admit(rt, obj, old, validation_rules=self.validation_rules)
         if rt.kind == "CustomResourceDefinition":
             served = admission.crd_types(obj)
@@ -428,8 +438,9 @@ class Store:
             rt = self._type_for(skey)
             if rt is None or not rt.namespaced:
                 continue
-            for (ns, name), obj in list(objs.items()):
-                if ns != namespace:
+            for ns, name in list(objs):
+                obj = objs.get((ns, name))  # a deletion above may have removed it already
+                if ns != namespace or obj is None:
                     continue
                 remaining = True
                 if not obj["metadata"].get("deletionTimestamp"):

@@ -65,8 +65,16 @@ def _crd(
     spec: type[BaseModel],
     status: type[BaseModel],
     columns: list[dict[str, str]],
+    root_rules: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     status_schema = _schema(status)
+    root: dict[str, Any] = {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {"spec": _schema(spec), "status": status_schema},
+    }
+    if root_rules:
+        root["x-kubernetes-validations"] = root_rules
     status_schema["x-kubernetes-preserve-unknown-fields"] = True  # Kopf keeps its progress here
     status_schema.pop("description", None)
     return {
@@ -91,22 +99,35 @@ def _crd(
                     "storage": True,
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": columns,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "required": ["spec"],
-                            "properties": {"spec": _schema(spec), "status": status_schema},
-                        }
-                    },
+                    "schema": {"openAPIV3Schema": root},
                 }
             ],
         },
     }
 
 
+JOB_NAME_MAX = 52
+"""Longest TrainingJob name: its worker pods `<name>-w-<index>` are their own hostnames (DNS labels,
+at most 63 characters)."""
+JOB_NAME_RULES = [
+    {
+        "rule": f"self.metadata.name.size() <= {JOB_NAME_MAX}",
+        "message": f"metadata.name must be at most {JOB_NAME_MAX} characters: the worker pods "
+        "<name>-w-<index> are their own hostnames (DNS labels of at most 63)",
+    },
+    {
+        "rule": "!self.metadata.name.contains('.')",
+        "message": "metadata.name must not contain '.': it names the job's headless Service and its "
+        "worker pods' hostnames (DNS labels)",
+    },
+]
+"""CEL on metadata.name: names that cannot produce valid pod names are refused by the API server."""
+
+
 def trainingjob_crd() -> dict[str, Any]:
     """The TrainingJob CRD."""
     return _crd(
+        root_rules=JOB_NAME_RULES,
         kind=tj_api.KIND,
         plural=tj_api.PLURAL,
         short=tj_api.SHORT_NAME,

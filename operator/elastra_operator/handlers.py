@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
-import kubernetes
 from pydantic import ValidationError
 
+from elastra import kubeclient
 from elastra.api import GROUP, VERSION
 from elastra.api import checkpoint as ckpt_api
 from elastra.api import trainingjob as tj_api
@@ -39,16 +39,20 @@ from elastra.api.membership import (
 from . import storage
 from .kube import Conflict, Kube, checkpoint_view, job_view
 from .metrics import OperatorMetrics
+from .reconcile import trust
 from .reconcile.actions import Event, PatchStatus
 from .reconcile.checks import deletion_refusal, teardown
 from .reconcile.facts import PEER_LOST, PEER_QUIET_SECONDS
 from .reconcile.manifests import FINALIZER
 from .reconcile.plan import plan
+from .reconcile.reasons import Reason
 from .reconcile.status import status_body
 
 RESYNC_SECONDS = float(os.environ.get("ELASTRA_RESYNC_SECONDS", "2"))
 """How often each TrainingJob is re-planned."""
 PROTECTED_RETRY_SECONDS = 10.0
+REASON_STORAGE_KEPT = Reason.STORAGE_KEPT
+"""Event: a finalizer left the data alone (not the job's own path, a link, no credentials)."""
 
 log = logging.getLogger("elastra.operator")
 
@@ -62,12 +66,8 @@ class _State:
 
 def setup(kubeconfig: str | None, metrics: OperatorMetrics) -> None:
     """Connect the `kube` layer (kubeconfig, else $KUBECONFIG, else in-cluster) and pick the metrics."""
-    if kubeconfig or os.environ.get("KUBECONFIG") or not os.environ.get("KUBERNETES_SERVICE_HOST"):
-        client = kubernetes.config.new_client_from_config(config_file=kubeconfig)
-    else:
-        kubernetes.config.load_incluster_config()
-        client = kubernetes.client.ApiClient()
-    _State.kube = Kube(client)
+    allowed = trust.parse_allowed(os.environ.get(trust.ALLOWED_ENDPOINTS_ENV))
+    _State.kube = Kube(kubeclient.api_client(kubeconfig), allowed_endpoints=allowed)
     _State.metrics = metrics
 
 
@@ -75,6 +75,22 @@ def _kube() -> Kube:
     if _State.kube is None:
         raise RuntimeError("elastra_operator.handlers.setup() was not called")
     return _State.kube
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Kopf's credentials: the kubeconfig when one is named, else the pod's ServiceAccount read the
+    same way as the `kube` layer's (`elastra.kubeclient`)."""
+    if os.environ.get("KUBECONFIG") or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return kopf.login_via_client(**kwargs)
+    settings = kubeclient.in_cluster()
+    return kopf.ConnectionInfo(
+        server=settings.server,
+        ca_path=str(settings.ca_path) if settings.ca_path else None,
+        scheme="Bearer",
+        token=settings.token(),
+        default_namespace=settings.namespace,
+    )
 
 
 @kopf.on.startup()
@@ -213,7 +229,7 @@ def _one_pass(namespace: str, name: str) -> None:
 
 
 @kopf.on.delete(GROUP, VERSION, tj_api.PLURAL, backoff=5)
-def delete_job(*, namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> None:
+def delete_job(*, namespace: str | None, name: str, uid: str | None, spec: kopf.Spec, **_: Any) -> None:
     """Finalizer: stop the workers, then delete every checkpoint under the job's root — including commits
     made while it was going away, which no Checkpoint object covers."""
     assert namespace is not None
@@ -231,10 +247,31 @@ def delete_job(*, namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -
     s3 = parsed.checkpoint.s3
     access = ckpt_api.StorageAccess(endpoint=s3.endpoint, region=s3.region) if s3 is not None else None
     credentials = None
-    if s3 is not None and s3.credentials_secret and kube.secret_exists(namespace, s3.credentials_secret):
-        credentials = kube.s3_credentials(namespace, s3.credentials_secret)
+    refused = trust.endpoint_refusal(s3.endpoint, kube.allowed_endpoints) if s3 is not None else None
+    secret = s3.credentials_secret if s3 is not None and refused is None else None
+    if secret and kube.secret_exists(namespace, secret):
+        credentials = kube.s3_credentials(namespace, secret)
+    directory = parsed.checkpoint.directory
+    root = parsed.checkpoint.root_uri(namespace, name)
     try:
-        done = storage.delete_job_storage(parsed.checkpoint.root_uri(namespace, name), access, credentials)
+        if refused is not None:
+            raise storage.StorageKept(f"{refused}: nothing contacted, the data is kept")
+        done = storage.delete_job_storage(
+            root, access, credentials, base=directory.path if directory is not None else None
+        )
+    except storage.StorageKept as exc:
+        involved = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": tj_api.KIND,
+            "name": name,
+            "namespace": namespace,
+            "uid": uid or "",
+        }
+        kube.post_event(
+            namespace, involved, Event(reason=REASON_STORAGE_KEPT, message=str(exc), warning=True)
+        )
+        log.warning("job %s/%s deleted, storage kept: %s", namespace, name, exc)
+        return
     except storage.StorageError as exc:
         raise kopf.TemporaryError(str(exc), delay=15) from exc
     log.info("job %s/%s deleted: %s", namespace, name, done)
@@ -258,7 +295,9 @@ def delete_checkpoint_storage(*, namespace: str | None, name: str, body: kopf.Bo
         kube.post_event(
             namespace,
             involved,
-            Event(reason="StorageKept", message="spec does not validate: storage left alone", warning=True),
+            Event(
+                reason=Reason.STORAGE_KEPT, message="spec does not validate: storage left alone", warning=True
+            ),
         )
         return
     spec = ckpt_api.CheckpointSpec.model_validate(raw["spec"])
@@ -270,21 +309,50 @@ def delete_checkpoint_storage(*, namespace: str | None, name: str, body: kopf.Bo
     if refusal is not None:
         kube.patch_checkpoint_status(namespace, name, "Protected", refusal)
         kube.post_event(
-            namespace, involved, Event(reason="CheckpointProtected", message=refusal, warning=True)
+            namespace, involved, Event(reason=Reason.CHECKPOINT_PROTECTED, message=refusal, warning=True)
         )
         raise kopf.TemporaryError(refusal, delay=PROTECTED_RETRY_SECONDS)
+    if job is None or job.spec is None:
+        # The job is gone (its own finalizer deleted its whole root) or unreadable: nothing to derive
+        # the path from, so nothing is deleted.
+        why = f"job {spec.job} is gone or invalid: storage left to the job's own deletion"
+        kube.post_event(namespace, involved, Event(reason=REASON_STORAGE_KEPT, message=why))
+        return
     secret = spec.storage.credentials_secret if spec.storage is not None else None
-    credentials = kube.s3_credentials(namespace, secret) if secret else None
+    s3 = job.spec.checkpoint.s3
+    refused = trust.endpoint_refusal(s3.endpoint, kube.allowed_endpoints) if s3 is not None else None
+    credentials = None
+    if secret and refused is None and kube.secret_exists(namespace, secret):
+        credentials = kube.s3_credentials(namespace, secret)
+    directory = job.spec.checkpoint.directory
     try:
-        done = storage.delete_checkpoint(spec, credentials)
+        if refused is not None:
+            raise storage.StorageKept(f"{refused}: nothing contacted, the data is kept")
+        done = storage.delete_checkpoint(
+            spec,
+            credentials,
+            expected=trust.expected_commit_uri(job, spec.step),
+            base=directory.path if directory is not None else None,
+        )
+    except storage.StorageKept as exc:
+        kube.post_event(
+            namespace, involved, Event(reason=REASON_STORAGE_KEPT, message=str(exc), warning=True)
+        )
+        kube.post_event(
+            namespace,
+            kube.involved(job),
+            Event(reason=REASON_STORAGE_KEPT, message=f"{name}: {exc}", warning=True),
+        )
+        log.warning("checkpoint %s/%s: storage kept: %s", namespace, name, exc)
+        return
     except storage.StorageError as exc:
         kube.patch_checkpoint_status(namespace, name, "Deleting", str(exc))
         kube.post_event(
-            namespace, involved, Event(reason="StorageDeleteFailed", message=str(exc), warning=True)
+            namespace, involved, Event(reason=Reason.STORAGE_DELETE_FAILED, message=str(exc), warning=True)
         )
         raise kopf.TemporaryError(str(exc), delay=15) from exc
     log.info("checkpoint %s/%s: %s", namespace, name, done)
     if job is not None:
         kube.post_event(
-            namespace, kube.involved(job), Event(reason="CheckpointDeleted", message=f"{name}: {done}")
+            namespace, kube.involved(job), Event(reason=Reason.CHECKPOINT_DELETED, message=f"{name}: {done}")
         )

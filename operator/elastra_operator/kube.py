@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -36,9 +37,10 @@ from elastra.api.membership import (
 )
 from elastra.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 
-from .reconcile import manifests
+from .reconcile import manifests, trust
 from .reconcile.actions import (
     Action,
+    ApplyObject,
     CreateObject,
     DeleteCheckpoint,
     DeleteJob,
@@ -49,6 +51,7 @@ from .reconcile.actions import (
     PatchStatus,
     WriteMembership,
 )
+from .reconcile.status import CREATE_FAILED
 from .reconcile.views import RECORD_KEY, CheckpointView, JobView, NodeView, OperatorRecord, PodView
 
 log = logging.getLogger("elastra.operator.kube")
@@ -56,6 +59,59 @@ COMPONENT = "elastra-operator"
 
 
 _R = TypeVar("_R", AgentReport, CommitReport)
+
+
+CREATE_BACKOFF_MAX_S = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class CreateFailure:
+    """A create the API refused (anything but 409), and when to try again."""
+
+    message: str
+    """Kind, name and the API's message."""
+    attempts: int
+    """Failed passes in a row."""
+    retry_at: float
+    """time.monotonic() before which no create is tried for the job."""
+
+
+def api_message(exc: ApiException) -> str:
+    """The Status message of an API error (its reason and code when the body has none)."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except ValueError:
+        body = {}
+    message = body.get("message") if isinstance(body, dict) else None
+    return f"{exc.status} {exc.reason}: {message}" if message else f"{exc.status} {exc.reason}"
+
+
+class _Creates:
+    """The creates of one pass: skipped while the job backs off after a failed create; the first
+    failure stops the others (later ones depend on earlier ones: a pod on its ServiceAccount)."""
+
+    def __init__(self, kube: Kube, job: JobView) -> None:
+        self.kube, self.job = kube, job
+        failure = kube.create_failures.get((job.namespace, job.name))
+        self.open = failure is None or time.monotonic() >= failure.retry_at
+        self.all_made = True
+
+    def run(self, action: CreateObject | ApplyObject) -> None:
+        if not self.open:
+            self.all_made = False
+            return
+        try:
+            if isinstance(action, ApplyObject):
+                self.kube._apply(self.job.namespace, action.manifest)
+            else:
+                self.kube._create(self.job.namespace, action.manifest)
+        except ApiException as exc:
+            self.open = self.all_made = False
+            self.kube._create_failed(self.job, action.manifest, exc)
+
+    def done(self) -> None:
+        if self.all_made:
+            self.kube.create_failures.pop((self.job.namespace, self.job.name), None)
 
 
 class Conflict(RuntimeError):
@@ -156,6 +212,8 @@ def job_view(
     *,
     restore_from: CheckpointView | None = None,
     missing_secret: str | None = None,
+    create_failure: str | None = None,
+    endpoint_refused: str | None = None,
 ) -> JobView:
     """Pure: a TrainingJob and its membership ConfigMap → JobView."""
     meta = raw["metadata"]
@@ -194,6 +252,8 @@ def job_view(
         membership_version=version,
         restore_from=restore_from,
         missing_secret=missing_secret,
+        create_failure=create_failure,
+        endpoint_refused=endpoint_refused,
     )
 
 
@@ -210,9 +270,17 @@ class Observed:
 class Kube:
     """Reads and writes through one kubernetes ApiClient (synchronous; Kopf runs it in a thread)."""
 
-    def __init__(self, client: kubernetes.client.ApiClient) -> None:
+    def __init__(
+        self, client: kubernetes.client.ApiClient, *, allowed_endpoints: tuple[str, ...] = ()
+    ) -> None:
+        self.allowed_endpoints = allowed_endpoints
+        """S3 endpoints beyond AWS's that jobs may name (`trust.endpoint_refusal`)."""
+        self.api = client
         self.core = kubernetes.client.CoreV1Api(client)
         self.custom = kubernetes.client.CustomObjectsApi(client)
+        self.rbac = kubernetes.client.RbacAuthorizationV1Api(client)
+        self.create_failures: dict[tuple[str, str], CreateFailure] = {}
+        """Per job: the last failed create, retried with backoff (this process's memory only)."""
 
     # ------------------------------------------------------------------ reads
     def _raw(self, call: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -279,9 +347,21 @@ class Kube:
         if spec.get("restoreFrom"):
             found = self.get_checkpoint(namespace, spec["restoreFrom"])
             restore_from = checkpoint_view(found) if found is not None else None
+        refused = trust.endpoint_refusal((spec.get("s3") or {}).get("endpoint"), self.allowed_endpoints)
         secret = (spec.get("s3") or {}).get("credentialsSecret")
-        missing = secret if secret and not self.secret_exists(namespace, secret) else None
-        job = job_view(raw, cm, restore_from=restore_from, missing_secret=missing)
+        # A refused endpoint is all the job gets told: not even its Secret is read.
+        missing = None
+        if secret and refused is None and not self.secret_exists(namespace, secret):
+            missing = secret
+        failure = self.create_failures.get((namespace, name))
+        job = job_view(
+            raw,
+            cm,
+            restore_from=restore_from,
+            missing_secret=missing,
+            create_failure=failure.message if failure is not None else None,
+            endpoint_refused=refused,
+        )
         return Observed(
             job=job,
             pods=self.worker_pods(namespace, name),
@@ -296,10 +376,11 @@ class Kube:
         Raises `Conflict` when the membership record moved under us: nothing after it is applied.
         """
         observations: list[Observe] = []
+        creates = _Creates(self, job)
         for action in actions:
             match action:
-                case CreateObject(manifest=manifest):
-                    self._create(job.namespace, manifest)
+                case CreateObject() | ApplyObject():
+                    creates.run(action)
                 case WriteMembership():
                     self._write_membership(job, action)
                 case DeletePod(name=name, reason=reason, force=force):
@@ -334,7 +415,20 @@ class Kube:
                     self.post_event(job.namespace, self.involved(job), action)
                 case Observe():
                     observations.append(action)
+        creates.done()
         return observations
+
+    def _create_failed(self, job: JobView, manifest: dict[str, Any], exc: ApiException) -> None:
+        """Remember a failed create (backoff 2 s doubling to 5 min) and say why in an Event."""
+        key = (job.namespace, job.name)
+        attempts = (self.create_failures[key].attempts + 1) if key in self.create_failures else 1
+        message = f"{manifest['kind']} {manifest['metadata']['name']}: {api_message(exc)}"
+        delay = min(CREATE_BACKOFF_MAX_S, 2.0**attempts)
+        self.create_failures[key] = CreateFailure(message, attempts, time.monotonic() + delay)
+        log.warning("%s/%s: create failed (retry in %.0fs): %s", *key, delay, message)
+        self.post_event(
+            job.namespace, self.involved(job), Event(reason=CREATE_FAILED, message=message, warning=True)
+        )
 
     def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         # Merge patch: name every field so that ones which became empty are cleared, not kept.
@@ -351,6 +445,12 @@ class Kube:
                 self.core.create_namespaced_pod(namespace, manifest)
             elif kind == "Service":
                 self.core.create_namespaced_service(namespace, manifest)
+            elif kind == "ServiceAccount":
+                self.core.create_namespaced_service_account(namespace, manifest)
+            elif kind == "Role":
+                self.rbac.create_namespaced_role(namespace, manifest)
+            elif kind == "RoleBinding":
+                self.rbac.create_namespaced_role_binding(namespace, manifest)
             else:
                 plural = {ckpt_api.KIND: ckpt_api.PLURAL}[kind]
                 self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, manifest)
@@ -359,6 +459,22 @@ class Kube:
                 raise
             return
         log.info("created %s %s/%s", kind, namespace, manifest["metadata"]["name"])
+
+    def _apply(self, namespace: str, manifest: dict[str, Any]) -> None:
+        """Create the job's Role, or bring an existing one's rules up to date."""
+        assert manifest["kind"] == "Role"
+        name = manifest["metadata"]["name"]
+        try:
+            current = self.rbac.read_namespaced_role(name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            self._create(namespace, manifest)
+            return
+        rules = self.api.sanitize_for_serialization(current.rules or [])
+        if rules != manifest["rules"]:
+            self.rbac.patch_namespaced_role(name, namespace, {"rules": manifest["rules"]})
+            log.info("updated Role %s/%s", namespace, name)
 
     def _ignore_404(self, call: Any, *args: Any, **kwargs: Any) -> None:
         try:

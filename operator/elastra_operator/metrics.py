@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from elastra.api.trainingjob import Phase
 
 from .reconcile.actions import Observe
+from .reconcile.reasons import Metric
 
 _JOB = ("namespace", "job")
 _SECONDS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
@@ -79,17 +80,17 @@ class OperatorMetrics:
         """Record one observation a plan made."""
         value, extra = observation.value, observation.labels
         match observation.metric:
-            case "rescales":
+            case Metric.RESCALES:
                 self.rescales.labels(namespace, job, extra.get("reason", "")).inc()
-            case "failures":
+            case Metric.FAILURES:
                 self.failures.labels(namespace, job, extra.get("reason", "")).inc()
-            case "recovery_seconds":
+            case Metric.RECOVERY_SECONDS:
                 self.recovery.labels(namespace, job).observe(value)
-            case "steps_lost":
+            case Metric.STEPS_LOST:
                 self.steps_lost.labels(namespace, job).observe(value)
-            case "checkpoint_commit_seconds":
+            case Metric.CHECKPOINT_COMMIT_SECONDS:
                 self.commit_seconds.labels(namespace, job).observe(value)
-            case "restore_seconds":
+            case Metric.RESTORE_SECONDS:
                 self.restore.labels(namespace, job, extra.get("tier", "unknown")).observe(value)
             case other:
                 raise ValueError(f"unknown metric observation {other!r}")

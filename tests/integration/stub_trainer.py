@@ -25,6 +25,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
+from elastra import kubeclient
 from elastra.api.membership import (
     AGENT_ANNOTATION,
     COMMIT_ANNOTATION,
@@ -44,8 +45,7 @@ def _now() -> dt.datetime:
 
 class Stub:
     def __init__(self) -> None:
-        kubernetes.config.load_kube_config()
-        self.core = kubernetes.client.CoreV1Api()
+        self.core = kubernetes.client.CoreV1Api(kubeclient.api_client())
         self.pod = os.environ["POD_NAME"]
         self.ns = os.environ["POD_NAMESPACE"]
         self.job = os.environ["ELASTRA_JOB"]

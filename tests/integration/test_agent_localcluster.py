@@ -25,6 +25,7 @@ pytest.importorskip("localcluster")
 from kubernetes import client, config
 
 from elastra.api.membership import AGENT_ANNOTATION, COMMIT_ANNOTATION, MEMBERSHIP_KEY, AgentReport
+from elastra.api.pod import SERVICEACCOUNT_DIR, SERVICEACCOUNT_DIR_ENV
 from localcluster import LocalCluster
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -58,6 +59,7 @@ def _pod_manifest(name: str, node: str, ckpt: pathlib.Path, tmp: pathlib.Path) -
         {"name": "ELASTRA_COLLECTIVE_TIMEOUT_SECONDS", "value": "30"},
         {"name": "ELASTRA_METRICS_PORT", "value": str(METRICS_PORT)},
         {"name": "OMP_NUM_THREADS", "value": "1"},
+        {"name": SERVICEACCOUNT_DIR_ENV, "value": SERVICEACCOUNT_DIR},
     ]
     command = [
         sys.executable,
@@ -85,6 +87,7 @@ def _pod_manifest(name: str, node: str, ckpt: pathlib.Path, tmp: pathlib.Path) -
         },
         "spec": {
             "nodeName": node,
+            "serviceAccountName": f"{JOB}-worker",
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 30,
             "containers": [{"name": "trainer", "image": "elastra-trainer", "command": command, "env": env}],
@@ -123,6 +126,32 @@ def _write_membership(api: Any, record: dict[str, Any]) -> None:
         api.create_namespaced_config_map(NS, body)
 
 
+def _identity(lc: LocalCluster, pods: list[str]) -> None:
+    """The job's worker identity with exactly the permissions the operator grants (RBAC is on): get
+    and patch its own pods, read its membership record."""
+    rbac = client.RbacAuthorizationV1Api(config.new_client_from_config(config_file=lc.kubeconfig))
+    name = f"{JOB}-worker"
+    client.CoreV1Api(rbac.api_client).create_namespaced_service_account(NS, {"metadata": {"name": name}})
+    rules = [
+        {"apiGroups": [""], "resources": ["pods"], "resourceNames": pods, "verbs": ["get", "patch"]},
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": [f"{JOB}-membership"],
+            "verbs": ["get", "list", "watch"],
+        },
+    ]
+    rbac.create_namespaced_role(NS, {"metadata": {"name": name}, "rules": rules})
+    rbac.create_namespaced_role_binding(
+        NS,
+        {
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": NS}],
+        },
+    )
+
+
 def _member(pod: Any, rank_start: int) -> dict[str, Any]:
     return {
         "pod": pod.metadata.name,
@@ -138,6 +167,7 @@ def test_agent_runs_rescales_and_reports(tmp_path: pathlib.Path) -> None:
     with LocalCluster(workdir=tmp_path / "lc", nodes=2, gpus_per_node=1) as lc:
         config.load_kube_config(config_file=lc.kubeconfig)
         api = client.CoreV1Api()
+        _identity(lc, ["tj-w-0", "tj-w-1"])
         for name, node in (("tj-w-0", "node-1"), ("tj-w-1", "node-2")):
             api.create_namespaced_pod(NS, _pod_manifest(name, node, ckpt, tmp_path))
 

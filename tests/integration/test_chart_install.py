@@ -62,7 +62,9 @@ class Api:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     # No nodes: the operator pods are created but never run, so this checks the chart, not the operator.
-    with LocalCluster(workdir=tmp_path_factory.mktemp("localcluster"), nodes=0) as local_cluster:
+    # Go clients (kubectl, helm) send no credentials over plain HTTP (client-go sets them for TLS
+    # servers only), so RBAC stays off here until localcluster serves TLS (issue 17).
+    with LocalCluster(workdir=tmp_path_factory.mktemp("localcluster"), nodes=0, rbac=False) as local_cluster:
         yield local_cluster
 
 

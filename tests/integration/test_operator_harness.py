@@ -91,7 +91,9 @@ class Harness:
         self.cluster.stop()
 
     # ------------------------------------------------------------------ jobs
-    def create_job(self, name: str, *, env: dict[str, str] | None = None, **spec: Any) -> None:
+    def create_job(
+        self, name: str, *, env: dict[str, str] | None = None, namespace: str = NS, **spec: Any
+    ) -> None:
         container_env = [{"name": "STUB_STEP_SECONDS", "value": "0.05"}]
         container_env += [{"name": k, "value": v} for k, v in (env or {}).items()]
         body: dict[str, Any] = {
@@ -119,7 +121,7 @@ class Harness:
         body.update(spec)
         manifest = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingJob", "metadata": {"name": name}}
         self.custom.create_namespaced_custom_object(
-            GROUP, VERSION, NS, "trainingjobs", {**manifest, "spec": body}
+            GROUP, VERSION, namespace, "trainingjobs", {**manifest, "spec": body}
         )
 
     def patch_spec(self, name: str, spec: dict[str, Any]) -> None:

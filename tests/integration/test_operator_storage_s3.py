@@ -40,7 +40,9 @@ def test_deletes_exactly_one_step_prefix(s3_server: Any) -> None:
     credentials = {"AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key}
 
     done = storage.delete_checkpoint(
-        _spec(f"s3://{bucket}/ns/tj/step-10", s3_server.endpoint_url), credentials
+        _spec(f"s3://{bucket}/ns/tj/step-10", s3_server.endpoint_url),
+        credentials,
+        expected=f"s3://{bucket}/ns/tj/step-10",
     )
 
     assert "1 manifest(s) and 4 other object(s)" in done
@@ -48,7 +50,9 @@ def test_deletes_exactly_one_step_prefix(s3_server: Any) -> None:
         "step-100 shares the prefix text, not the dir"
     )
     again = storage.delete_checkpoint(
-        _spec(f"s3://{bucket}/ns/tj/step-10", s3_server.endpoint_url), credentials
+        _spec(f"s3://{bucket}/ns/tj/step-10", s3_server.endpoint_url),
+        credentials,
+        expected=f"s3://{bucket}/ns/tj/step-10",
     )
     assert "1 manifest(s) and 0 other object(s)" in again
 
@@ -57,7 +61,9 @@ def test_unreachable_bucket_is_a_storage_error(s3_server: Any) -> None:
     credentials = {"AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key}
     with pytest.raises(storage.StorageError, match="cannot delete"):
         storage.delete_checkpoint(
-            _spec("s3://no-such-bucket/ns/tj/step-1", s3_server.endpoint_url), credentials
+            _spec("s3://no-such-bucket/ns/tj/step-1", s3_server.endpoint_url),
+            credentials,
+            expected="s3://no-such-bucket/ns/tj/step-1",
         )
 
 

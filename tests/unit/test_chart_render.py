@@ -224,8 +224,8 @@ def test_minimal_values_leave_out_every_optional_object() -> None:
     assert pod["serviceAccountName"] == "existing-operator-sa"
     cluster_resources = {r for role in by_kind(objects, "ClusterRole") for _, r, _ in grants(role["rules"])}
     assert "nodes" not in cluster_resources
-    binding = next(b for b in by_kind(objects, "RoleBinding") if b["metadata"]["name"].endswith("-trainer"))
-    assert binding["subjects"][0]["name"] == "existing-trainer-sa"
+    binding = next(b for b in by_kind(objects, "RoleBinding") if b["metadata"]["name"].endswith("-secrets"))
+    assert binding["subjects"][0]["name"] == "existing-operator-sa"
 
 
 # ----------------------------------------------------------------------------- RBAC
@@ -252,6 +252,9 @@ OPERATOR_NEEDS = [
     ("", "configmaps", ("create", "get", "list", "watch", "patch", "delete")),
     ("", "events", ("create", "patch")),
     ("", "secrets", ("get",)),
+    ("", "serviceaccounts", ("create", "get")),
+    ("rbac.authorization.k8s.io", "roles", ("create", "get", "patch")),
+    ("rbac.authorization.k8s.io", "rolebindings", ("create", "get")),
     ("coordination.k8s.io", "leases", ("get", "list", "watch", "create", "patch", "update")),
     ("", "nodes", ("get", "list", "watch")),
 ]
@@ -274,7 +277,8 @@ def operator_grants(objects: list[Obj]) -> dict[str | None, set[tuple[str, str, 
 @pytest.mark.parametrize(
     ("values", "namespaces"),
     [
-        pytest.param({}, [None], id="cluster-scope"),
+        # cluster scope: everything cluster-wide, but Secrets only in the job namespaces
+        pytest.param({}, [NAMESPACE], id="cluster-scope"),
         pytest.param(load_ci_values("namespaced"), ["team-a", "team-b"], id="namespaced-scope"),
     ],
 )
@@ -287,7 +291,7 @@ def test_operator_rbac_covers_what_it_needs(values: Obj, namespaces: list[str | 
         for group, resource, verbs in OPERATOR_NEEDS:
             for verb in verbs:
                 assert (group, resource, verb) in available, (namespace, group, resource, verb)
-    peering = ("kopf.dev", "clusterkopfpeerings" if namespaces == [None] else "kopfpeerings", "patch")
+    peering = ("kopf.dev", "clusterkopfpeerings" if values == {} else "kopfpeerings", "patch")
     assert all(peering in granted.get(ns, set()) | cluster_wide for ns in namespaces)
 
 
@@ -315,24 +319,47 @@ def test_rbac_has_no_wildcards_and_secrets_are_read_only(values: Obj) -> None:
         pytest.param(load_ci_values("overrides"), {"ml-jobs", "ml-research"}, id="explicit-list"),
     ],
 )
-def test_trainer_identity_is_patch_own_pod_and_read_membership(values: Obj, namespaces: set[str]) -> None:
+def test_secrets_are_read_in_the_job_namespaces_only(values: Obj, namespaces: set[str]) -> None:
     objects, _ = render(values)
-    trainer_roles = [r for r in by_kind(objects, "Role") if r["metadata"]["name"].endswith("-trainer")]
-    assert {r["metadata"]["namespace"] for r in trainer_roles} == namespaces
-    for role in trainer_roles:
-        assert grants(role["rules"]) == {
-            ("", "pods", "get"),
-            ("", "pods", "patch"),
-            ("", "configmaps", "get"),
-            ("", "configmaps", "list"),
-            ("", "configmaps", "watch"),
-        }
-    accounts = {
-        account["metadata"]["namespace"]
-        for account in by_kind(objects, "ServiceAccount")
-        if account["metadata"]["name"] == "elastra-trainer"
-    }
-    assert accounts == namespaces
+    for role in by_kind(objects, "ClusterRole"):
+        assert all(resource != "secrets" for _, resource, _ in grants(role["rules"])), role["metadata"]
+    secret_roles = [
+        r for r in by_kind(objects, "Role") if any(res == "secrets" for _, res, _ in grants(r["rules"]))
+    ]
+    assert {r["metadata"]["namespace"] for r in secret_roles} == namespaces
+    for role in secret_roles:
+        assert grants(role["rules"]) == {("", "secrets", "get")}
+    # no chart-made worker identity: the operator gives each job its own (docs/protocol.md)
+    assert not [a for a in by_kind(objects, "ServiceAccount") if a["metadata"]["name"] == "elastra-trainer"]
+
+
+def test_operator_may_create_each_jobs_identity_but_not_escalate() -> None:
+    objects, _ = render({})
+    granted = {g for role in by_kind(objects, "ClusterRole") for g in grants(role["rules"])}
+    for needed in [
+        ("", "serviceaccounts", "create"),
+        ("rbac.authorization.k8s.io", "roles", "create"),
+        ("rbac.authorization.k8s.io", "rolebindings", "create"),
+    ]:
+        assert needed in granted
+    assert not {v for _, _, v in granted} & {"escalate", "bind", "impersonate"}
+
+
+@pytest.mark.parametrize(
+    ("values", "env"),
+    [
+        pytest.param({}, "", id="aws-only"),
+        pytest.param(
+            {"s3": {"allowedEndpoints": ["http://a:9000", "https://b"]}},
+            "http://a:9000,https://b",
+            id="listed",
+        ),
+    ],
+)
+def test_s3_allowed_endpoints_reach_the_operator(values: Obj, env: str) -> None:
+    objects, _ = render(values)
+    container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "ELASTRA_S3_ALLOWED_ENDPOINTS", "value": env} in container["env"]
 
 
 # ----------------------------------------------------------------------------- monitoring

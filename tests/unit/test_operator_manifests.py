@@ -55,9 +55,9 @@ def test_worker_pod_keeps_the_template_and_adds_tiers() -> None:
     )
     assert env["ELASTRA_CHECKPOINT_URI"] == "s3://bkt/ns/tj" and env["AWS_ENDPOINT_URL_S3"] == "http://s3"
     assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "creds", "key": "AWS_ACCESS_KEY_ID"}}
-    assert {"name": "elastra-local", "hostPath": {"path": "/nvme", "type": "DirectoryOrCreate"}} in pod[
-        "spec"
-    ]["volumes"]
+    # one node folder per job (namespace, name and uid): another job's retention cannot reach it
+    host = {"path": "/nvme/ns/tj-uid-1", "type": "DirectoryOrCreate"}
+    assert {"name": "elastra-local", "hostPath": host} in pod["spec"]["volumes"]
     assert {"name": "elastra-local", "mountPath": "/nvme"} in pod["spec"]["containers"][0]["volumeMounts"]
 
 
@@ -137,3 +137,52 @@ def test_pod_index(name: str, index: int | None) -> None:
 )
 def test_tolerates(tolerations: list[dict[str, str]], taint: tuple[str, str, str], ok: bool) -> None:
     assert manifests.tolerates({"spec": {"tolerations": tolerations}}, taint) is ok
+
+
+def _local_host(name: str, uid: str, namespace: str = "ns") -> str:
+    from dataclasses import replace
+
+    checkpoint = {"local": {"path": "/nvme", "keep": 1}, "directory": {"path": "/shared"}}
+    view = replace(job(checkpoint=checkpoint), name=name, uid=uid, namespace=namespace)
+    pod = manifests.worker_pod(view, 0)
+    return next(v["hostPath"]["path"] for v in pod["spec"]["volumes"] if v["name"] == "elastra-local")
+
+
+@pytest.mark.parametrize(
+    ("other", "why"),
+    [
+        pytest.param(("b", "uid-1", "ns"), "another job", id="other-job"),
+        pytest.param(("tj", "uid-2", "ns"), "the same name recreated", id="recreated"),
+        pytest.param(("tj", "uid-1", "other"), "another namespace", id="other-namespace"),
+    ],
+)
+def test_local_tier_is_one_folder_per_job(other: tuple[str, str, str], why: str) -> None:
+    assert _local_host("tj", "uid-1") != _local_host(*other), why
+    assert _local_host("tj", "uid-1") == "/nvme/ns/tj-uid-1"
+
+
+def test_local_tier_folder_is_private(tmp_path: Any) -> None:
+    from elastra.storage.local import make_private
+
+    folder = tmp_path / "ns" / "tj-uid"
+    make_private(str(folder))
+    assert folder.stat().st_mode & 0o777 == 0o700
+    folder.chmod(0o755)
+    make_private(str(folder))
+    assert folder.stat().st_mode & 0o777 == 0o700
+
+
+def test_worker_pods_run_as_the_jobs_identity() -> None:
+    view = job()
+    pod = manifests.worker_pod(view, 3)
+    assert pod["spec"]["serviceAccountName"] == "tj-worker"
+    account, role, binding = manifests.worker_identity(view, manifests.identity_names("tj", 3, 2))
+    pods_rule, cm_rule = role["rules"]
+    assert pods_rule["resourceNames"] == [f"tj-w-{i}" for i in range(6)] and pods_rule["verbs"] == [
+        "get",
+        "patch",
+    ]
+    assert cm_rule["resourceNames"] == ["tj-membership"] and "patch" not in cm_rule["verbs"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "tj-worker", "namespace": "ns"}]
+    assert all(o["metadata"]["ownerReferences"][0]["uid"] == "uid-1" for o in (account, role, binding))
+    assert len(manifests.identity_names("tj", 9, 2)) == 10, "a higher index widens the Role"

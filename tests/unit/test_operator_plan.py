@@ -52,7 +52,11 @@ CASES = [
         [],
         nodes(3),
         [],
-        {"created_kinds": ["Service", "Pod", "Pod", "Pod"], "m": (0, "Hold", []), "phase": "Starting"},
+        {
+            "created_kinds": ["Service", "ServiceAccount", "Role", "RoleBinding", "Pod", "Pod", "Pod"],
+            "m": (0, "Hold", []),
+            "phase": "Starting",
+        },
         id="start-creates-service-one-pod-per-node-and-record",
     ),
     pytest.param(

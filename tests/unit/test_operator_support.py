@@ -17,6 +17,7 @@ from elastra.api.membership import (
 from elastra.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 from elastra_operator.reconcile.actions import (
     Action,
+    ApplyObject,
     CreateObject,
     DeleteCheckpoint,
     DeleteJob,
@@ -214,7 +215,7 @@ def summarize(actions: tuple[Action, ...]) -> Summary:
     out = Summary()
     for action in actions:
         match action:
-            case CreateObject(manifest=manifest):
+            case CreateObject(manifest=manifest) | ApplyObject(manifest=manifest):
                 out.created_kinds.append(manifest["kind"])
                 if manifest["kind"] == "Pod":
                     out.created_pods.append(manifest["metadata"]["name"])

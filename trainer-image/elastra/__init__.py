@@ -6,7 +6,6 @@ engine (`elastra.checkpoint`) and the session load torch only when used.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 __version__ = "0.1.0"
@@ -17,7 +16,7 @@ __all__ = ["__version__", "init"]
 def __getattr__(name: str) -> Any:
     """`elastra.init` loads the session (and torch) on first use only."""
     if name == "init":
-        # importlib rather than an import statement: the layer contracts keep `elastra.agent` (which
-        # imports this package) independent of `elastra.session`.
-        return importlib.import_module("elastra.session").init
+        from elastra.session import init
+
+        return init
     raise AttributeError(f"module 'elastra' has no attribute {name!r}")

@@ -72,7 +72,7 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- end -}}
 
-{{/* The namespaces that get the trainer ServiceAccount and Role, one per line. */}}
+{{/* The job namespaces (the operator reads Secrets there), one per line. */}}
 {{- define "elastra.trainerNamespaces" -}}
 {{- if .Values.trainer.namespaces -}}
 {{- join "\n" (uniq .Values.trainer.namespaces) -}}

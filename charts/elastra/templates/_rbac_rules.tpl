@@ -22,10 +22,15 @@ The operator's permissions on namespaced resources. The same list goes into the 
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create, patch]
-# S3 credentials, read by the Checkpoint finalizer that deletes stored data.
+# Each job's own worker identity: a ServiceAccount, and a Role (its own worker pods: get, patch; its
+# membership record: read) bound to it. The API server lets the operator grant only what it holds.
 - apiGroups: [""]
-  resources: [secrets]
-  verbs: [get]
+  resources: [serviceaccounts]
+  verbs: [create, get]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [create, get, patch]
+# No Secrets here: they are read only in the job namespaces (trainer-rbac.yaml).
 - apiGroups: [coordination.k8s.io]
   resources: [leases]
   verbs: [create, get, list, watch, patch, update]

@@ -18,6 +18,13 @@ class CreateObject:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ApplyObject:
+    """Create an object, or replace an existing one whose content differs (the job's Role)."""
+
+    manifest: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DeletePod:
     """Delete a pod; `force` for pods on a lost node (grace period 0)."""
 
@@ -88,6 +95,7 @@ class Observe:
 
 Action = (
     CreateObject
+    | ApplyObject
     | DeletePod
     | DeleteCheckpoint
     | MarkUnverified

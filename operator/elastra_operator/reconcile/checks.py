@@ -31,6 +31,8 @@ def spec_problems(job: JobView) -> list[str]:
     restore = spec.checkpoint.restore_from
     if restore is not None and job.restore_from is None and job.membership is None:
         problems.append(f"checkpoint.restoreFrom names Checkpoint {restore!r}, which does not exist")
+    if job.endpoint_refused is not None:
+        problems.append(job.endpoint_refused)
     if job.missing_secret is not None:
         problems.append(f"checkpoint.s3.credentialsSecret {job.missing_secret!r} does not exist")
     return problems

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from elastra.api.checkpoint import checkpoint_name
 
-from . import manifests
+from . import manifests, trust
 from .actions import Action, CreateObject, DeleteCheckpoint, Event, MarkUnverified, Observe
+from .reasons import Metric, Reason
 from .views import CheckpointView, JobView, PodView
 
 
@@ -39,10 +40,15 @@ def record(job: JobView, pods: Sequence[PodView], known: Sequence[CheckpointView
         commit = pod.commit
         if commit is None or checkpoint_name(job.name, commit.step) in names:
             continue
+        problem = trust.commit_problem(job, pod, commit)
+        if problem is not None:
+            message = f"{pod.name}: commit of step {commit.step} ignored: {problem}"
+            events.append(Event(reason=Reason.COMMIT_REJECTED, message=message, warning=True))
+            continue
         try:
             manifest = manifests.checkpoint_object(job, commit)
         except ValueError as exc:
-            events.append(Event(reason="BadCommitReport", message=f"{pod.name}: {exc}", warning=True))
+            events.append(Event(reason=Reason.BAD_COMMIT_REPORT, message=f"{pod.name}: {exc}", warning=True))
             continue
         name = checkpoint_name(job.name, commit.step)
         names.add(name)
@@ -62,12 +68,12 @@ def record(job: JobView, pods: Sequence[PodView], known: Sequence[CheckpointView
         tiers = ", ".join(commit.tiers)
         events.append(
             Event(
-                reason="CheckpointCommitted",
+                reason=Reason.CHECKPOINT_COMMITTED,
                 message=f"{name}: step {commit.step}, {commit.bytes} bytes in {tiers} "
                 f"({commit.commit_seconds:.2f}s)",
             )
         )
-        observations.append(Observe(metric="checkpoint_commit_seconds", value=commit.commit_seconds))
+        observations.append(Observe(metric=Metric.CHECKPOINT_COMMIT_SECONDS, value=commit.commit_seconds))
     checkpoints.sort(key=lambda c: c.step)
     checkpoints, marks = unusable(job, pods, checkpoints)
     events.extend(a for a in marks if isinstance(a, Event))

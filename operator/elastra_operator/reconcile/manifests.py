@@ -10,7 +10,8 @@ from typing import Any
 from elastra.api import API_VERSION
 from elastra.api import checkpoint as ckpt_api
 from elastra.api import trainingjob as tj_api
-from elastra.api.membership import JOB_LABEL, ROLE_LABEL, CommitReport
+from elastra.api.membership import JOB_LABEL, ROLE_LABEL, CommitReport, membership_configmap_name
+from elastra.api.pod import PodContract
 
 from .views import JobView, NodeView
 
@@ -90,36 +91,12 @@ def free_nodes(template: dict[str, Any], nodes: Iterable[NodeView], occupied: se
     ]
 
 
-def _env(job: JobView, name: str) -> list[dict[str, Any]]:
-    spec = job.spec
-    assert spec is not None
-    ck = spec.checkpoint
-    env: list[dict[str, Any]] = [
-        {"name": "ELASTRA_JOB", "value": job.name},
-        {"name": "POD_NAME", "value": name},
-        {"name": "POD_NAMESPACE", "value": job.namespace},
-        {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": "ELASTRA_CHECKPOINT_URI", "value": ck.root_uri(job.namespace, job.name)},
-        {"name": "ELASTRA_NPROC_PER_POD", "value": str(spec.nproc_per_pod)},
-        {"name": "ELASTRA_CHECKPOINT_KEEP", "value": str(ck.keep)},
-    ]
-    if ck.every_steps is not None:
-        env.append({"name": "ELASTRA_CHECKPOINT_EVERY_STEPS", "value": str(ck.every_steps)})
-    if ck.every_seconds is not None:
-        env.append({"name": "ELASTRA_CHECKPOINT_EVERY_SECONDS", "value": str(ck.every_seconds)})
-    if ck.local is not None:
-        env.append({"name": "ELASTRA_LOCAL_DIR", "value": ck.local.path})
-        env.append({"name": "ELASTRA_LOCAL_KEEP", "value": str(ck.local.keep)})
-    if ck.s3 is not None:
-        env.append({"name": "AWS_REGION", "value": ck.s3.region})
-        if ck.s3.endpoint:
-            env.append({"name": "AWS_ENDPOINT_URL_S3", "value": ck.s3.endpoint})
-        if ck.s3.credentials_secret:
-            for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-                ref = {"name": ck.s3.credentials_secret, "key": key}
-                env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
-    return env
+def local_host_path(job: JobView) -> str:
+    """The node folder of the job's local tier: `<local.path>/<namespace>/<job>-<uid>`. Pods see it at
+    `local.path` and nothing beside it, so one job's retention can never touch another's steps (a job
+    recreated under the same name gets a new uid, hence a new folder)."""
+    assert job.spec is not None and job.spec.checkpoint.local is not None
+    return f"{job.spec.checkpoint.local.path.rstrip('/')}/{job.namespace}/{job.name}-{job.uid}"
 
 
 def worker_pod(job: JobView, index: int) -> dict[str, Any]:
@@ -131,6 +108,10 @@ def worker_pod(job: JobView, index: int) -> dict[str, Any]:
     meta = template.get("metadata", {}) or {}
     pod_spec: dict[str, Any] = template.get("spec", {}) or {}
     pod_spec["restartPolicy"] = "Never"  # the agent restarts workers in place; a dead pod is a failure
+    # The job's own identity, unless the template names one (e.g. for cloud IAM): that account then
+    # needs what the job's Role grants (`worker_identity`).
+    pod_spec.setdefault("serviceAccountName", worker_service_account(job.name))
+    pod_spec.pop("automountServiceAccountToken", None)  # the agent reports through the token
     pod_spec["hostname"] = name
     pod_spec["subdomain"] = job.name
     pod_spec.setdefault(
@@ -146,13 +127,16 @@ def worker_pod(job: JobView, index: int) -> dict[str, Any]:
             }
         },
     )
-    env = _env(job, name)
     grace = pod_spec.get("terminationGracePeriodSeconds", 30)
-    env.append({"name": "ELASTRA_TERMINATION_GRACE_SECONDS", "value": str(grace)})
+    contract = PodContract.from_spec(
+        namespace=job.namespace, job=job.name, pod=name, spec=spec, grace_seconds=grace
+    )
+    env = contract.to_env()
     local = spec.checkpoint.local
     if local is not None:
         volumes = pod_spec.setdefault("volumes", [])
-        volumes.append({"name": LOCAL_VOLUME, "hostPath": {"path": local.path, "type": "DirectoryOrCreate"}})
+        host = {"path": local_host_path(job), "type": "DirectoryOrCreate"}
+        volumes.append({"name": LOCAL_VOLUME, "hostPath": host})
     for container in pod_spec.get("containers", []):
         container["env"] = [*container.get("env", []), *env]
         if local is not None:
@@ -170,6 +154,61 @@ def worker_pod(job: JobView, index: int) -> dict[str, Any]:
         },
         "spec": pod_spec,
     }
+
+
+def worker_service_account(job: str) -> str:
+    """The ServiceAccount (and Role, RoleBinding) every worker pod of `job` runs as."""
+    return f"{job}-worker"
+
+
+def identity_names(job: str, highest_index: int, replicas_max: int) -> list[str]:
+    """The pod names the job's Role covers: every index up to the highest in use, and at least twice
+    `replicas.max` (a failed member's index stays taken for a generation), so it rarely changes."""
+    top = max(highest_index + 1, 2 * replicas_max + 2)
+    return [pod_name(job, i) for i in range(top)]
+
+
+def worker_identity(job: JobView, pod_names: list[str]) -> list[dict[str, Any]]:
+    """The ServiceAccount, Role and RoleBinding of the job's worker pods. The Role reaches only this
+    job's objects: get and patch its own worker pods (the agent's reports are annotations on them) and
+    read its membership record. Nothing else: no other job's pods, no Secrets."""
+    name = worker_service_account(job.name)
+    meta = {
+        "name": name,
+        "namespace": job.namespace,
+        "labels": labels(job, "identity"),
+        "ownerReferences": [owner_reference(job)],
+    }
+    rbac = "rbac.authorization.k8s.io/v1"
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": copy.deepcopy(meta)},
+        {
+            "apiVersion": rbac,
+            "kind": "Role",
+            "metadata": copy.deepcopy(meta),
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods"],
+                    "resourceNames": pod_names,
+                    "verbs": ["get", "patch"],
+                },
+                {
+                    "apiGroups": [""],
+                    "resources": ["configmaps"],
+                    "resourceNames": [membership_configmap_name(job.name)],
+                    "verbs": ["get", "list", "watch"],
+                },
+            ],
+        },
+        {
+            "apiVersion": rbac,
+            "kind": "RoleBinding",
+            "metadata": copy.deepcopy(meta),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": job.namespace}],
+        },
+    ]
 
 
 def headless_service(job: JobView) -> dict[str, Any]:

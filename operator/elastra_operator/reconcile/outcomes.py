@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from elastra.api.trainingjob import CleanPodPolicy, Phase
 
 from .actions import Action, DeleteJob, DeletePod, Event, PatchStatus
+from .reasons import Reason
 from .status import changed, set_condition, status_body
 from .views import JobView, PodView
 
@@ -17,7 +18,12 @@ def invalid(job: JobView, problems: list[str], now: dt.datetime) -> tuple[Action
     message = "; ".join(problems)
     old = job.status.condition("Valid")
     conditions = set_condition(
-        job.status.conditions, type_="Valid", status=False, reason="InvalidSpec", message=message, now=now
+        job.status.conditions,
+        type_="Valid",
+        status=False,
+        reason=Reason.INVALID_SPEC,
+        message=message,
+        now=now,
     )
     phase = job.status.phase if job.membership is not None else Phase.PENDING
     status = job.status.model_copy(update={"conditions": conditions, "phase": phase})
@@ -25,7 +31,9 @@ def invalid(job: JobView, problems: list[str], now: dt.datetime) -> tuple[Action
         return ()
     actions: list[Action] = [PatchStatus(status=status_body(status))]
     if old is None or old.status != "False" or old.message != message:
-        actions.append(Event(reason="InvalidSpec", message=f"the job cannot start: {message}", warning=True))
+        actions.append(
+            Event(reason=Reason.INVALID_SPEC, message=f"the job cannot start: {message}", warning=True)
+        )
     return tuple(actions)
 
 

@@ -21,6 +21,7 @@ from elastra.api.trainingjob import Phase, TrainingJobStatus
 from . import commits, failures, manifests
 from .actions import (
     Action,
+    ApplyObject,
     CreateObject,
     DeletePod,
     Event,
@@ -32,6 +33,7 @@ from .checks import spec_problems
 from .facts import Facts, Failure
 from .generations import next_membership, restore_point
 from .outcomes import after_finish, invalid
+from .reasons import Metric, Reason
 from .status import build_status, changed, set_condition, status_body
 from .views import CheckpointView, JobView, NodeView, OperatorRecord, PodView
 
@@ -93,7 +95,7 @@ class _Pass:
         self.observations: list[Action] = []
         self.phase = job.status.phase
         self.conditions = set_condition(
-            job.status.conditions, type_="Valid", status=True, reason="SpecValid", message="", now=now
+            job.status.conditions, type_="Valid", status=True, reason=Reason.SPEC_VALID, message="", now=now
         )
         self.completion: dt.datetime | None = job.status.completion_time
         self.creating = 0
@@ -150,24 +152,38 @@ class _Pass:
         taken = {manifests.pod_index(self.job.name, name) for name in names}
         index = 0
         self.creating = max(want, 0)
+        pods: list[Action] = []
         for _ in range(self.creating):
             while index in taken:
                 index += 1
-            self.creates.append(CreateObject(manifest=manifests.worker_pod(self.job, index)))
+            pods.append(CreateObject(manifest=manifests.worker_pod(self.job, index)))
             taken.add(index)
+        if pods or self.job.membership is None:
+            # The identity first: a pod naming a missing ServiceAccount is refused.
+            highest = max((i for i in taken if i is not None), default=0)
+            names = manifests.identity_names(self.job.name, highest, self.spec.replicas.max)
+            account, role, binding = manifests.worker_identity(self.job, names)
+            self.creates += [CreateObject(manifest=account), ApplyObject(manifest=role)]
+            self.creates.append(CreateObject(manifest=binding))
+        self.creates.extend(pods)
         if len(self.keep) + self.creating < self.spec.replicas.min:
             self.conditions = set_condition(
                 self.conditions,
                 type_="Capacity",
                 status=False,
-                reason="InsufficientCapacity",
+                reason=Reason.INSUFFICIENT_CAPACITY,
                 message=f"{len(self.keep) + self.creating} schedulable worker(s), replicas.min is "
                 f"{self.spec.replicas.min}: waiting for capacity",
                 now=self.now,
             )
         else:
             self.conditions = set_condition(
-                self.conditions, type_="Capacity", status=True, reason="Sufficient", message="", now=self.now
+                self.conditions,
+                type_="Capacity",
+                status=True,
+                reason=Reason.SUFFICIENT,
+                message="",
+                now=self.now,
             )
 
     def check_deadline(self) -> bool:
@@ -255,14 +271,14 @@ class _Pass:
         limit = self.spec.run_policy.backoff_limit
         self.events.append(
             Event(
-                reason="Failure",
+                reason=Reason.FAILURE,
                 message=f"generation {self.m.generation}: lost {detail}; "
                 f"failure {count}, backoffLimit {limit}",
                 warning=True,
             )
         )
         label = failures.failure_label(unplanned, self.suspects)
-        self.observations.append(Observe(metric="failures", labels={"reason": label}))
+        self.observations.append(Observe(metric=Metric.FAILURES, labels={"reason": label}))
         if count > limit:
             self.finish("Failed", "BackoffLimitExceeded", f"{count} failures, backoffLimit is {limit}")
             return True
@@ -295,7 +311,7 @@ class _Pass:
             self.new_m = self.m.model_copy(update={"checkpoint_request": request})
             self.events.append(
                 Event(
-                    reason="CheckpointRequested",
+                    reason=Reason.CHECKPOINT_REQUESTED,
                     message=f"checkpoint requested before {reason} (request {request.id})",
                 )
             )
@@ -307,7 +323,7 @@ class _Pass:
         if waited >= self.spec.elastic.checkpoint_deadline_seconds:
             self.events.append(
                 Event(
-                    reason="CheckpointLate",
+                    reason=Reason.CHECKPOINT_LATE,
                     message=f"no commit for request {request.id} after {int(waited)}s: "
                     f"{reason} from the newest committed checkpoint",
                     warning=True,
@@ -344,23 +360,25 @@ class _Pass:
             if pod is not None and pod.agent is not None and pod.agent.restore_seconds is not None:
                 tier = pod.agent.restore_tier or "unknown"
                 self.observations.append(
-                    Observe(metric="restore_seconds", value=pod.agent.restore_seconds, labels={"tier": tier})
+                    Observe(
+                        metric=Metric.RESTORE_SECONDS, value=pod.agent.restore_seconds, labels={"tier": tier}
+                    )
                 )
         detected = self.r.failure_detected_at
         if detected is None:
             return
         self.observations.append(
-            Observe(metric="recovery_seconds", value=(self.now - detected).total_seconds())
+            Observe(metric=Metric.RECOVERY_SECONDS, value=(self.now - detected).total_seconds())
         )
         restored = self.m.restore.step if self.m.restore is not None else 0
         if self.r.failure_step is not None:
             self.observations.append(
-                Observe(metric="steps_lost", value=max(self.r.failure_step - restored, 0))
+                Observe(metric=Metric.STEPS_LOST, value=max(self.r.failure_step - restored, 0))
             )
         self.new_r = self.new_r.model_copy(update={"failure_detected_at": None, "failure_step": None})
         self.events.append(
             Event(
-                reason="Recovered",
+                reason=Reason.RECOVERED,
                 message=f"training resumed in generation {self.m.generation} "
                 f"after {(self.now - detected).total_seconds():.1f}s",
             )
@@ -410,7 +428,7 @@ class _Pass:
                 self.write_generation(MembershipPhase.HOLD, [], reason=reason)
                 self.events.append(
                     Event(
-                        reason="InsufficientCapacity",
+                        reason=Reason.INSUFFICIENT_CAPACITY,
                         message=f"{len(running)} worker(s) left, replicas.min is {minimum}: "
                         "holding until capacity returns",
                         warning=True,
@@ -435,11 +453,11 @@ class _Pass:
                 "started_at": self.r.started_at or (self.now if phase is MembershipPhase.RUN else None),
             }
         )
-        self.observations.append(Observe(metric="rescales", labels={"reason": reason}))
+        self.observations.append(Observe(metric=Metric.RESCALES, labels={"reason": reason}))
         source = f", restoring {restore.checkpoint}" if restore is not None else ""
         self.events.append(
             Event(
-                reason="Rescaled" if phase is MembershipPhase.RUN else "Held",
+                reason=Reason.RESCALED if phase is MembershipPhase.RUN else "Held",
                 message=f"generation {generation} ({phase}): world size {self.m.world_size} -> "
                 f"{self.new_m.world_size} ({reason}){source}",
             )
@@ -495,6 +513,7 @@ class _Pass:
             checkpoints=self.ckpts,
             completion=self.completion,
             now=self.now,
+            create_failure=self.job.create_failure,
         )
 
 

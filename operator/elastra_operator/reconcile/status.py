@@ -9,6 +9,7 @@ from typing import Any
 from elastra.api.membership import Membership, MembershipPhase
 from elastra.api.trainingjob import Condition, LastCheckpoint, MemberStatus, Phase, TrainingJobStatus
 
+from .reasons import Reason
 from .views import CheckpointView, OperatorRecord, PodView
 
 
@@ -40,6 +41,10 @@ def changed(old: TrainingJobStatus, new: TrainingJobStatus) -> bool:
     return status_body(old) != status_body(new)
 
 
+CREATE_FAILED = Reason.CREATE_FAILED
+"""Ready condition reason (and Event reason): an object of the job could not be created."""
+
+
 def build_status(
     *,
     previous: TrainingJobStatus,
@@ -51,6 +56,7 @@ def build_status(
     checkpoints: Sequence[CheckpointView],
     completion: dt.datetime | None,
     now: dt.datetime,
+    create_failure: str | None = None,
 ) -> TrainingJobStatus:
     """Pure: the status a pass leaves, mirroring the membership record, the operator record and the newest
     checkpoint (`checkpoints` sorted by step)."""
@@ -71,9 +77,14 @@ def build_status(
             time=newest.committed_at,
         )
     ready = phase is Phase.RUNNING
-    conditions = set_condition(
-        conditions, type_="Ready", status=ready, reason=phase.value, message="", now=now
-    )
+    if create_failure is not None and not phase.finished:
+        conditions = set_condition(
+            conditions, type_="Ready", status=False, reason=CREATE_FAILED, message=create_failure, now=now
+        )
+    else:
+        conditions = set_condition(
+            conditions, type_="Ready", status=ready, reason=phase.value, message="", now=now
+        )
     return TrainingJobStatus(
         phase=phase,
         conditions=conditions,

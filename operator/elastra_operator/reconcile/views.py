@@ -132,3 +132,8 @@ class JobView:
     """The Checkpoint named by `spec.checkpoint.restoreFrom`, when it exists."""
     missing_secret: str | None = None
     """Name of the S3 credentials Secret when the job names one that does not exist."""
+    endpoint_refused: str | None = None
+    """Why the job's S3 endpoint is outside the operator's allow-list (`trust.endpoint_refusal`)."""
+    create_failure: str | None = None
+    """The API's answer to the last create the operator could not make for this job, while it retries
+    with backoff (Ready=False, reason CreateFailed)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from elastra.api.pod import PodContract
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class AgentConfig:
@@ -58,16 +60,17 @@ def agent_config_from_env(env: Mapping[str, str]) -> AgentConfig:
         except ValueError:
             raise ValueError(f"{name} must be a number, got {raw!r}") from None
 
-    pod = env.get("POD_NAME", "").strip()
+    contract = PodContract.from_env(env)  # what the operator set: one model, both sides
+    pod = contract.pod
     return AgentConfig(
-        job=env.get("ELASTRA_JOB", "").strip(),
+        job=contract.job,
         pod=pod,
-        namespace=env.get("POD_NAMESPACE", "").strip(),
-        pod_ip=env.get("POD_IP", "").strip() or "127.0.0.1",
-        nproc=int(number("ELASTRA_NPROC_PER_POD", 1)),
+        namespace=contract.namespace,
+        pod_ip=contract.pod_ip or "127.0.0.1",
+        nproc=contract.nproc_per_pod,
         control_dir=env.get("ELASTRA_CONTROL_DIR", "").strip() or f"/tmp/elastra-{pod or 'agent'}",  # noqa: S108
         metrics_port=int(number("ELASTRA_METRICS_PORT", 9400)),
-        grace_seconds=number("ELASTRA_TERMINATION_GRACE_SECONDS", 30),
+        grace_seconds=contract.grace_seconds,
         report_interval_s=number("ELASTRA_REPORT_INTERVAL_SECONDS", 3),
         poll_interval_s=number("ELASTRA_MEMBERSHIP_POLL_SECONDS", 5),
         zygote=env.get("ELASTRA_ZYGOTE", "1").strip().lower() not in ("0", "false", "no", "off"),

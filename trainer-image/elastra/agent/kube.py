@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 
+from elastra import kubeclient
 from elastra.agent.config import AgentConfig
 from elastra.api.membership import MEMBERSHIP_KEY, Membership, membership_configmap_name
 
@@ -24,14 +24,11 @@ MAX_BACKOFF_S = 10.0
 
 
 def load_kube_config() -> Any:
-    """An API client: the kubeconfig in `KUBECONFIG` when set, else the in-cluster service account."""
-    from kubernetes import client, config
+    """An API client: the kubeconfig in `KUBECONFIG` when set, else the pod's ServiceAccount
+    (`elastra.kubeclient`)."""
+    from kubernetes import client
 
-    if os.environ.get("KUBECONFIG"):
-        config.load_kube_config(config_file=os.environ["KUBECONFIG"])
-    else:
-        config.load_incluster_config()
-    return client.CoreV1Api()
+    return client.CoreV1Api(kubeclient.api_client())
 
 
 def parse_membership(configmap_data: dict[str, str] | None) -> Membership | None:

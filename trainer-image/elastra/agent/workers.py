@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 
+from elastra.agent.lifeline import die_with_parent
 from elastra.agent.zygote import ForkedWorker, Zygote, ZygoteError
 
 log = logging.getLogger("elastra.agent")
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_agent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the worker gets SIGKILL if the agent dies, so no worker outlives its pod."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class WorkerGroup:
@@ -49,7 +40,7 @@ class WorkerGroup:
                     log.warning("warm launcher unusable (%s): starting workers as new processes", exc)
             how = "forked from the warm launcher"
             if proc is None:
-                proc = subprocess.Popen(list(command), env=env, preexec_fn=_die_with_agent)  # noqa: PLW1509
+                proc = subprocess.Popen(list(command), env=env, preexec_fn=die_with_parent)  # noqa: PLW1509
                 how = "spawned"
             self.procs.append(proc)
             log.info("generation %d: %s rank %s (pid %d)", generation, how, env.get("RANK"), proc.pid)

@@ -43,6 +43,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from elastra.agent.lifeline import die_with_parent
+
 SPAWN_TIMEOUT_S = 120.0
 """Longest wait for the zygote's answer to a fork request (it may still be importing)."""
 
@@ -147,9 +149,7 @@ def _run_child(target: Target, env: Mapping[str, str], zygote_pid: int, reply_fd
     """In the forked child: become the worker, run the script, exit. Never returns."""
     code = 1
     try:
-        from elastra.agent.workers import _die_with_agent
-
-        _die_with_agent()
+        die_with_parent()
         if os.getppid() != zygote_pid:  # the zygote died between fork and prctl
             os._exit(137)
         os.close(reply_fd)
@@ -237,8 +237,6 @@ class Zygote:
     """The agent's handle on its warm launcher (one per pod, kept across generations)."""
 
     def __init__(self, target: Target, env: Mapping[str, str]) -> None:
-        from elastra.agent.workers import _die_with_agent
-
         read_fd, write_fd = os.pipe()
         spec = json.dumps({"kind": target.kind, "name": target.name, "args": list(target.args)})
         try:
@@ -247,7 +245,7 @@ class Zygote:
                 stdin=subprocess.PIPE,
                 pass_fds=(write_fd,),
                 env=dict(env),
-                preexec_fn=_die_with_agent,  # noqa: PLW1509 - only prctl
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl
             )
         finally:
             os.close(write_fd)

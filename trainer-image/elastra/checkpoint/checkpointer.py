@@ -55,6 +55,7 @@ from elastra.checkpoint.retention import apply_retention, committed_steps
 from elastra.checkpoint.staging import StagingBuffer, StagingJob
 from elastra.checkpoint.state import TensorLeaf, is_tensor_value, split_state, walk
 from elastra.storage import LocalStorage, S3Options, Storage, StorageError, join_key, open_storage
+from elastra.storage.local import make_private
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,8 @@ class Checkpointer:
         self.chunk_bytes = chunk_bytes
         self.stats = CheckpointStats()
         self._durable = open_storage(self.uri, s3)
+        if local_dir:
+            make_private(local_dir)
         self._local = LocalStorage(local_dir) if local_dir else None
         self._staging = StagingBuffer()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="elastra-ckpt")

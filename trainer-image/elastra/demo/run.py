@@ -109,9 +109,9 @@ def check_parts() -> None:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    from elastra.agent.workers import _die_with_agent
+    from elastra.agent.lifeline import die_with_parent
 
-    _die_with_agent()
+    die_with_parent()
 
 
 @contextlib.contextmanager
@@ -403,8 +403,10 @@ class Demo:
             self._say(
                 f"localcluster up: {self.args.nodes} nodes, S3 at {lc.s3_url}; kubeconfig {lc.kubeconfig}"
             )
-            # The operator deletes checkpoint storage on retention: it needs the S3 credentials too.
-            operator_env = {**os.environ, **lc.s3_credentials}
+            # The operator deletes checkpoint storage on retention with the job's credentials Secret
+            # only (never with credentials of its own), so it gets none here.
+            # The local S3 endpoint is not AWS: allow it explicitly (chart: s3.allowedEndpoints).
+            operator_env = {**os.environ, "ELASTRA_S3_ALLOWED_ENDPOINTS": str(lc.s3_url)}
             with operator_process(
                 lc.kubeconfig, self.out / "operator.log", operator_env, self.args.operator_metrics_port
             ) as operator:

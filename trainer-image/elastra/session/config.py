@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from elastra.api.pod import PodContract
+
 DEFAULT_COLLECTIVE_TIMEOUT_S = 60.0
 """Fallback limit on one collective: a peer that vanished without closing its socket fails by then."""
 
@@ -115,6 +117,10 @@ def _float(env: Mapping[str, str], name: str, default: float | None = None) -> f
 
 def from_env(env: Mapping[str, str], **overrides: object) -> SessionConfig:
     """The session configuration from `env`, with keyword `overrides` (non-None) on top. Pure."""
+    try:
+        contract = PodContract.from_env(env)  # what the operator set: one model, both sides
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     values: dict[str, object] = {
         "rank": _int(env, "RANK", 0),
         "world_size": _int(env, "WORLD_SIZE", 1),
@@ -125,11 +131,11 @@ def from_env(env: Mapping[str, str], **overrides: object) -> SessionConfig:
         "restore_step": _int(env, "ELASTRA_RESTORE_STEP"),
         "restore_uri": _get(env, "ELASTRA_RESTORE_URI"),
         "control_dir": _get(env, "ELASTRA_CONTROL_DIR"),
-        "checkpoint_uri": _get(env, "ELASTRA_CHECKPOINT_URI"),
-        "local_dir": _get(env, "ELASTRA_LOCAL_DIR"),
-        "every_steps": _int(env, "ELASTRA_CHECKPOINT_EVERY_STEPS"),
-        "every_seconds": _float(env, "ELASTRA_CHECKPOINT_EVERY_SECONDS"),
-        "keep": _int(env, "ELASTRA_CHECKPOINT_KEEP", 3),
+        "checkpoint_uri": contract.checkpoint_uri,
+        "local_dir": contract.local_dir,
+        "every_steps": contract.every_steps,
+        "every_seconds": contract.every_seconds,
+        "keep": contract.checkpoint_keep,
         "agree_every": _int(env, "ELASTRA_AGREE_EVERY_STEPS", 1),
         "collective_timeout_s": _float(
             env, "ELASTRA_COLLECTIVE_TIMEOUT_SECONDS", DEFAULT_COLLECTIVE_TIMEOUT_S

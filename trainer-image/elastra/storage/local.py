@@ -8,6 +8,7 @@ bytes asked for, the latter straight into the caller's memory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -22,6 +23,14 @@ _COPY_CHUNK = 8 << 20
 _MAX_IOVECS = 512
 """Buffers per `preadv` call (Linux allows 1024); the kernel returns at most about 2 GiB per call and
 the loop continues from where a short return left off."""
+
+
+def make_private(path: str) -> None:
+    """Create `path` (mode 0700) or narrow an existing one we own to 0700: a node-local tier holds
+    one job's checkpoints and nobody else on the node needs to read them."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    with contextlib.suppress(PermissionError):  # a hostPath made by someone else (root): keep its mode
+        os.chmod(path, 0o700)
 
 
 class LocalStorage:

@@ -33,6 +33,11 @@ class S3Options:
     """Parts uploaded in parallel per object."""
     max_attempts: int = 8
     """Attempts per request, with exponential backoff between them."""
+    access_key_id: str | None = None
+    """Explicit credentials (with `secret_access_key`); None: boto3's default chain. The operator
+    always passes a job's own keys, never relying on the chain."""
+    secret_access_key: str | None = None
+    """The secret half of `access_key_id`."""
 
     def __post_init__(self) -> None:
         if self.part_size < 5 << 20:
@@ -98,6 +103,8 @@ class S3Storage:
             "s3",
             endpoint_url=endpoint,
             region_name=region,
+            aws_access_key_id=opts.access_key_id,
+            aws_secret_access_key=opts.secret_access_key,
             config=Config(
                 retries={"max_attempts": opts.max_attempts, "mode": "standard"},
                 max_pool_connections=max(10, opts.max_concurrency * 2),

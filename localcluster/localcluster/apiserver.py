@@ -340,7 +340,7 @@ class ApiServer:
             else:
                 raise ApiError(415, f"unsupported patch type {ctype!r}")
         except PatchError as exc:
-            raise ApiError(409 if exc.conflict else 422, str(exc)) from exc
+            raise ApiError(422, str(exc)) from exc
         if not isinstance(patched, dict):
             raise ApiError(422, "the patch did not produce an object")
         _strict_fields(t.rt, request.query, patched)
@@ -372,7 +372,7 @@ class ApiServer:
         if (pod.get("spec") or {}).get("nodeName"):
             raise ApiError(409, f'pod {t.name} is already assigned to node "{pod["spec"]["nodeName"]}"')
         updated = {**pod, "spec": {**pod["spec"], "nodeName": (body.get("target") or {}).get("name")}}
-        self.store.update(t.rt, ns, t.name, updated)
+        self.store.update(t.rt, ns, t.name, updated, subresource="binding")
         return {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}
 
     # ------------------------------------------------------------------ watch

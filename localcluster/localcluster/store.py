@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from localcluster import admission, names, resources
+from localcluster import admission, fieldrules, names, resources
 from localcluster.errors import ApiError, already_exists, conflict, not_found
 from localcluster.resources import ResourceType
 from localcluster.selectors import Requirement, fields_match, labels_match
@@ -146,6 +146,7 @@ class Store:
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_iso()
         meta["generation"] = 1
+        obj = fieldrules.on_create(rt, obj)
         obj = self._prepare(rt, obj, None)
         return self._commit(rt, "ADDED", obj, None)
 
@@ -195,11 +196,11 @@ class Store:
             else:
                 meta.pop(kept, None)
         new["apiVersion"], new["kind"] = rt.api_version, rt.kind
-        meta["generation"] = old["metadata"].get("generation", 1) + (
-            1 if _spec_of(new) != _spec_of(old) else 0
-        )
+        fieldrules.check_finalizers(rt, old, new)
+        meta["generation"] = old["metadata"].get("generation", 1)
         new = self._prepare(rt, new, old)
         meta = new["metadata"]
+        meta["generation"] = fieldrules.generation(rt, old, new, subresource=subresource)
         meta["resourceVersion"] = old["metadata"]["resourceVersion"]
         if new == old:
             return old
@@ -473,8 +474,3 @@ class Store:
     def unwatch(self, rt: ResourceType, watcher: Watcher) -> None:
         """Stop delivering events to a watcher."""
         self.events.unwatch(rt.storage_key, watcher)
-
-
-def _spec_of(obj: dict[str, Any]) -> dict[str, Any]:
-    """Everything that counts for `metadata.generation`: all but metadata and status."""
-    return {k: v for k, v in obj.items() if k not in {"metadata", "status", "apiVersion", "kind"}}

@@ -101,8 +101,11 @@ class Store:
         return found, self.rv
 
     # ------------------------------------------------------------------ writes
-    def create(self, rt: ResourceType, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Create an object: name or generateName, uid, timestamps, generation 1, defaults, checks."""
+    def create(
+        self, rt: ResourceType, namespace: str, body: dict[str, Any], *, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """Create an object: name or generateName, uid, timestamps, generation 1, defaults, checks.
+        `dry_run`: the object as it would be stored, nothing stored (validating webhooks see it)."""
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
@@ -147,10 +150,10 @@ class Store:
         meta["creationTimestamp"] = now_iso()
         meta["generation"] = 1
         obj = fieldrules.on_create(rt, obj)
-        obj = self._prepare(rt, obj, None)
-        return self._commit(rt, "ADDED", obj, None)
+        obj = self._prepare(rt, obj, None, dry_run=dry_run)
+        return obj if dry_run else self._commit(rt, "ADDED", obj, None)
 
-    def update(
+    def update(  # noqa: PLR0912 - one rule per branch, as the real update strategy
         self,
         rt: ResourceType,
         namespace: str,
@@ -158,9 +161,10 @@ class Store:
         body: dict[str, Any],
         *,
         subresource: str | None = None,
+        dry_run: bool = False,
     ) -> dict[str, Any]:
         """Replace an object (PUT, or the result of a PATCH), honouring the status subresource,
-        optimistic concurrency, generation and finalizers."""
+        optimistic concurrency, generation and finalizers. `dry_run`: the result, nothing stored."""
         old = self.get(rt, namespace, name)
         new = copy.deepcopy(body)
         meta = new.get("metadata")
@@ -198,10 +202,12 @@ class Store:
         new["apiVersion"], new["kind"] = rt.api_version, rt.kind
         fieldrules.check_finalizers(rt, old, new)
         meta["generation"] = old["metadata"].get("generation", 1)
-        new = self._prepare(rt, new, old)
+        new = self._prepare(rt, new, old, dry_run=dry_run)
         meta = new["metadata"]
         meta["generation"] = fieldrules.generation(rt, old, new, subresource=subresource)
         meta["resourceVersion"] = old["metadata"]["resourceVersion"]
+        if dry_run:
+            return new
         if new == old:
             return old
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
@@ -283,15 +289,18 @@ class Store:
         if ns["metadata"].get("deletionTimestamp"):
             raise ApiError(403, f"namespace {namespace} is being terminated", reason="Forbidden")
 
-    def _prepare(self, rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
-        """Admission (`localcluster.admission`); a CRD also (re)registers the types it serves."""
+    def _prepare(
+        self, rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None, *, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """Admission (`localcluster.admission`); a CRD also (re)registers the types it serves (not on
+        a dry run)."""
         if rt.kind == "Pod":
             names.check_pod_paths(rt, obj)
         if old is None:
             for hook in self.create_hooks:
                 obj = hook(rt, obj)
         obj = admission.admit(rt, obj, old, validation_rules=self.validation_rules)
-        if rt.kind == "CustomResourceDefinition":
+        if rt.kind == "CustomResourceDefinition" and not dry_run:
             served = admission.crd_types(obj)
             obj["status"] = resources.crd_accepted_status(obj)
             if self.validation_rules:

@@ -110,7 +110,7 @@ class LocalCluster:
         return self.core.pki.ca_pem
 
     def ssl_context(self) -> ssl.SSLContext:
-        """A client TLS context that trusts the cluster CA (for plain HTTP clients of the API)."""
+        """A client TLS context that trusts the cluster CA (for plain urllib/aiohttp clients of the API)."""
         return tls.client_context(self.core.pki.ca_pem)
 
     @property

@@ -6,7 +6,7 @@
     elastra local down
 
 The cluster runs as one detached process (`localcluster.server`); the commands find it through
-`<dir>/state.json` and talk to its control endpoints over HTTP.
+`<dir>/state.json` and talk to its control endpoints over HTTPS (trusting the CA in its kubeconfig).
 """
 
 from __future__ import annotations

@@ -524,6 +524,13 @@ def case_json_patch_failed_test_is_422(ctx: Ctx) -> None:
     assert err.value.status == 422 and _status_of(err.value)["reason"] == "Invalid"
     kept = ctx.core.read_namespaced_config_map(name, ctx.namespace)
     assert kept.metadata.finalizers == ["kopf.zalando.org/KopfFinalizerMarker"]
+    # Kopf's own shape: a finalizer patch guarded by the resourceVersion it last saw
+    stale = kept.metadata.resource_version
+    ctx.core.patch_namespaced_config_map(name, ctx.namespace, {"data": {"k": "newer"}})
+    guarded = [{"op": "test", "path": "/metadata/resourceVersion", "value": stale}, ops[1]]
+    with pytest.raises(ApiException) as err:
+        ctx.core.patch_namespaced_config_map(name, ctx.namespace, guarded)
+    assert err.value.status == 422
     ops[0]["value"] = ["kopf.zalando.org/KopfFinalizerMarker"]
     assert not ctx.core.patch_namespaced_config_map(name, ctx.namespace, ops).metadata.finalizers
 

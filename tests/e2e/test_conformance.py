@@ -609,6 +609,27 @@ def case_pod_generation_counts_spec_changes_only(ctx: Ctx) -> None:
     ctx.core.delete_namespaced_pod(name, ctx.namespace, grace_period_seconds=0)
 
 
+def case_dry_run_stores_nothing(ctx: Ctx) -> None:
+    """`dryRun=All` answers with the object as it would be stored (defaults applied) and stores nothing."""
+    name = ctx.name("dry")
+    body = {"apiVersion": f"{GROUP}/v1", "kind": "Gadget", "metadata": {"name": name}, "spec": {"size": 1}}
+    would = ctx.custom.create_namespaced_custom_object(
+        GROUP, "v1", ctx.namespace, PLURAL, body, dry_run="All"
+    )
+    assert would["spec"]["color"] == "blue"
+    with pytest.raises(ApiException) as err:
+        ctx.custom.get_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, name)
+    assert err.value.status == 404
+    ctx.gadget(name, {"size": 1})
+    patched = ctx.custom.patch_namespaced_custom_object(
+        GROUP, "v1", ctx.namespace, PLURAL, name, {"spec": {"size": 5}}, dry_run="All"
+    )
+    assert patched["spec"]["size"] == 5
+    assert (
+        ctx.custom.get_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, name)["spec"]["size"] == 1
+    )
+
+
 CASES = [
     pytest.param(case_metadata_on_create, id="create-sets-uid-timestamp-rv"),
     pytest.param(case_resource_version_grows, id="resource-version-grows"),
@@ -642,6 +663,7 @@ CASES = [
     pytest.param(case_no_new_finalizers_while_deleting, id="no-new-finalizers-while-deleting-422"),
     pytest.param(case_generation_ignores_defaulted_fields, id="generation-after-defaulting"),
     pytest.param(case_pod_generation_counts_spec_changes_only, id="pod-generation-spec-only"),
+    pytest.param(case_dry_run_stores_nothing, id="dry-run-stores-nothing"),
 ]
 
 

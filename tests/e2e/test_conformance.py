@@ -515,7 +515,7 @@ def case_json_patch_failed_test_is_422(ctx: Ctx) -> None:
     Kopf guards its finalizer patches with such a test and expects exactly that."""
     name = ctx.name("jtest")
     ctx.configmap(name, finalizers=["kopf.zalando.org/KopfFinalizerMarker"])
-    ops = [
+    ops: list[dict[str, Any]] = [
         {"op": "test", "path": "/metadata/finalizers", "value": ["someone-else"]},
         {"op": "remove", "path": "/metadata/finalizers/0"},
     ]

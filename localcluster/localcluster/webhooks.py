@@ -7,8 +7,9 @@ schema, CEL rules: `Store` in dry-run), then validating webhooks; only then is t
 Honoured per webhook: `rules` (apiGroups, apiVersions, resources incl. `x/status` and `*/*`, operations,
 scope), `namespaceSelector`, `objectSelector`, `failurePolicy` (Fail by default), `timeoutSeconds`
 (10 by default, 1-30), `sideEffects` (None or NoneOnDryRun; a dry-run request says `dryRun: true`),
-`clientConfig.url` with its `caBundle`. Not done (the fidelity table in docs/architecture.md):
-`clientConfig.service`, `matchConditions`, `matchPolicy: Equivalent` across versions, reinvocation,
+`clientConfig.url` or `clientConfig.service` (a ready pod the Service selects; its certificate must
+name `<service>.<namespace>.svc`) with its `caBundle`. Not done (the fidelity table in
+docs/architecture.md): `matchConditions`, `matchPolicy: Equivalent` across versions, reinvocation,
 DELETE and CONNECT operations.
 """
 
@@ -346,11 +347,41 @@ class Webhooks:
                 return None
             raise ApiError(500, f'Internal error occurred: failed calling webhook "{name}": {exc}') from exc
 
+    def _service_url(self, ref: Mapping[str, Any]) -> tuple[str, str]:
+        """`clientConfig.service` -> (URL of a running pod behind the Service, the name its certificate
+        must carry: `<service>.<namespace>.svc`). localcluster has no Service proxy, so the API server
+        picks a ready pod the Service selects, as an endpoint would."""
+        namespace, name = str(ref.get("namespace", "")), str(ref.get("name", ""))
+        port, path = int(ref.get("port") or 443), str(ref.get("path") or "/")
+        service = self.store.objects[("", "services")].get((namespace, name))
+        if service is None:
+            raise CallError(f'service "{name}" not found in namespace "{namespace}"')
+        spec = service.get("spec") or {}
+        selector = spec.get("selector") or {}
+        entry = next((p for p in spec.get("ports") or [] if int(p.get("port", 0)) == port), None)
+        if entry is None or not selector:
+            raise CallError(f"service {namespace}/{name} has no port {port} with a pod selector")
+        target = entry.get("targetPort", port)
+        for (ns, _), pod in sorted(self.store.objects[("", "pods")].items()):
+            labels = (pod.get("metadata") or {}).get("labels") or {}
+            status = pod.get("status") or {}
+            ready = any(
+                c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []
+            )
+            if ns != namespace or not ready or not status.get("podIP"):
+                continue
+            if any(labels.get(k) != v for k, v in selector.items()):
+                continue
+            number = target if isinstance(target, int) else _named_port(pod, str(target))
+            if number is not None:
+                return f"https://{status['podIP']}:{number}{path}", f"{name}.{namespace}.svc"
+        raise CallError(f'no endpoints available for service "{namespace}/{name}"')
+
     async def _post(self, hook: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
         config = hook.get("clientConfig") or {}
-        url = config.get("url")
+        url, server_hostname = config.get("url"), None
         if not url:
-            raise CallError("localcluster calls webhooks by clientConfig.url only (no service routing)")
+            url, server_hostname = self._service_url(config.get("service") or {})
         context: ssl.SSLContext | bool = True
         if config.get("caBundle"):
             try:
@@ -361,7 +392,7 @@ class Webhooks:
         try:
             async with (
                 aiohttp.ClientSession(timeout=timeout) as session,
-                session.post(url, json=body, ssl=context) as answer,
+                session.post(url, json=body, ssl=context, server_hostname=server_hostname) as answer,
             ):
                 if answer.status != 200:
                     raise CallError(f'Post "{url}": HTTP {answer.status}')
@@ -374,3 +405,11 @@ class Webhooks:
         if not isinstance(response, dict) or response.get("uid") != body["request"]["uid"]:
             raise CallError("expected an AdmissionReview response with the request's uid")
         return response
+
+
+def _named_port(pod: Mapping[str, Any], name: str) -> int | None:
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == name:
+                return int(port["containerPort"])
+    return int(name) if name.isdigit() else None

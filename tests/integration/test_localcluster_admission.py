@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import pathlib
 import ssl
@@ -346,3 +347,97 @@ def test_failure_policy_and_timeout(cluster: LocalCluster) -> None:
             }
         )
     assert bad.value.status == 422
+
+
+GATE = """
+import os, ssl
+from aiohttp import web
+
+async def review(request):
+    body = await request.json()
+    req = body["request"]
+    allowed = (req["object"]["metadata"].get("labels") or {}).get("verdict") != "deny"
+    status = {"code": 403, "message": "the gate says no"}
+    return web.json_response({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                              "response": {"uid": req["uid"], "allowed": allowed, "status": status}})
+
+context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+context.load_cert_chain(os.environ["CERT"], os.environ["KEY"])
+app = web.Application()
+app.router.add_post("/review", review)
+web.run_app(app, host=os.environ["POD_IP"], port=8443, ssl_context=context, print=None)
+"""
+
+
+def test_webhook_behind_a_service_runs_in_a_pod(cluster: LocalCluster) -> None:
+    """`clientConfig.service`: the API server calls a ready pod the Service selects, checking its
+    certificate against `<service>.<namespace>.svc` and the caBundle."""
+    import base64
+
+    api = _api(cluster)
+    core, admission = client.CoreV1Api(api), client.AdmissionregistrationV1Api(api)
+    ca = tls.ClusterCA("gate-ca")
+    leaf = ca.issue("gate", ("gate.default.svc",))
+    secret = {
+        "metadata": {"name": "gate-tls"},
+        "stringData": {"tls.crt": leaf.cert_pem.decode(), "tls.key": leaf.key_pem.decode()},
+    }
+    core.create_namespaced_secret("default", secret)
+    env = [
+        {"name": "CERT", "value": "/certs/tls.crt"},
+        {"name": "KEY", "value": "/certs/tls.key"},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    ]
+    container = {
+        "name": "gate",
+        "image": "python",
+        "command": [sys.executable, "-c", GATE],
+        "env": env,
+        "ports": [{"name": "https", "containerPort": 8443}],
+        "volumeMounts": [{"name": "tls", "mountPath": "/certs"}],
+    }
+    pod_spec = {"containers": [container], "volumes": [{"name": "tls", "secret": {"secretName": "gate-tls"}}]}
+    core.create_namespaced_pod(
+        "default", {"metadata": {"name": "gate", "labels": {"app": "gate"}}, "spec": pod_spec}
+    )
+    service_spec = {"selector": {"app": "gate"}, "ports": [{"port": 443, "targetPort": "https"}]}
+    core.create_namespaced_service("default", {"metadata": {"name": "gate"}, "spec": service_spec})
+    rule = {"apiGroups": [""], "apiVersions": ["v1"], "resources": ["configmaps"], "operations": ["CREATE"]}
+    hook = {
+        "name": "gate.example.dev",
+        "rules": [rule],
+        "clientConfig": {
+            "service": {"namespace": "default", "name": "gate", "path": "/review"},
+            "caBundle": base64.b64encode(ca.cert_pem).decode(),
+        },
+        "objectSelector": {"matchExpressions": [{"key": "verdict", "operator": "Exists"}]},
+        "sideEffects": "None",
+        "admissionReviewVersions": ["v1"],
+    }
+    admission.create_validating_webhook_configuration({"metadata": {"name": "gate"}, "webhooks": [hook]})
+    try:
+
+        def allowed_once_up() -> bool:
+            try:
+                core.create_namespaced_config_map(
+                    "default", {"metadata": {"name": "ok", "labels": {"verdict": "allow"}}}
+                )
+            except ApiException as exc:
+                if exc.status == 500:  # the pod is not serving yet
+                    return False
+                raise
+            return True
+
+        until(allowed_once_up)
+        with pytest.raises(ApiException) as err:
+            core.create_namespaced_config_map(
+                "default", {"metadata": {"name": "no", "labels": {"verdict": "deny"}}}
+            )
+        assert err.value.status == 403
+        message = json.loads(err.value.body)["message"]
+        assert message == 'admission webhook "gate.example.dev" denied the request: the gate says no'
+        with pytest.raises(ApiException):
+            core.read_namespaced_config_map("no", "default")
+    finally:
+        admission.delete_validating_webhook_configuration("gate")
+        core.delete_namespaced_pod("gate", "default", grace_period_seconds=0)

@@ -260,6 +260,9 @@ class ApiServer:
             return await self._patch(request, t)
         if method == "DELETE" and t.name is not None:
             opts = await self._delete_options(request)
+            await self.webhooks.admit_delete(
+                self._attributes(request, t, ns, "DELETE"), self.store.get(t.rt, ns, t.name)
+            )
             return _json(self._versioned(t.rt, self.store.delete(t.rt, ns, t.name, **opts)))
         if method == "DELETE":
             opts = await self._delete_options(request)
@@ -358,17 +361,20 @@ class ApiServer:
                 return self.store.create(t.rt, ns, obj, dry_run=dry)
             return self.store.update(t.rt, ns, name, obj, subresource=t.subresource, dry_run=dry)
 
-        attrs = webhooks.Attributes(
+        attrs = self._attributes(request, t, ns, "CREATE" if name is None else "UPDATE")
+        old = None if name is None else self.store.get(t.rt, ns, name)
+        return await self.webhooks.write(writer, attrs, body, old)
+
+    def _attributes(self, request: web.Request, t: Target, ns: str, operation: str) -> webhooks.Attributes:
+        return webhooks.Attributes(
             rt=t.rt,
             subresource=t.subresource,
-            operation="CREATE" if name is None else "UPDATE",
+            operation=operation,
             namespace=ns,
-            name=name or "",
+            name=t.name or "",
             user=request.get(USER),
             dry_run=bool(request.query.get("dryRun")),
         )
-        old = None if name is None else self.store.get(t.rt, ns, name)
-        return await self.webhooks.write(writer, attrs, body, old)
 
     async def _delete_options(self, request: web.Request) -> dict[str, Any]:
         q = request.query

@@ -3,14 +3,15 @@
 
 For each CREATE or UPDATE (of an object or a subresource) the API server runs, in this order:
 mutating webhooks (their JSON patches applied one after another), the object's own admission (defaults,
-schema, CEL rules: `Store` in dry-run), then validating webhooks; only then is the object stored.
-Honoured per webhook: `rules` (apiGroups, apiVersions, resources incl. `x/status` and `*/*`, operations,
-scope), `namespaceSelector`, `objectSelector`, `failurePolicy` (Fail by default), `timeoutSeconds`
-(10 by default, 1-30), `sideEffects` (None or NoneOnDryRun; a dry-run request says `dryRun: true`),
-`clientConfig.url` or `clientConfig.service` (a ready pod the Service selects; its certificate must
-name `<service>.<namespace>.svc`) with its `caBundle`. Not done (the fidelity table in
+schema, CEL rules: `Store` in dry-run), then validating webhooks; only then is the object stored. A
+DELETE calls the matching webhooks with `oldObject`. Honoured per webhook: `rules` (apiGroups,
+apiVersions, resources incl. `x/status` and `*/*`, operations, scope), `namespaceSelector`,
+`objectSelector`, `failurePolicy` (Fail by default), `timeoutSeconds` (10 by default, 1-30),
+`sideEffects` (None or NoneOnDryRun; a dry-run request says `dryRun: true`), `clientConfig.url` or
+`clientConfig.service` (a ready pod the Service selects; its certificate must name
+`<service>.<namespace>.svc`) with its `caBundle`. Not done (the fidelity table in
 docs/architecture.md): `matchConditions`, `matchPolicy: Equivalent` across versions, reinvocation,
-DELETE and CONNECT operations.
+CONNECT, deletecollection.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def rule_matches(rule: Mapping[str, Any], attrs: Attributes) -> bool:
 def webhook_matches(
     hook: Mapping[str, Any],
     attrs: Attributes,
-    obj: Mapping[str, Any],
+    obj: Mapping[str, Any] | None,
     old: Mapping[str, Any] | None,
     namespace_labels: Mapping[str, str] | None,
 ) -> bool:
@@ -172,19 +173,17 @@ def webhook_matches(
     if not any(rule_matches(rule, attrs) for rule in hook.get("rules") or []):
         return False
     if attrs.rt.kind == "Namespace" and not attrs.rt.group:
-        namespace_labels = (obj.get("metadata") or {}).get("labels") or {}
+        namespace_labels = ((obj or old or {}).get("metadata") or {}).get("labels") or {}
     if namespace_labels is not None and not _selector_matches(
         hook.get("namespaceSelector"), namespace_labels
     ):
         return False
     selector = hook.get("objectSelector")
-    labels = [(obj.get("metadata") or {}).get("labels") or {}]
-    if old is not None:
-        labels.append((old.get("metadata") or {}).get("labels") or {})
+    labels = [(each.get("metadata") or {}).get("labels") or {} for each in (obj, old) if each is not None]
     return any(_selector_matches(selector, each) for each in labels)
 
 
-def review(attrs: Attributes, obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[str, Any]:
+def review(attrs: Attributes, obj: Mapping[str, Any] | None, old: Mapping[str, Any] | None) -> dict[str, Any]:
     """The AdmissionReview v1 request body. Pure (but for its fresh uid)."""
     rt = attrs.rt
     kind = {"group": rt.group, "version": rt.version, "kind": rt.kind}
@@ -203,7 +202,7 @@ def review(attrs: Attributes, obj: Mapping[str, Any], old: Mapping[str, Any] | N
         "dryRun": attrs.dry_run,
         "options": {
             "apiVersion": "meta.k8s.io/v1",
-            "kind": "CreateOptions" if attrs.operation == "CREATE" else "UpdateOptions",
+            "kind": f"{attrs.operation.capitalize()}Options",
         },
     }
     if attrs.subresource:
@@ -259,11 +258,11 @@ class Webhooks:
         return any(self.store.objects.get((GROUP, plural)) for plural in KINDS)
 
     def _matching(
-        self, plural: str, attrs: Attributes, obj: dict[str, Any], old: dict[str, Any] | None
+        self, plural: str, attrs: Attributes, obj: dict[str, Any] | None, old: dict[str, Any] | None
     ) -> list[dict[str, Any]]:
         if attrs.rt.group == GROUP and attrs.rt.plural in KINDS:
             return []  # webhook configurations are never subject to webhooks
-        if attrs.operation not in {"CREATE", "UPDATE"}:
+        if attrs.operation not in {"CREATE", "UPDATE", "DELETE"}:
             return []
         ns_labels: dict[str, str] | None = None
         if attrs.rt.namespaced:
@@ -290,7 +289,9 @@ class Webhooks:
                 obj = self._apply(hook, obj, response)
         return obj
 
-    async def validate(self, attrs: Attributes, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+    async def validate(
+        self, attrs: Attributes, obj: dict[str, Any] | None, old: dict[str, Any] | None
+    ) -> None:
         """ApiError when any matching validating webhook rejects (or fails under failurePolicy Fail).
         They are called concurrently, as kube-apiserver does."""
         hooks = self._matching("validatingwebhookconfigurations", attrs, obj, old)
@@ -319,6 +320,17 @@ class Webhooks:
         await self.validate(attrs, final, old)
         return writer(mutated, attrs.dry_run)
 
+    async def admit_delete(self, attrs: Attributes, old: dict[str, Any]) -> None:
+        """A DELETE of `old`: matching mutating webhooks (their patches do not apply to a delete), then
+        validating ones, each with `oldObject` and no `object`; ApiError when one refuses."""
+        if not self.active():
+            return
+        for hook in self._matching("mutatingwebhookconfigurations", attrs, None, old):
+            response = await self._call(hook, attrs, None, old)
+            if response is not None and not response.get("allowed"):
+                raise denied(hook["name"], response.get("status"))
+        await self.validate(attrs, None, old)
+
     def _apply(self, hook: dict[str, Any], obj: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
         name = hook["name"]
         if response.get("patchType") != "JSONPatch":
@@ -335,7 +347,7 @@ class Webhooks:
         return patched
 
     async def _call(
-        self, hook: dict[str, Any], attrs: Attributes, obj: dict[str, Any], old: dict[str, Any] | None
+        self, hook: dict[str, Any], attrs: Attributes, obj: dict[str, Any] | None, old: dict[str, Any] | None
     ) -> dict[str, Any] | None:
         """The webhook's `response`; None when it failed and `failurePolicy` is Ignore."""
         name = hook["name"]

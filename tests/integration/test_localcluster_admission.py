@@ -356,7 +356,8 @@ from aiohttp import web
 async def review(request):
     body = await request.json()
     req = body["request"]
-    allowed = (req["object"]["metadata"].get("labels") or {}).get("verdict") != "deny"
+    verdict = ((req["object"] or req["oldObject"])["metadata"].get("labels") or {}).get("verdict")
+    allowed = verdict != "deny" and not (req["operation"] == "DELETE" and verdict == "keep")
     status = {"code": 403, "message": "the gate says no"}
     return web.json_response({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
                               "response": {"uid": req["uid"], "allowed": allowed, "status": status}})
@@ -402,7 +403,12 @@ def test_webhook_behind_a_service_runs_in_a_pod(cluster: LocalCluster) -> None:
     )
     service_spec = {"selector": {"app": "gate"}, "ports": [{"port": 443, "targetPort": "https"}]}
     core.create_namespaced_service("default", {"metadata": {"name": "gate"}, "spec": service_spec})
-    rule = {"apiGroups": [""], "apiVersions": ["v1"], "resources": ["configmaps"], "operations": ["CREATE"]}
+    rule = {
+        "apiGroups": [""],
+        "apiVersions": ["v1"],
+        "resources": ["configmaps"],
+        "operations": ["CREATE", "DELETE"],
+    }
     hook = {
         "name": "gate.example.dev",
         "rules": [rule],
@@ -438,6 +444,14 @@ def test_webhook_behind_a_service_runs_in_a_pod(cluster: LocalCluster) -> None:
         assert message == 'admission webhook "gate.example.dev" denied the request: the gate says no'
         with pytest.raises(ApiException):
             core.read_namespaced_config_map("no", "default")
+        core.create_namespaced_config_map(
+            "default", {"metadata": {"name": "kept", "labels": {"verdict": "keep"}}}
+        )
+        with pytest.raises(ApiException) as refused:  # DELETE goes to the webhook too, with oldObject
+            core.delete_namespaced_config_map("kept", "default")
+        assert refused.value.status == 403
+        assert core.read_namespaced_config_map("kept", "default").metadata.deletion_timestamp is None
+        core.delete_namespaced_config_map("ok", "default")
     finally:
         admission.delete_validating_webhook_configuration("gate")
         core.delete_namespaced_pod("gate", "default", grace_period_seconds=0)

@@ -9,9 +9,9 @@ apiVersions, resources incl. `x/status` and `*/*`, operations, scope), `namespac
 `objectSelector`, `failurePolicy` (Fail by default), `timeoutSeconds` (10 by default, 1-30),
 `sideEffects` (None or NoneOnDryRun; a dry-run request says `dryRun: true`), `clientConfig.url` or
 `clientConfig.service` (a ready pod the Service selects; its certificate must name
-`<service>.<namespace>.svc`) with its `caBundle`. Not done (the fidelity table in
-docs/architecture.md): `matchConditions`, `matchPolicy: Equivalent` across versions, reinvocation,
-CONNECT, deletecollection.
+`<service>.<namespace>.svc`) with its `caBundle`, `matchConditions` (CEL,
+`localcluster.matchconditions`). Not done (the fidelity table in docs/architecture.md):
+`matchPolicy: Equivalent` across versions, reinvocation, CONNECT, deletecollection.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 
 import aiohttp
 
-from localcluster import patch, tls
+from localcluster import matchconditions, patch, tls
 from localcluster.auth import UserInfo
 from localcluster.errors import ApiError
 from localcluster.resources import ResourceType
@@ -75,28 +75,7 @@ def check_configuration(plural: str, obj: Any) -> None:
         errors.append(("webhooks", "must be a list"))
         hooks = []
     for i, hook in enumerate(hooks):
-        at = f"webhooks[{i}]"
-        if not isinstance(hook, dict):
-            errors.append((at, "must be an object"))
-            continue
-        name = hook.get("name")
-        if not isinstance(name, str) or "." not in name:
-            errors.append((f"{at}.name", "should be a domain with at least three segments separated by dots"))
-        if hook.get("sideEffects") not in SIDE_EFFECTS:
-            errors.append((f"{at}.sideEffects", f"Unsupported value: must be one of {list(SIDE_EFFECTS)}"))
-        versions = hook.get("admissionReviewVersions") or []
-        if "v1" not in versions:
-            errors.append((f"{at}.admissionReviewVersions", "must include at least one of v1"))
-        timeout = hook.get("timeoutSeconds", DEFAULT_TIMEOUT_S)
-        if not isinstance(timeout, int) or not 1 <= timeout <= 30:
-            errors.append((f"{at}.timeoutSeconds", "the timeout value must be between 1 and 30 seconds"))
-        if hook.get("failurePolicy", "Fail") not in {"Fail", "Ignore"}:
-            errors.append((f"{at}.failurePolicy", 'Unsupported value: must be "Fail" or "Ignore"'))
-        config = hook.get("clientConfig") or {}
-        if bool(config.get("url")) == bool(config.get("service")):
-            errors.append((f"{at}.clientConfig", "exactly one of url or service is required"))
-        elif config.get("url") and not str(config["url"]).startswith("https://"):
-            errors.append((f"{at}.clientConfig.url", "'https' is the only allowed URL scheme"))
+        errors += _hook_errors(f"webhooks[{i}]", hook)
     if errors:
         name = (obj.get("metadata") or {}).get("name", "")
         kind = obj.get("kind") or plural
@@ -111,6 +90,37 @@ def check_configuration(plural: str, obj: Any) -> None:
                 "causes": [{"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in errors],
             },
         )
+
+
+def _hook_errors(at: str, hook: Any) -> list[tuple[str, str]]:
+    """(field, message) for each thing wrong with one webhook. Pure."""
+    if not isinstance(hook, dict):
+        return [(at, "must be an object")]
+    errors: list[tuple[str, str]] = []
+    name = hook.get("name")
+    if not isinstance(name, str) or "." not in name:
+        errors.append((f"{at}.name", "should be a domain with at least three segments separated by dots"))
+    if hook.get("sideEffects") not in SIDE_EFFECTS:
+        errors.append((f"{at}.sideEffects", f"Unsupported value: must be one of {list(SIDE_EFFECTS)}"))
+    versions = hook.get("admissionReviewVersions") or []
+    if "v1" not in versions:
+        errors.append((f"{at}.admissionReviewVersions", "must include at least one of v1"))
+    timeout = hook.get("timeoutSeconds", DEFAULT_TIMEOUT_S)
+    if not isinstance(timeout, int) or not 1 <= timeout <= 30:
+        errors.append((f"{at}.timeoutSeconds", "the timeout value must be between 1 and 30 seconds"))
+    if hook.get("failurePolicy", "Fail") not in {"Fail", "Ignore"}:
+        errors.append((f"{at}.failurePolicy", 'Unsupported value: must be "Fail" or "Ignore"'))
+    for j, condition in enumerate(hook.get("matchConditions") or []):
+        try:
+            matchconditions.check(str((condition or {}).get("expression", "")))
+        except matchconditions.ConditionError as exc:
+            errors.append((f"{at}.matchConditions[{j}].expression", f"compilation failed: {exc}"))
+    config = hook.get("clientConfig") or {}
+    if bool(config.get("url")) == bool(config.get("service")):
+        errors.append((f"{at}.clientConfig", "exactly one of url or service is required"))
+    elif config.get("url") and not str(config["url"]).startswith("https://"):
+        errors.append((f"{at}.clientConfig.url", "'https' is the only allowed URL scheme"))
+    return errors
 
 
 # ------------------------------------------------------------------ matching (pure)
@@ -349,11 +359,17 @@ class Webhooks:
     async def _call(
         self, hook: dict[str, Any], attrs: Attributes, obj: dict[str, Any] | None, old: dict[str, Any] | None
     ) -> dict[str, Any] | None:
-        """The webhook's `response`; None when it failed and `failurePolicy` is Ignore."""
+        """The webhook's `response`; None when a match condition is false, or when the call (or a
+        condition) failed and `failurePolicy` is Ignore."""
         name = hook["name"]
+        body = review(attrs, obj, old)
         try:
-            return await self._post(hook, review(attrs, obj, old))
-        except CallError as exc:
+            if hook.get("matchConditions") and not matchconditions.matches(
+                hook["matchConditions"], body["request"]
+            ):
+                return None  # a false condition: the webhook is not called
+            return await self._post(hook, body)
+        except (CallError, matchconditions.ConditionError) as exc:
             if hook.get("failurePolicy", "Fail") == "Ignore":
                 log.warning("webhook %s failed, ignored by its failurePolicy: %s", name, exc)
                 return None

@@ -298,6 +298,9 @@ class SlowHook:
                         "caBundle": base64.b64encode(self.ca.cert_pem).decode(),
                     },
                     "objectSelector": {"matchLabels": labels},
+                    "matchConditions": [
+                        {"name": "not-exempt", "expression": "object.metadata.name != 'exempt'"}
+                    ],
                     "failurePolicy": policy,
                     "timeoutSeconds": timeout,
                     "sideEffects": "None",
@@ -330,6 +333,10 @@ def test_failure_policy_and_timeout(cluster: LocalCluster) -> None:
             )
             core.create_namespaced_config_map(
                 "default", {"metadata": {"name": "n", "labels": {"hook": "none"}}}
+            )
+            # a false matchCondition: the strict webhook is not called at all (else: 500, as above)
+            core.create_namespaced_config_map(
+                "default", {"metadata": {"name": "exempt", "labels": {"hook": "strict"}}}
             )
         finally:
             admission.delete_validating_webhook_configuration("strict")

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from localcluster import resources, webhooks
+from localcluster import matchconditions, resources, webhooks
 from localcluster.errors import ApiError
 
 PODS = next(t for t in resources.BUILTIN_TYPES if t.plural == "pods")
@@ -112,6 +112,11 @@ GOOD = {
         pytest.param({"clientConfig": {"url": "http://x/"}}, "webhooks[0].clientConfig.url", id="https-only"),
         pytest.param({"clientConfig": {}}, "webhooks[0].clientConfig", id="no-client-config"),
         pytest.param({"name": "short"}, "webhooks[0].name", id="name-not-a-domain"),
+        pytest.param(
+            {"matchConditions": [{"name": "a", "expression": "authorizer.group('') != null"}]},
+            "webhooks[0].matchConditions[0].expression",
+            id="match-condition-does-not-compile",
+        ),
     ],
 )
 def test_configuration_checks(change: dict[str, Any], field: str) -> None:
@@ -156,3 +161,30 @@ def test_review_is_admission_review_v1() -> None:
         "team",
     )
     assert request["oldObject"] == POD and request["uid"]
+
+
+REQUEST = {
+    "operation": "CREATE",
+    "object": {"metadata": {"name": "a", "labels": {"tier": "db"}}},
+    "oldObject": None,
+}
+
+
+@pytest.mark.parametrize(
+    ("expressions", "expected"),
+    [
+        pytest.param(["object.metadata.labels['tier'] == 'db'"], True, id="true"),
+        pytest.param(["request.operation == 'CREATE'", "oldObject == null"], True, id="all-true"),
+        pytest.param(["request.operation == 'UPDATE'"], False, id="false-skips"),
+        pytest.param(["object.metadata.missing == 1", "false"], False, id="false-wins-over-error"),
+        pytest.param(["object.metadata.missing == 1"], matchconditions.ConditionError, id="error"),
+        pytest.param(["'not a bool'"], matchconditions.ConditionError, id="not-bool"),
+    ],
+)
+def test_match_conditions(expressions: list[str], expected: bool | type[Exception]) -> None:
+    conditions = [{"name": f"c{i}", "expression": e} for i, e in enumerate(expressions)]
+    if isinstance(expected, bool):
+        assert matchconditions.matches(conditions, REQUEST) is expected
+    else:
+        with pytest.raises(expected):
+            matchconditions.matches(conditions, REQUEST)

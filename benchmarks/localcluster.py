@@ -10,11 +10,13 @@ concurrent requests.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import pathlib
 import platform
 import re
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -23,8 +25,6 @@ from typing import Any
 
 import aiohttp
 import yaml
-
-from localcluster import tls
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "localcluster.json"
@@ -99,9 +99,13 @@ async def _writes(session: aiohttp.ClientSession, url: str) -> list[float]:
 
 
 async def _run(url: str, kubeconfig: str) -> dict[str, Any]:
-    # HTTPS with the cluster CA and the admin token, as the kubeconfig says (the API is TLS only)
-    token = yaml.safe_load(pathlib.Path(kubeconfig).read_text())["users"][0]["user"]["token"]
-    connector = aiohttp.TCPConnector(limit=WATCHES + CONCURRENCY + 8, ssl=tls.kubeconfig_context(kubeconfig))
+    # HTTPS with the cluster CA and the admin token, as the kubeconfig says (the API is TLS only).
+    # Not through localcluster.tls: this file shadows the `localcluster` package when run_all loads it.
+    config = yaml.safe_load(pathlib.Path(kubeconfig).read_text())
+    token = config["users"][0]["user"]["token"]
+    ca = base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"]).decode()
+    context = ssl.create_default_context(cadata=ca)
+    connector = aiohttp.TCPConnector(limit=WATCHES + CONCURRENCY + 8, ssl=context)
     async with aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=900),

@@ -260,9 +260,10 @@ class ApiServer:
             return await self._patch(request, t)
         if method == "DELETE" and t.name is not None:
             opts = await self._delete_options(request)
-            await self.webhooks.admit_delete(
-                self._attributes(request, t, ns, "DELETE"), self.store.get(t.rt, ns, t.name)
-            )
+            current = self.store.get(t.rt, ns, t.name)
+            await self.webhooks.admit_delete(self._attributes(request, t, ns, "DELETE"), current)
+            if q.get("dryRun"):
+                return _json(self._versioned(t.rt, current))
             return _json(self._versioned(t.rt, self.store.delete(t.rt, ns, t.name, **opts)))
         if method == "DELETE":
             opts = await self._delete_options(request)

@@ -628,6 +628,9 @@ def case_dry_run_stores_nothing(ctx: Ctx) -> None:
     assert (
         ctx.custom.get_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, name)["spec"]["size"] == 1
     )
+    ctx.custom.delete_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, name, dry_run="All")
+    kept = ctx.custom.get_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, name)
+    assert not kept["metadata"].get("deletionTimestamp")
 
 
 CASES = [

@@ -5,7 +5,8 @@
 - No new finalizers may be added to an object that is being deleted (422, `metadata.finalizers`).
 - `metadata.generation` counts changes of the spec only: all but `metadata` and, when the status
   subresource is on, `.status`, compared AFTER defaulting (a PUT that omits a defaulted field is no
-  change). Pods included; a binding (the scheduler's `spec.nodeName`) is not a spec update.
+  change). Pods included; a binding (the scheduler's `spec.nodeName`) is not a spec update. Marking
+  an object for deletion (the first `deletionTimestamp`) bumps it too, as `rest.BeforeDelete` does.
 
 All pure: they return new data or raise `ApiError`.
 """
@@ -59,6 +60,13 @@ def generation(rt: ResourceType, old: dict[str, Any], new: dict[str, Any], *, su
     if subresource in {"status", "binding"}:
         return current
     return current + (1 if _spec_of(rt, new) != _spec_of(rt, old) else 0)
+
+
+def generation_on_delete(old: dict[str, Any]) -> int:
+    """`metadata.generation` once `old` is marked for deletion: one more the first time. Pure."""
+    current = int(old["metadata"].get("generation") or 0)
+    first = not old["metadata"].get("deletionTimestamp")
+    return current + 1 if first and current > 0 else current
 
 
 def _spec_of(rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:

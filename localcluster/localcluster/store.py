@@ -256,6 +256,7 @@ class Store:
                 return old
         new = copy.deepcopy(old)
         new["metadata"]["finalizers"] = finalizers
+        new["metadata"]["generation"] = fieldrules.generation_on_delete(old)
         new["metadata"]["deletionTimestamp"] = now_iso()
         new["metadata"]["deletionGracePeriodSeconds"] = grace
         if rt.kind == "Namespace":

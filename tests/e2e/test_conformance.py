@@ -609,6 +609,28 @@ def case_pod_generation_counts_spec_changes_only(ctx: Ctx) -> None:
     ctx.core.delete_namespaced_pod(name, ctx.namespace, grace_period_seconds=0)
 
 
+def case_generation_bumps_when_marked_for_deletion(ctx: Ctx) -> None:
+    """The first deletionTimestamp bumps `metadata.generation` (controllers must notice); a second
+    delete call does not."""
+    name = ctx.name("gdel")
+    body = {
+        "apiVersion": f"{GROUP}/v1",
+        "kind": "Gadget",
+        "metadata": {"name": name, "finalizers": ["example.dev/hold"]},
+        "spec": {"size": 1},
+    }
+    ctx.custom.create_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, body)
+    ctx.custom.delete_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, name)
+    marked = ctx.custom.get_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, name)
+    assert marked["metadata"]["deletionTimestamp"] and marked["metadata"]["generation"] == 2
+    ctx.custom.delete_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, name)
+    again = ctx.custom.get_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, name)
+    assert again["metadata"]["generation"] == 2
+    ctx.custom.patch_namespaced_custom_object(
+        GROUP, "v1", ctx.namespace, PLURAL, name, {"metadata": {"finalizers": None}}
+    )
+
+
 def case_dry_run_stores_nothing(ctx: Ctx) -> None:
     """`dryRun=All` answers with the object as it would be stored (defaults applied) and stores nothing."""
     name = ctx.name("dry")
@@ -667,6 +689,7 @@ CASES = [
     pytest.param(case_generation_ignores_defaulted_fields, id="generation-after-defaulting"),
     pytest.param(case_pod_generation_counts_spec_changes_only, id="pod-generation-spec-only"),
     pytest.param(case_dry_run_stores_nothing, id="dry-run-stores-nothing"),
+    pytest.param(case_generation_bumps_when_marked_for_deletion, id="generation-bumps-on-deletion"),
 ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import json
 import os
 import pathlib
@@ -22,6 +23,7 @@ from typing import Any
 import polling
 import pytest
 from aiohttp import web
+from cryptography import x509
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
@@ -111,6 +113,12 @@ def test_api_is_https_only_with_the_kubeconfig_ca(cluster: LocalCluster) -> None
     assert isinstance(err.value.reason, ssl.SSLCertVerificationError)
     with urllib.request.urlopen(cluster.url + "/version", timeout=5, context=cluster.ssl_context()) as r:
         assert r.status == 200
+    # what Kopf's WebhookAutoServer reads to guess the cluster type (it crashed on plain HTTP)
+    host, port = cluster.url.removeprefix("https://").rsplit(":", 1)
+    served = x509.load_pem_x509_certificate(ssl.get_server_certificate((host, int(port))).encode())
+    assert served.issuer.rfc4514_string() == "CN=localcluster-ca"
+    names = served.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address(host) in names.get_values_for_type(x509.IPAddress)
 
 
 def test_pod_in_cluster_config_has_token_ca_and_namespace(cluster: LocalCluster) -> None:

@@ -10,11 +10,13 @@ concurrent requests.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import pathlib
 import platform
 import re
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -22,6 +24,7 @@ import time
 from typing import Any
 
 import aiohttp
+import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "localcluster.json"
@@ -95,10 +98,18 @@ async def _writes(session: aiohttp.ClientSession, url: str) -> list[float]:
     return latencies
 
 
-async def _run(url: str) -> dict[str, Any]:
-    connector = aiohttp.TCPConnector(limit=WATCHES + CONCURRENCY + 8)
+async def _run(url: str, kubeconfig: str) -> dict[str, Any]:
+    # HTTPS with the cluster CA and the admin token, as the kubeconfig says (the API is TLS only).
+    # Not through localcluster.tls: this file shadows the `localcluster` package when run_all loads it.
+    config = yaml.safe_load(pathlib.Path(kubeconfig).read_text())
+    token = config["users"][0]["user"]["token"]
+    ca = base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"]).decode()
+    context = ssl.create_default_context(cadata=ca)
+    connector = aiohttp.TCPConnector(limit=WATCHES + CONCURRENCY + 8, ssl=context)
     async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=900)
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=900),
+        headers={"Authorization": f"Bearer {token}"},
     ) as session:
         async with session.post(f"{url}/api/v1/namespaces", json={"metadata": {"name": "bench"}}) as resp:
             assert resp.status == 201
@@ -130,7 +141,7 @@ async def _run(url: str) -> dict[str, Any]:
     }
 
 
-def _start_server(directory: str) -> tuple[subprocess.Popen[bytes], str]:
+def _start_server(directory: str) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     argv = [sys.executable, "-m", "localcluster.server", "--dir", directory, "--nodes", "0"]
     log = open(pathlib.Path(directory) / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
     server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=directory)
@@ -143,7 +154,8 @@ def _start_server(directory: str) -> tuple[subprocess.Popen[bytes], str]:
                 + (pathlib.Path(directory) / "server.log").read_text()[-2000:]
             )
         time.sleep(0.1)
-    return server, json.loads(state.read_text())["url"]
+    info: dict[str, Any] = json.loads(state.read_text())
+    return server, info
 
 
 def _write_doc(result: dict[str, Any]) -> None:
@@ -190,12 +202,13 @@ def _write_doc(result: dict[str, Any]) -> None:
 def main() -> int:
     """Run the benchmark; write results/localcluster.json and the doc section; 1 if the target is missed."""
     with tempfile.TemporaryDirectory() as directory:
-        server, url = _start_server(directory)
+        server, state = _start_server(directory)
         try:
             print(
-                f"localcluster benchmark: {2 * OBJECTS} writes, {WATCHES} watches against {url}", flush=True
+                f"localcluster benchmark: {2 * OBJECTS} writes, {WATCHES} watches against {state['url']}",
+                flush=True,
             )
-            result = asyncio.run(_run(url))
+            result = asyncio.run(_run(state["url"], state["kubeconfig"]))
         finally:
             server.terminate()
             server.wait(30)

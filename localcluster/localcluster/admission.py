@@ -42,12 +42,14 @@ def admit(
                     "causes": [{"reason": e.reason, "message": e.message, "field": e.field} for e in errors],
                 },
             )
-    if rt.kind == "Pod" and old is None:
+    if rt.kind == "Pod":
+        # defaults apply to every write (as decoding does on the real server); status only on create
         spec = obj.setdefault("spec", {})
         spec.setdefault("restartPolicy", "Always")
         spec.setdefault("terminationGracePeriodSeconds", 30)
         spec.setdefault("schedulerName", "default-scheduler")
-        obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
+        if old is None:
+            obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
     elif rt.kind == "Namespace":
         obj.setdefault("status", {}).setdefault("phase", "Active")
         obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])

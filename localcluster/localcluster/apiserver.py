@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from localcluster import discovery, names, openapi, podlogs, protobuf, schema, tables
+from localcluster import discovery, names, openapi, podlogs, protobuf, schema, tables, webhooks
 from localcluster.auth import UserInfo
 from localcluster.errors import ApiError
 from localcluster.patch import (
@@ -113,6 +113,8 @@ class ApiServer:
         self.log_path = log_path
         self.security = security
         """Authentication and RBAC; None serves everybody everything (no auth at all)."""
+        self.webhooks = webhooks.Webhooks(store)
+        """Admission webhooks (`localcluster.webhooks`), called on creates and updates."""
         self.address = "127.0.0.1:0"
         self.app = web.Application(
             middlewares=[self._errors, self._authenticate], client_max_size=64 * 1024**2
@@ -245,9 +247,7 @@ class ApiServer:
         if method == "POST" and t.name is None:
             body = await self._body(request)
             _strict_fields(t.rt, q, body)
-            if q.get("dryRun"):
-                return _json(body, 201)
-            return _json(self._versioned(t.rt, self.store.create(t.rt, ns, body)), 201)
+            return _json(self._versioned(t.rt, await self._write(request, t, ns, body, name=None)), 201)
         if method == "POST" and t.subresource == "token" and t.name is not None and self.security:
             return _json(self.security.token_request(ns, t.name, await self._body(request)), 201)
         if method == "POST" and t.subresource in {"eviction", "binding"}:
@@ -255,13 +255,15 @@ class ApiServer:
         if method == "PUT" and t.name is not None:
             body = await self._body(request)
             _strict_fields(t.rt, q, body)
-            return _json(
-                self._versioned(t.rt, self.store.update(t.rt, ns, t.name, body, subresource=t.subresource))
-            )
+            return _json(self._versioned(t.rt, await self._write(request, t, ns, body, name=t.name)))
         if method == "PATCH" and t.name is not None:
             return await self._patch(request, t)
         if method == "DELETE" and t.name is not None:
             opts = await self._delete_options(request)
+            current = self.store.get(t.rt, ns, t.name)
+            await self.webhooks.admit_delete(self._attributes(request, t, ns, "DELETE"), current)
+            if q.get("dryRun"):
+                return _json(self._versioned(t.rt, current))
             return _json(self._versioned(t.rt, self.store.delete(t.rt, ns, t.name, **opts)))
         if method == "DELETE":
             opts = await self._delete_options(request)
@@ -327,7 +329,7 @@ class ApiServer:
                 raise
             if not isinstance(body, dict):
                 raise ApiError(400, "an apply patch must be an object") from exc
-            return _json(self._versioned(t.rt, self.store.create(t.rt, ns, body)), 201)
+            return _json(self._versioned(t.rt, await self._write(request, t, ns, body, name=None)), 201)
         try:
             if ctype == MERGE_PATCH:
                 patched = merge_patch(current, body)
@@ -340,12 +342,39 @@ class ApiServer:
             else:
                 raise ApiError(415, f"unsupported patch type {ctype!r}")
         except PatchError as exc:
-            raise ApiError(409 if exc.conflict else 422, str(exc)) from exc
+            raise ApiError(422, str(exc)) from exc
         if not isinstance(patched, dict):
             raise ApiError(422, "the patch did not produce an object")
         _strict_fields(t.rt, request.query, patched)
-        return _json(
-            self._versioned(t.rt, self.store.update(t.rt, ns, t.name, patched, subresource=t.subresource))
+        return _json(self._versioned(t.rt, await self._write(request, t, ns, patched, name=t.name)))
+
+    async def _write(
+        self, request: web.Request, t: Target, ns: str, body: Any, *, name: str | None
+    ) -> dict[str, Any]:
+        """Create (`name` None) or update, through admission as kube-apiserver orders it: mutating
+        webhooks, then the object's own admission (defaults, schema, CEL: a store dry run), then
+        validating webhooks; then stored, unless the request is a dry run (`localcluster.webhooks`)."""
+        if t.rt.group == webhooks.GROUP and t.rt.plural in webhooks.KINDS:
+            webhooks.check_configuration(t.rt.plural, body)
+
+        def writer(obj: Any, dry: bool) -> dict[str, Any]:
+            if name is None:
+                return self.store.create(t.rt, ns, obj, dry_run=dry)
+            return self.store.update(t.rt, ns, name, obj, subresource=t.subresource, dry_run=dry)
+
+        attrs = self._attributes(request, t, ns, "CREATE" if name is None else "UPDATE")
+        old = None if name is None else self.store.get(t.rt, ns, name)
+        return await self.webhooks.write(writer, attrs, body, old)
+
+    def _attributes(self, request: web.Request, t: Target, ns: str, operation: str) -> webhooks.Attributes:
+        return webhooks.Attributes(
+            rt=t.rt,
+            subresource=t.subresource,
+            operation=operation,
+            namespace=ns,
+            name=t.name or "",
+            user=request.get(USER),
+            dry_run=bool(request.query.get("dryRun")),
         )
 
     async def _delete_options(self, request: web.Request) -> dict[str, Any]:
@@ -372,7 +401,7 @@ class ApiServer:
         if (pod.get("spec") or {}).get("nodeName"):
             raise ApiError(409, f'pod {t.name} is already assigned to node "{pod["spec"]["nodeName"]}"')
         updated = {**pod, "spec": {**pod["spec"], "nodeName": (body.get("target") or {}).get("name")}}
-        self.store.update(t.rt, ns, t.name, updated)
+        self.store.update(t.rt, ns, t.name, updated, subresource="binding")
         return {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}
 
     # ------------------------------------------------------------------ watch

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import threading
 from dataclasses import asdict
 from typing import Any
 
+from localcluster import tls
 from localcluster.cluster import S3_ACCESS_KEY, S3_REGION, S3_SECRET_KEY, ClusterConfig, ClusterCore
 
 
@@ -101,6 +103,15 @@ class LocalCluster:
     def kubeconfig(self) -> str:
         """Path of a kubeconfig for kubectl, the kubernetes client, kopf and Helm."""
         return self.core.kubeconfig
+
+    @property
+    def ca_pem(self) -> bytes:
+        """The cluster CA (PEM) that signed the API server's certificate."""
+        return self.core.pki.ca_pem
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client TLS context that trusts the cluster CA (for plain urllib/aiohttp clients of the API)."""
+        return tls.client_context(self.core.pki.ca_pem)
 
     @property
     def s3_url(self) -> str | None:

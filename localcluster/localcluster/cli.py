@@ -8,7 +8,7 @@
     elastra local down
 
 The cluster runs as one detached process (`localcluster.server`); the commands find it through
-`<dir>/state.json` and talk to its control endpoints over HTTP.
+`<dir>/state.json` and talk to its control endpoints over HTTPS (trusting the CA in its kubeconfig).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from localcluster import tls
 from localcluster.server import STATE_FILE, add_cluster_arguments
 
 DEFAULT_DIR = pathlib.Path(os.environ.get("ELASTRA_LOCAL_DIR", "~/.cache/elastra/localcluster")).expanduser()
@@ -76,7 +77,8 @@ def _call(state: dict[str, Any], method: str, path: str, body: dict[str, Any] | 
         state["url"] + path, data=data, method=method, headers=headers
     )
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - our own http URL
+        context = tls.kubeconfig_context(state["kubeconfig"])  # the API is HTTPS only, with our own CA
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:  # noqa: S310
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")

@@ -10,6 +10,7 @@ status, shutdown) that the CLI uses from other shells.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import pathlib
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from localcluster import tls
 from localcluster.apiserver import ApiServer
 from localcluster.controllers import NodeLifecycle, Scheduler, record_event
 from localcluster.deployments import DeploymentController
@@ -28,6 +30,7 @@ from localcluster.errors import ApiError
 from localcluster.ippool import IpPool
 from localcluster.kubelet import Kubelet
 from localcluster.requestcount import RequestCounter
+from localcluster.rootca import RootCa
 from localcluster.security import Security
 from localcluster.store import Store, now_iso
 from localcluster.virtual import VIRTUAL_LABEL, VirtualNodes, simulator_argv, virtual_node_name
@@ -109,6 +112,10 @@ class ClusterCore:
         self.security = Security(self.store)
         """Tokens, ServiceAccounts and RBAC objects exist either way; checks only with `config.rbac`."""
         self.security.install()
+        self.pki = tls.make_pki(self.workdir / "pki", config.host)
+        """The cluster CA and the API server's certificate: the API is served over HTTPS only."""
+        self.root_ca = RootCa(self.store, self.pki.ca_pem)
+        self.root_ca.install()
         self.api = ApiServer(
             self.store,
             bookmark_interval_s=config.bookmark_interval_s,
@@ -136,8 +143,8 @@ class ClusterCore:
             self.api.app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5
         )
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.config.host, port).start()
-        self.url = f"http://{self.config.host}:{port}"
+        await web.TCPSite(self._runner, self.config.host, port, ssl_context=self.pki.server_context()).start()
+        self.url = f"https://{self.config.host}:{port}"
         self.api.address = f"{self.config.host}:{port}"
         self._write_kubeconfig()
         self._tasks = [
@@ -206,7 +213,15 @@ class ClusterCore:
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "localcluster", "cluster": {"server": self.url}}],
+            "clusters": [
+                {
+                    "name": "localcluster",
+                    "cluster": {
+                        "server": self.url,
+                        "certificate-authority-data": base64.b64encode(self.pki.ca_pem).decode(),
+                    },
+                }
+            ],
             "users": [{"name": "localcluster", "user": {"token": self.security.authenticator.admin_token}}],
             "contexts": [
                 {
@@ -251,7 +266,7 @@ class ClusterCore:
             lease_duration_s=self.config.node_grace_s,
             base_env=env,
             default_cwd=self.config.container_cwd or os.getcwd(),
-            token_files=self.security.service_accounts.token_files,
+            token_files=self.root_ca.with_ca(self.security.service_accounts.token_files),
             on_event=lambda obj, reason, message, kind: record_event(
                 self.store, obj, reason, message, kind, component="kubelet"
             ),

@@ -156,7 +156,7 @@ class Scheduler:
                     )
                 continue
             bound = {**pod, "spec": {**pod["spec"], "nodeName": decision.node}}
-            self.store.update(pods_rt, ns, name, bound)
+            self.store.update(pods_rt, ns, name, bound, subresource="binding")
             by_node.setdefault(decision.node, []).append(bound)
             record_event(
                 self.store,

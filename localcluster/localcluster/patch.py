@@ -35,11 +35,8 @@ STRATEGIC_SET_LISTS = frozenset({"finalizers"})
 
 
 class PatchError(ValueError):
-    """A patch that cannot be applied (the API answers 422, or 409 for a failed `test`)."""
-
-    def __init__(self, message: str, *, conflict: bool = False) -> None:
-        super().__init__(message)
-        self.conflict = conflict
+    """A patch that cannot be applied, a failed `test` op included: the API answers 422, as
+    kube-apiserver wraps every patch-apply error (Kopf's finalizer patches expect exactly that)."""
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -154,7 +151,7 @@ def json_patch(target: Any, operations: Any) -> Any:
             doc = _add(doc, tokens, value, replace=False)
         elif kind == "test":
             if _get(doc, tokens) != op.get("value"):
-                raise PatchError(f"test at {op['path']} failed", conflict=True)
+                raise PatchError(f"test at {op['path']} failed")
         else:
             raise PatchError(f"unknown JSON patch op {kind!r}")
     return doc

@@ -84,6 +84,20 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
     _rt("scheduling.k8s.io", "v1", "priorityclasses", "PriorityClass", False, ("pc",)),
     _rt("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor", True, ("smon",)),
     _rt(
+        "admissionregistration.k8s.io",
+        "v1",
+        "mutatingwebhookconfigurations",
+        "MutatingWebhookConfiguration",
+        False,
+    ),
+    _rt(
+        "admissionregistration.k8s.io",
+        "v1",
+        "validatingwebhookconfigurations",
+        "ValidatingWebhookConfiguration",
+        False,
+    ),
+    _rt(
         "apiextensions.k8s.io",
         "v1",
         "customresourcedefinitions",

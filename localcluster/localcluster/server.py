@@ -36,8 +36,7 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-rbac",
         dest="rbac",
         action="store_false",
-        help="serve every request without authentication or RBAC (kubectl and helm send no token over "
-        "plain HTTP)",
+        help="serve every request without authentication or RBAC",
     )
     parser.add_argument(
         "--virtual-nodes",

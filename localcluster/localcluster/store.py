@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from localcluster import admission, names, resources
+from localcluster import admission, fieldrules, names, resources
 from localcluster.errors import ApiError, already_exists, conflict, not_found
 from localcluster.resources import ResourceType
 from localcluster.selectors import Requirement, fields_match, labels_match
@@ -101,8 +101,11 @@ class Store:
         return found, self.rv
 
     # ------------------------------------------------------------------ writes
-    def create(self, rt: ResourceType, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Create an object: name or generateName, uid, timestamps, generation 1, defaults, checks."""
+    def create(
+        self, rt: ResourceType, namespace: str, body: dict[str, Any], *, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """Create an object: name or generateName, uid, timestamps, generation 1, defaults, checks.
+        `dry_run`: the object as it would be stored, nothing stored (validating webhooks see it)."""
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
@@ -146,10 +149,11 @@ class Store:
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_iso()
         meta["generation"] = 1
-        obj = self._prepare(rt, obj, None)
-        return self._commit(rt, "ADDED", obj, None)
+        obj = fieldrules.on_create(rt, obj)
+        obj = self._prepare(rt, obj, None, dry_run=dry_run)
+        return obj if dry_run else self._commit(rt, "ADDED", obj, None)
 
-    def update(
+    def update(  # noqa: PLR0912 - one rule per branch, as the real update strategy
         self,
         rt: ResourceType,
         namespace: str,
@@ -157,9 +161,10 @@ class Store:
         body: dict[str, Any],
         *,
         subresource: str | None = None,
+        dry_run: bool = False,
     ) -> dict[str, Any]:
         """Replace an object (PUT, or the result of a PATCH), honouring the status subresource,
-        optimistic concurrency, generation and finalizers."""
+        optimistic concurrency, generation and finalizers. `dry_run`: the result, nothing stored."""
         old = self.get(rt, namespace, name)
         new = copy.deepcopy(body)
         meta = new.get("metadata")
@@ -195,12 +200,14 @@ class Store:
             else:
                 meta.pop(kept, None)
         new["apiVersion"], new["kind"] = rt.api_version, rt.kind
-        meta["generation"] = old["metadata"].get("generation", 1) + (
-            1 if _spec_of(new) != _spec_of(old) else 0
-        )
-        new = self._prepare(rt, new, old)
+        fieldrules.check_finalizers(rt, old, new)
+        meta["generation"] = old["metadata"].get("generation", 1)
+        new = self._prepare(rt, new, old, dry_run=dry_run)
         meta = new["metadata"]
+        meta["generation"] = fieldrules.generation(rt, old, new, subresource=subresource)
         meta["resourceVersion"] = old["metadata"]["resourceVersion"]
+        if dry_run:
+            return new
         if new == old:
             return old
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
@@ -249,6 +256,7 @@ class Store:
                 return old
         new = copy.deepcopy(old)
         new["metadata"]["finalizers"] = finalizers
+        new["metadata"]["generation"] = fieldrules.generation_on_delete(old)
         new["metadata"]["deletionTimestamp"] = now_iso()
         new["metadata"]["deletionGracePeriodSeconds"] = grace
         if rt.kind == "Namespace":
@@ -282,15 +290,18 @@ class Store:
         if ns["metadata"].get("deletionTimestamp"):
             raise ApiError(403, f"namespace {namespace} is being terminated", reason="Forbidden")
 
-    def _prepare(self, rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
-        """Admission (`localcluster.admission`); a CRD also (re)registers the types it serves."""
+    def _prepare(
+        self, rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None, *, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """Admission (`localcluster.admission`); a CRD also (re)registers the types it serves (not on
+        a dry run)."""
         if rt.kind == "Pod":
             names.check_pod_paths(rt, obj)
         if old is None:
             for hook in self.create_hooks:
                 obj = hook(rt, obj)
         obj = admission.admit(rt, obj, old, validation_rules=self.validation_rules)
-        if rt.kind == "CustomResourceDefinition":
+        if rt.kind == "CustomResourceDefinition" and not dry_run:
             served = admission.crd_types(obj)
             obj["status"] = resources.crd_accepted_status(obj)
             if self.validation_rules:
@@ -473,8 +484,3 @@ class Store:
     def unwatch(self, rt: ResourceType, watcher: Watcher) -> None:
         """Stop delivering events to a watcher."""
         self.events.unwatch(rt.storage_key, watcher)
-
-
-def _spec_of(obj: dict[str, Any]) -> dict[str, Any]:
-    """Everything that counts for `metadata.generation`: all but metadata and status."""
-    return {k: v for k, v in obj.items() if k not in {"metadata", "status", "apiVersion", "kind"}}

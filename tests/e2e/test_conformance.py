@@ -346,7 +346,7 @@ def case_merge_and_json_patch(ctx: Ctx) -> None:
         ctx.core.patch_namespaced_config_map(
             name, ctx.namespace, [{"op": "test", "path": "/data/b", "value": "nope"}]
         )
-    assert err.value.status in {409, 422}
+    assert err.value.status == 422
 
 
 def case_strategic_merge_keeps_other_list_items(ctx: Ctx) -> None:
@@ -509,6 +509,152 @@ def case_secret_data_round_trips(ctx: Ctx) -> None:
     assert ctx.core.read_namespaced_secret(name, ctx.namespace).data == data
 
 
+# ------------------------------------------------ field rules and error codes (issue 17)
+def case_json_patch_failed_test_is_422(ctx: Ctx) -> None:
+    """kube-apiserver wraps every patch-apply error, a failed `test` op included, as 422 Invalid.
+    Kopf guards its finalizer patches with such a test and expects exactly that."""
+    name = ctx.name("jtest")
+    ctx.configmap(name, finalizers=["kopf.zalando.org/KopfFinalizerMarker"])
+    ops: list[dict[str, Any]] = [
+        {"op": "test", "path": "/metadata/finalizers", "value": ["someone-else"]},
+        {"op": "remove", "path": "/metadata/finalizers/0"},
+    ]
+    with pytest.raises(ApiException) as err:
+        ctx.core.patch_namespaced_config_map(name, ctx.namespace, ops)
+    assert err.value.status == 422 and _status_of(err.value)["reason"] == "Invalid"
+    kept = ctx.core.read_namespaced_config_map(name, ctx.namespace)
+    assert kept.metadata.finalizers == ["kopf.zalando.org/KopfFinalizerMarker"]
+    # Kopf's own shape: a finalizer patch guarded by the resourceVersion it last saw
+    stale = kept.metadata.resource_version
+    ctx.core.patch_namespaced_config_map(name, ctx.namespace, {"data": {"k": "newer"}})
+    guarded = [{"op": "test", "path": "/metadata/resourceVersion", "value": stale}, ops[1]]
+    with pytest.raises(ApiException) as err:
+        ctx.core.patch_namespaced_config_map(name, ctx.namespace, guarded)
+    assert err.value.status == 422
+    ops[0]["value"] = ["kopf.zalando.org/KopfFinalizerMarker"]
+    assert not ctx.core.patch_namespaced_config_map(name, ctx.namespace, ops).metadata.finalizers
+
+
+def case_status_dropped_on_create(ctx: Ctx) -> None:
+    """With the status subresource on, a `.status` sent on create is dropped."""
+    name = ctx.name("cstat")
+    body = {
+        "apiVersion": f"{GROUP}/v1",
+        "kind": "Gadget",
+        "metadata": {"name": name},
+        "spec": {"size": 1},
+        "status": {"phase": "Forged"},
+    }
+    created = ctx.custom.create_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, body)
+    assert "phase" not in (created.get("status") or {})
+    read = ctx.custom.get_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, name)
+    assert "phase" not in (read.get("status") or {})
+
+
+def case_no_new_finalizers_while_deleting(ctx: Ctx) -> None:
+    """An object being deleted refuses new finalizers (422 naming metadata.finalizers); removing
+    finalizers still works and finishes the deletion."""
+    name = ctx.name("findel")
+    ctx.configmap(name, finalizers=["example.dev/hold"])
+    ctx.core.delete_namespaced_config_map(name, ctx.namespace)
+    for patch in (
+        {"metadata": {"finalizers": ["example.dev/hold", "example.dev/late"]}},
+        [{"op": "add", "path": "/metadata/finalizers/-", "value": "example.dev/late"}],
+    ):
+        with pytest.raises(ApiException) as err:
+            ctx.core.patch_namespaced_config_map(name, ctx.namespace, patch)
+        status = _status_of(err.value)
+        assert err.value.status == 422 and status["reason"] == "Invalid"
+        assert [c["field"] for c in status["details"]["causes"]] == ["metadata.finalizers"]
+    held = ctx.core.read_namespaced_config_map(name, ctx.namespace)
+    assert held.metadata.finalizers == ["example.dev/hold"]
+    ctx.core.patch_namespaced_config_map(name, ctx.namespace, {"metadata": {"finalizers": None}})
+    with pytest.raises(ApiException) as gone:
+        ctx.core.read_namespaced_config_map(name, ctx.namespace)
+    assert gone.value.status == 404
+
+
+def case_generation_ignores_defaulted_fields(ctx: Ctx) -> None:
+    """A PUT that leaves out a field the schema defaults changes no spec: same generation."""
+    name = ctx.name("gdef")
+    created = ctx.gadget(name, {"size": 1})
+    assert created["spec"]["color"] == "blue"
+    body = {**created, "spec": {"size": 1}}
+    replaced = ctx.custom.replace_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, name, body)
+    assert replaced["metadata"]["generation"] == 1 and replaced["spec"]["color"] == "blue"
+
+
+def case_pod_generation_counts_spec_changes_only(ctx: Ctx) -> None:
+    """Pods too (Kubernetes >= 1.33): labels, status and a PUT of the defaulted spec keep the
+    generation; a spec change bumps it."""
+    name = ctx.name("pgen")
+    spec = {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.9"}], "nodeName": "nowhere"}
+    pod = ctx.core.create_namespaced_pod(ctx.namespace, {"metadata": {"name": name}, "spec": spec})
+    if not pod.metadata.generation:
+        pytest.skip("this cluster predates pod generation (Kubernetes < 1.33)")
+    assert pod.metadata.generation == 1
+    labelled = ctx.core.patch_namespaced_pod(name, ctx.namespace, {"metadata": {"labels": {"a": "b"}}})
+    assert labelled.metadata.generation == 1
+    status = ctx.core.patch_namespaced_pod_status(
+        name, ctx.namespace, {"status": {"conditions": [{"type": "Example", "status": "True"}]}}
+    )
+    assert status.metadata.generation == 1
+    current = ctx.api.sanitize_for_serialization(ctx.core.read_namespaced_pod(name, ctx.namespace))
+    defaulted = ("restartPolicy", "terminationGracePeriodSeconds", "schedulerName")
+    sent = {k: v for k, v in current["spec"].items() if k not in defaulted}
+    put = ctx.core.replace_namespaced_pod(name, ctx.namespace, {**current, "spec": sent})
+    assert put.metadata.generation == 1
+    bumped = ctx.core.patch_namespaced_pod(name, ctx.namespace, {"spec": {"activeDeadlineSeconds": 600}})
+    assert bumped.metadata.generation == 2
+    ctx.core.delete_namespaced_pod(name, ctx.namespace, grace_period_seconds=0)
+
+
+def case_generation_bumps_when_marked_for_deletion(ctx: Ctx) -> None:
+    """The first deletionTimestamp bumps `metadata.generation` (controllers must notice); a second
+    delete call does not."""
+    name = ctx.name("gdel")
+    body = {
+        "apiVersion": f"{GROUP}/v1",
+        "kind": "Gadget",
+        "metadata": {"name": name, "finalizers": ["example.dev/hold"]},
+        "spec": {"size": 1},
+    }
+    ctx.custom.create_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, body)
+    ctx.custom.delete_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, name)
+    marked = ctx.custom.get_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, name)
+    assert marked["metadata"]["deletionTimestamp"] and marked["metadata"]["generation"] == 2
+    ctx.custom.delete_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, name)
+    again = ctx.custom.get_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, name)
+    assert again["metadata"]["generation"] == 2
+    ctx.custom.patch_namespaced_custom_object(
+        GROUP, "v1", ctx.namespace, PLURAL, name, {"metadata": {"finalizers": None}}
+    )
+
+
+def case_dry_run_stores_nothing(ctx: Ctx) -> None:
+    """`dryRun=All` answers with the object as it would be stored (defaults applied) and stores nothing."""
+    name = ctx.name("dry")
+    body = {"apiVersion": f"{GROUP}/v1", "kind": "Gadget", "metadata": {"name": name}, "spec": {"size": 1}}
+    would = ctx.custom.create_namespaced_custom_object(
+        GROUP, "v1", ctx.namespace, PLURAL, body, dry_run="All"
+    )
+    assert would["spec"]["color"] == "blue"
+    with pytest.raises(ApiException) as err:
+        ctx.custom.get_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, name)
+    assert err.value.status == 404
+    ctx.gadget(name, {"size": 1})
+    patched = ctx.custom.patch_namespaced_custom_object(
+        GROUP, "v1", ctx.namespace, PLURAL, name, {"spec": {"size": 5}}, dry_run="All"
+    )
+    assert patched["spec"]["size"] == 5
+    assert (
+        ctx.custom.get_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, name)["spec"]["size"] == 1
+    )
+    ctx.custom.delete_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, name, dry_run="All")
+    kept = ctx.custom.get_namespaced_custom_object(GROUP, "v1", ctx.namespace, PLURAL, name)
+    assert not kept["metadata"].get("deletionTimestamp")
+
+
 CASES = [
     pytest.param(case_metadata_on_create, id="create-sets-uid-timestamp-rv"),
     pytest.param(case_resource_version_grows, id="resource-version-grows"),
@@ -537,6 +683,13 @@ CASES = [
     pytest.param(case_printer_columns_in_tables, id="printer-columns-table"),
     pytest.param(case_leases_and_events, id="leases-and-events"),
     pytest.param(case_secret_data_round_trips, id="secret-data"),
+    pytest.param(case_json_patch_failed_test_is_422, id="json-patch-failed-test-422"),
+    pytest.param(case_status_dropped_on_create, id="status-dropped-on-create"),
+    pytest.param(case_no_new_finalizers_while_deleting, id="no-new-finalizers-while-deleting-422"),
+    pytest.param(case_generation_ignores_defaulted_fields, id="generation-after-defaulting"),
+    pytest.param(case_pod_generation_counts_spec_changes_only, id="pod-generation-spec-only"),
+    pytest.param(case_dry_run_stores_nothing, id="dry-run-stores-nothing"),
+    pytest.param(case_generation_bumps_when_marked_for_deletion, id="generation-bumps-on-deletion"),
 ]
 
 

@@ -15,7 +15,7 @@ import helm_python as helm
 import pytest
 import yaml
 
-from localcluster import LocalCluster
+from localcluster import LocalCluster, tls
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "elastra"
@@ -29,12 +29,13 @@ pytestmark = pytest.mark.timeout(120)
 
 
 class Api:
-    """Plain HTTP reads against the cluster's API server, as the kubeconfig describes it."""
+    """Plain reads over HTTPS against the cluster's API server, as the kubeconfig describes it."""
 
     def __init__(self, kubeconfig: str) -> None:
         config = yaml.safe_load(pathlib.Path(kubeconfig).read_text())
         self.server = config["clusters"][0]["cluster"]["server"]
         self.token = config["users"][0]["user"]["token"]
+        self.context = tls.kubeconfig_context(kubeconfig)  # HTTPS only, with the cluster CA
 
     def get(self, path: str) -> dict[str, Any] | None:
         """The object at `path`, or None on 404."""
@@ -42,7 +43,7 @@ class Api:
             self.server + path, headers={"Authorization": f"Bearer {self.token}"}
         )
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
+            with urllib.request.urlopen(request, timeout=10, context=self.context) as response:
                 found: dict[str, Any] = json.loads(response.read())
                 return found
         except urllib.error.HTTPError as error:
@@ -62,9 +63,8 @@ class Api:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     # No nodes: the operator pods are created but never run, so this checks the chart, not the operator.
-    # Go clients (kubectl, helm) send no credentials over plain HTTP (client-go sets them for TLS
-    # servers only), so RBAC stays off here until localcluster serves TLS (issue 17).
-    with LocalCluster(workdir=tmp_path_factory.mktemp("localcluster"), nodes=0, rbac=False) as local_cluster:
+    # HTTPS with the cluster CA: helm sends the kubeconfig's token, so RBAC is on.
+    with LocalCluster(workdir=tmp_path_factory.mktemp("localcluster"), nodes=0) as local_cluster:
         yield local_cluster
 
 

@@ -178,15 +178,13 @@ def cluster(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     monkeypatch.setenv(
         "PATH", f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     )
-    # Go clients (kubectl, helm) send no credentials over plain HTTP (client-go sets them for TLS
-    # servers only), so RBAC stays off here until localcluster serves TLS (issue 17).
+    # HTTPS with the cluster CA: helm sends the kubeconfig's token, the operator pods their own.
     with LocalCluster(
         workdir=tmp_path / "cluster",
         nodes=3,
         gpus_per_node=1,
         node_grace_s=2,
         heartbeat_interval_s=0.5,
-        rbac=False,
     ) as local:
         yield Cluster(local)
 

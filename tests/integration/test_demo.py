@@ -39,6 +39,7 @@ from prometheus_harness import (
 )
 
 from elastra.demo.report import Event, Generation, Observed, Sample, summarize
+from localcluster import tls
 
 ELASTRA = pathlib.Path(sys.executable).parent / "elastra"
 
@@ -224,9 +225,10 @@ def keep_pod_targets(kubeconfig: pathlib.Path, targets_file: pathlib.Path, stop:
         f"{server}/api/v1/namespaces/default/pods?{query}", headers={"Authorization": f"Bearer {token}"}
     )
     written = None
+    context = tls.kubeconfig_context(kubeconfig)
     while not stop.wait(0.5):
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:
+            with urllib.request.urlopen(request, timeout=5, context=context) as response:
                 pods = json.loads(response.read())["items"]
         except OSError:
             continue  # the cluster is going down, or busy: keep the last list, as discovery would

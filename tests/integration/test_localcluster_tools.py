@@ -91,10 +91,9 @@ until = functools.partial(polling.until, timeout=60.0)
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    # Go clients (kubectl, helm) send no credentials over plain HTTP (client-go sets them for TLS
-    # servers only), so RBAC stays off here until localcluster serves TLS (issue 17).
+    # HTTPS with the cluster CA: kubectl, helm and kopf send the kubeconfig's token, and RBAC is on.
     with LocalCluster(
-        workdir=tmp_path_factory.mktemp("lc"), nodes=2, heartbeat_interval_s=0.5, node_grace_s=3, rbac=False
+        workdir=tmp_path_factory.mktemp("lc"), nodes=2, heartbeat_interval_s=0.5, node_grace_s=3
     ) as lc:
         yield lc
 

@@ -49,12 +49,12 @@ class PodContract(BaseModel):
     """The job's durable checkpoint root; None disables checkpointing."""
     local_dir: Annotated[str | None, Field(alias="ELASTRA_LOCAL_DIR")] = None
     """Mount path of the job's node-local tier (its own node folder)."""
+    local_keep: Annotated[int | None, Field(alias="ELASTRA_LOCAL_KEEP", ge=1)] = None
+    """Checkpoints kept in the node-local tier (the job's `local.keep`)."""
     nproc_per_pod: Annotated[int, Field(alias="ELASTRA_NPROC_PER_POD", ge=1)] = 1
     """Worker processes per pod."""
     checkpoint_keep: Annotated[int, Field(alias="ELASTRA_CHECKPOINT_KEEP", ge=1)] = 3
     """Committed checkpoints kept."""
-    local_keep: Annotated[int | None, Field(alias="ELASTRA_LOCAL_KEEP", ge=1)] = None
-    """Checkpoints kept in the node-local tier (the job's `local.keep`); the trainers prune only it."""
     report_interval_seconds: Annotated[float, Field(alias="ELASTRA_REPORT_INTERVAL_SECONDS", gt=0)] = 3.0
     """The agent's heartbeat: it reports at least this often, changed or not. The operator derives it
     from `nodeLossTimeoutSeconds` (a silent agent counts as lost)."""
@@ -107,9 +107,9 @@ class PodContract(BaseModel):
             namespace=namespace,
             checkpoint_uri=ck.root_uri(namespace, job),
             local_dir=ck.local.path if ck.local is not None else None,
+            local_keep=ck.local.keep if ck.local is not None else None,
             nproc_per_pod=spec.nproc_per_pod,
             checkpoint_keep=ck.keep,
-            local_keep=ck.local.keep if ck.local is not None else None,
             report_interval_seconds=report_interval_seconds,
             pretrained_uri=ck.pretrained_uri,
             every_steps=ck.every_steps,

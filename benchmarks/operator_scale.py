@@ -20,6 +20,7 @@ simulator plays every pod's agent through the API; the real operator runs as its
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import json
@@ -29,6 +30,7 @@ import platform
 import random
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -137,9 +139,16 @@ class Rig:
 
     # ------------------------------------------------------------------ reading
     def control(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """A localcluster control endpoint: HTTPS with the cluster's CA, as cluster-admin (the
+        kubeconfig's CA and token; `localcluster` itself is shadowed by benchmarks/localcluster.py)."""
+        config = yaml.safe_load(pathlib.Path(self.kubeconfig).read_text())
+        token = config["users"][0]["user"]["token"]
+        ca = base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"]).decode()
         data = json.dumps(body or {}).encode() if method == "POST" else None
-        request = urllib.request.Request(self.url + path, data=data, method=method)
-        with urllib.request.urlopen(request, timeout=30) as response:
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        context = ssl.create_default_context(cadata=ca)
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
             return json.loads(response.read())
 
     def operator_requests(self) -> int:

@@ -4,7 +4,7 @@ hence no finalizer that could delete storage elsewhere) and leave a CommitReject
 from __future__ import annotations
 
 import pytest
-from test_operator_support import commit, job, membership, pod
+from test_operator_support import agent, commit, job, membership, pod
 
 from elastra.api.membership import CommitReport
 from elastra_operator.reconcile import commits
@@ -74,6 +74,43 @@ def test_commit_checks(m: object, on_pod: int, report: CommitReport, problem: st
     else:
         assert created == [] and len(rejected) == 1 and problem in rejected[0]
         assert all(c.uri != report.uri for c in found.checkpoints)
+
+
+FELL_BACK = agent(1, "Running", 45, restoredStep=30, restoreSkipped=[{"step": 50, "reason": "checksum"}])
+"""Rank 0's agent: generation 1's ranks fell back together past the corrupt step 50 to step 30."""
+
+
+@pytest.mark.parametrize(
+    ("m", "on_pod", "report", "problem"),
+    [
+        pytest.param(membership(1, MEMBERS, restore=50), 0, commit(40), None, id="after-the-fallback"),
+        pytest.param(
+            membership(1, MEMBERS, restore=50),
+            0,
+            commit(20),
+            "before the generation's restore step",
+            id="before-the-step-it-fell-back-to",
+        ),
+        pytest.param(
+            membership(2, MEMBERS, restore=50),
+            0,
+            _with(40, generation=2),
+            "before the generation's restore step",
+            id="fallback-reported-for-an-older-generation",
+        ),
+    ],
+)
+def test_commits_after_a_restore_fallback(
+    m: object, on_pod: int, report: CommitReport, problem: str | None
+) -> None:
+    """Ranks that fell back below the restore step train on from there: their commits are adopted."""
+    found = commits.record(job(m=m), [pod(on_pod, commit=report, report=FELL_BACK)], [])
+    created = [a.manifest["spec"]["uri"] for a in found.creates if isinstance(a, CreateObject)]
+    rejected = [a.message for a in found.events if isinstance(a, Event) and a.reason == "CommitRejected"]
+    if problem is None:
+        assert created == [report.uri] and not rejected
+    else:
+        assert created == [] and len(rejected) == 1 and problem in rejected[0]
 
 
 @pytest.mark.parametrize(

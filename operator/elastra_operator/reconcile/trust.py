@@ -3,7 +3,8 @@ own job, its own generation and its own storage root.
 
 A commit report becomes a Checkpoint (which carries the operator's finalizer: deleting it deletes
 storage) only when it came from the pod that holds global rank 0 of the job's current generation, its
-generation is that generation, its step is at least the generation's restore step, and its uri is
+generation is that generation, its step is at least the generation's restore step (or the older step
+its ranks fell back to, `restored_floor`), and its uri is
 exactly the job's own checkpoint root + `/step-<step>`. Anything else is ignored, with an Event.
 """
 
@@ -59,6 +60,19 @@ def commit_problem(job: JobView, pod: PodView, commit: CommitReport) -> str | No
         return f"only the pod of global rank 0 ({rank0}) reports commits, not {pod.name}"
     if commit.generation != m.generation:
         return f"generation {commit.generation} is not the current generation {m.generation}"
-    if m.restore is not None and commit.step < m.restore.step:
+    if m.restore is not None and commit.step < restored_floor(m.restore.step, pod, m.generation):
         return f"step {commit.step} is before the generation's restore step {m.restore.step}"
     return None
+
+
+def restored_floor(restore_step: int, pod: PodView, generation: int) -> int:
+    """The least step a commit of `generation` by rank 0's `pod` may carry. Pure.
+
+    The generation's restore step, or lower when that pod's own agent reports its ranks fell back
+    together past a corrupt restore point to an older checkpoint (`restoredStep`): they train on from
+    there, and their commits below the chosen restore step are the job's progress, not a stale
+    writer's. The same pod speaks for both reports, so this trusts it with nothing more."""
+    agent = pod.agent
+    if agent is None or agent.generation != generation or agent.restored_step is None:
+        return restore_step
+    return min(restore_step, agent.restored_step)

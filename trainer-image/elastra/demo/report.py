@@ -55,7 +55,7 @@ class Observed:
     commits: dict[int, dict[str, Any]] = field(default_factory=dict)
     """Commit reports by step."""
     restores: dict[int, tuple[str, int | None]] = field(default_factory=dict)
-    """generation → (tier, step) its pods' agents reported restoring (`restoreTier`, `restoreStep`)."""
+    """generation → (tier, step) its pods' agents reported restoring (`restoreTier`, `restoredStep`)."""
 
 
 TIERS = {"memory": "memory", "local": "local"}

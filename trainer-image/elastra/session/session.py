@@ -57,7 +57,13 @@ from elastra.control import (
 )
 from elastra.session.config import SessionConfig, from_env, save_due
 from elastra.session.fences import Fences, Stall
-from elastra.session.starting import announce, has_checkpoint, init_fresh_optimizers, load_pretrained_into
+from elastra.session.starting import (
+    announce,
+    forget_fresh_optimizers,
+    has_checkpoint,
+    init_fresh_optimizers,
+    load_pretrained_into,
+)
 
 log = logging.getLogger("elastra.session")
 
@@ -239,7 +245,8 @@ class Session:
         step = self.config.restore_step
         started = time.monotonic()
         tier: str | None = None
-        loaded, flat = self._restore_from_memory(state, step)
+        created: list[str] = []  # optimizers whose state was created for a restore to fill
+        loaded, flat = self._restore_from_memory(state, step, created)
         if loaded is not None:
             tier = "memory"
         else:
@@ -247,11 +254,12 @@ class Session:
                 self.config.under_agent or not has_checkpoint(self.checkpointer, self.config.restore_uri)
             )
             if self.checkpointer is None or fresh_job:
+                forget_fresh_optimizers(state, created)
                 return self._start_from_pretrained(state, pretrained, prefix, key_map, allow_missing)
             if self._timeline:
                 self._timeline["restoring"] = time.time()
             if flat is None:
-                init_fresh_optimizers(state)
+                created += init_fresh_optimizers(state)
                 flat = _materialize(state)
             assert self.checkpointer is not None
             try:
@@ -263,6 +271,7 @@ class Session:
             finally:
                 self._publish_restore()
         if loaded is None:
+            forget_fresh_optimizers(state, created)
             return self._start_from_pretrained(state, pretrained, prefix, key_map, allow_missing)
         assert flat is not None  # something was loaded into it
         for key, value in state.items():
@@ -284,15 +293,16 @@ class Session:
         return self._last_saved_step
 
     def _restore_from_memory(
-        self, state: Mapping[str, Any], step: int | None
+        self, state: Mapping[str, Any], step: int | None, created: list[str]
     ) -> tuple[int | None, dict[str, Any] | None]:
         """The memory tier first, when the pod has one and its newest snapshot every rank can read is at
-        least as new as `step`: (the step loaded or None, the materialized state or None)."""
+        least as new as `step`: (the step loaded or None, the materialized state or None). The keys of
+        optimizers whose state it created are added to `created`."""
         if self.memory is None:
             return None, None
         if self._timeline:
             self._timeline["restoring"] = time.time()
-        init_fresh_optimizers(state)
+        created += init_fresh_optimizers(state)
         flat = _materialize(state)
         loaded = self.memory.restore(flat, not_before=step or 0)
         if loaded is None:

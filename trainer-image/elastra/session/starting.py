@@ -53,6 +53,16 @@ def init_fresh_optimizers(state: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def forget_fresh_optimizers(state: Mapping[str, Any], keys: Collection[str]) -> None:
+    """Drop the state `init_fresh_optimizers` created for the optimizers under `keys` when nothing was
+    restored into it after all (a fresh start): its dummy step would otherwise count as the first one
+    (AdamW's bias correction starts at step 2, not 1)."""
+    for key in keys:
+        optimizer = state[key]
+        if isinstance(optimizer, torch.optim.Optimizer):
+            optimizer.state.clear()
+
+
 def load_pretrained_into(
     flat: dict[str, Any],
     uri: str,

@@ -66,6 +66,8 @@ spec:
           status: {type: object, x-kubernetes-preserve-unknown-fields: true}
 """
 OPERATOR = """
+import sys
+
 import kopf
 
 @kopf.on.startup()
@@ -82,7 +84,9 @@ def created(spec, body, patch, **_):
 
 @kopf.on.event("", "v1", "configmaps", labels={"watch": "me"})
 def configmap(event, name, **_):
-    print("CONFIGMAP", event["type"], name, flush=True)
+    # one write: print's separate pieces interleave with Kopf's log lines from other threads (unbuffered)
+    sys.stdout.write(f"CONFIGMAP {event['type']} {name}\\n")
+    sys.stdout.flush()
 """
 
 

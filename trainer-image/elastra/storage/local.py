@@ -73,6 +73,9 @@ class LocalStorage:
         self.direct_io = bool(_O_DIRECT)
         """Whether aligned parts are written with `O_DIRECT`; turned off for good after the file
         system refuses it once."""
+        self.durable = True
+        """Whether writes are fsynced (files and the directories they are renamed into); a tier in
+        memory (tmpfs) has nothing to flush."""
 
     def _path(self, key: str) -> Path:
         return self._root / check_key(key)
@@ -111,7 +114,8 @@ class LocalStorage:
         return fd
 
     def _atomic_write(self, key: str, write: Callable[[int, str], object]) -> None:
-        """`write(fd, tmp_path)` fills a fresh temporary file; then fsync, rename, fsync the directory."""
+        """`write(fd, tmp_path)` fills a fresh temporary file; then fsync, rename, fsync the directory
+        (the fsyncs only when `durable`)."""
         path = self._path(key)
         self._make_dirs(path.parent)
         tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
@@ -119,11 +123,13 @@ class LocalStorage:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
                 write(fd, str(tmp))
-                os.fsync(fd)
+                if self.durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            if self.durable:
+                _fsync_dir(path.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise StorageError(f"writing {path}: {exc}") from exc
@@ -131,10 +137,9 @@ class LocalStorage:
             tmp.unlink(missing_ok=True)
             raise
 
-    @staticmethod
-    def _make_dirs(directory: Path) -> None:
-        """Create `directory` and its missing parents, fsyncing the parent of each one created, so a new
-        step directory survives a crash together with the files renamed into it."""
+    def _make_dirs(self, directory: Path) -> None:
+        """Create `directory` and its missing parents, fsyncing (when `durable`) the parent of each one
+        created, so a new step directory survives a crash together with the files renamed into it."""
         missing = []
         probe = directory
         while not probe.is_dir():
@@ -145,7 +150,8 @@ class LocalStorage:
         try:
             for new in reversed(missing):
                 new.mkdir(exist_ok=True)
-                _fsync_dir(new.parent)
+                if self.durable:
+                    _fsync_dir(new.parent)
         except OSError as exc:
             raise StorageError(f"creating {directory}: {exc}") from exc
 

@@ -24,8 +24,6 @@ import re
 import shutil
 import signal
 import sys
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -46,26 +44,7 @@ class MemoryStore(LocalStorage):
     def __init__(self, root: str) -> None:
         super().__init__(root)
         self.direct_io = False  # memory is the page cache: there is no second copy to spare
-
-    def _atomic_write(self, key: str, write: Callable[[int, str], object]) -> None:
-        """`write(fd, tmp_path)` fills a fresh temporary file, then one rename: no `fsync` (tmpfs has
-        nothing to flush)."""
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                write(fd, str(tmp))
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise StorageError(f"writing {path}: {exc}") from exc
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        self.durable = False  # tmpfs has nothing to flush
 
     def steps(self) -> dict[int, bool]:
         """`{step: committed}` of every `step-N` directory (committed: its manifest is here)."""

@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from elastra.agent.agent import failure_reason
+from elastra.agent.agent import failure_reason, report_due
 from elastra.agent.config import AgentConfig, agent_config_from_env
 from elastra.agent.decide import Kind, Local, decide
 from elastra.agent.kube import KubeLink, load_kube_config, patch_own_pod
@@ -340,10 +340,10 @@ class Simulator:
         key = (agent.generation, agent.state, agent.exit_code, agent.reason, agent.ack, agent.restore_s)
         now = time.monotonic()
         changed = key != agent.reported
-        # Every agent heartbeats its report, changed or not, as the real one does: the operator counts
-        # an agent silent for the node-loss timeout as lost.
-        heartbeat_due = now - agent.reported_at >= agent.report_interval_s
-        if not (force or changed or heartbeat_due):
+        if not report_due(
+            changed=changed, since_last_s=now - agent.reported_at, interval_s=agent.report_interval_s,
+            force=force,
+        ):  # fmt: skip
             return
         report = AgentReport(
             generation=agent.generation,

@@ -124,3 +124,17 @@ def test_file_reader_parses_only_changes_and_keeps_the_last_good(tmp_path: pathl
     second = reader.poll()
     assert second is not None and second.stop and reader.error is None
     assert not list(tmp_path.glob(".control.json.*")), "a temporary file was left behind"
+
+
+@pytest.mark.parametrize(
+    ("changed", "since", "force", "due"),
+    [
+        pytest.param(False, 0.5, False, False, id="quiet-and-recent"),
+        pytest.param(True, 0.5, False, True, id="a-change"),
+        pytest.param(False, 0.5, True, True, id="forced"),
+        pytest.param(False, 3.0, False, True, id="heartbeat-at-the-interval"),
+        pytest.param(False, 9.0, False, True, id="heartbeat-overdue"),
+    ],
+)
+def test_report_due_on_change_force_or_heartbeat(changed: bool, since: float, force: bool, due: bool) -> None:
+    assert agent_module.report_due(changed=changed, since_last_s=since, interval_s=3.0, force=force) is due

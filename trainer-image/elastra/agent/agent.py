@@ -59,6 +59,15 @@ PEER_LOST = "PeerLost"
 """Reason prefix the operator reads as "not this pod's fault": never a permanent failure."""
 
 
+def report_due(*, changed: bool, since_last_s: float, interval_s: float, force: bool = False) -> bool:
+    """Whether an agent writes its report now: on a change, when forced, and as a heartbeat at least
+    every `interval_s` even when nothing changed (Waiting, a long restore, workers blocked in a
+    collective): the report's `time` is the pod's heartbeat, and the operator counts an agent silent
+    for nodeLossTimeoutSeconds as lost (its node frozen or cut off), whatever the collectives do. The
+    real agent and localcluster's protocol simulator both decide with this. Pure."""
+    return force or changed or since_last_s >= interval_s
+
+
 def failure_reason(rank: int, code: int, detail: str | None) -> str:
     """The `reason` of a Failed report. Pure."""
     text = f"worker rank {rank} exited with code {code}" + (f": {detail}" if detail else "")
@@ -319,11 +328,10 @@ class Agent:
         )
         now = time.monotonic()
         changed = key != self._reported
-        # Due even when nothing changed (Waiting, a long restore, workers blocked in a collective): the
-        # report's `time` is this pod's heartbeat; the operator counts an agent silent for
-        # nodeLossTimeoutSeconds as lost (its node frozen or cut off), whatever the collectives do.
-        heartbeat_due = now - self._reported_at >= self.cfg.report_interval_s
-        if not (force or changed or heartbeat_due):
+        if not report_due(
+            changed=changed, since_last_s=now - self._reported_at, interval_s=self.cfg.report_interval_s,
+            force=force,
+        ):  # fmt: skip
             return
         report = AgentReport(
             generation=self.generation,

@@ -134,6 +134,16 @@ FULL = Box((0, 0), (8, 4))
             {"e": [1]},
             id="empty-shards-write-nothing",
         ),
+        pytest.param(
+            [[piece("a", FULL), piece("a", FULL)], [piece("b", FULL)]],
+            {"a": [0], "b": [1]},
+            id="a-piece-listed-twice-by-one-rank-is-written-once",
+        ),
+        pytest.param(
+            [[piece("r", FULL), piece("big", FULL)], [piece("r", FULL)], [piece("r", FULL)]],
+            {"r": [1], "big": [0]},
+            id="a-replica-goes-to-the-least-loaded-holder-not-the-first",
+        ),
     ],
 )
 def test_plan_save_writes_each_piece_once(

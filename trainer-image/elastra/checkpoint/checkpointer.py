@@ -214,7 +214,7 @@ class Checkpointer:
             self._plan_cache = (signatures, plan)
         self.stats.saves += 1
         faults.crash_point("stage", self.rank)
-        mine = plan.writes[self.rank]
+        mine = plan.writes_of(self.rank)
         by_key = {(x.path, x.box.offsets, x.box.shape): x for x in leaves}
         header = shard_header(
             [(p.name, p.piece.dtype, p.piece.box.shape, p.piece.nbytes) for p in mine.pieces],

@@ -8,6 +8,8 @@ which saved fragments fill the slice a rank holds now.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from elastra.checkpoint.format import ITEMSIZE, FormatError, Fragment, TensorEntry, shard_file
@@ -74,83 +76,97 @@ class RankWrites:
         return sum(p.piece.nbytes for p in self.pieces)
 
 
-@dataclass(frozen=True, slots=True)
-class SavePlan:
-    """Every rank's writes; identical on all ranks because it is computed from the same inputs."""
-
-    writes: tuple[RankWrites, ...]
-    tensors: dict[str, tuple[str, tuple[int, ...], str, str]]
-    """path → (dtype, shape, layout, sharding) of every logical tensor."""
-
-
 _Key = tuple[str, tuple[int, ...], tuple[int, ...]]
 
 
-def _distinct_pieces(
-    pieces_by_rank: list[list[Piece]],
-) -> tuple[dict[str, tuple[str, tuple[int, ...], str, str]], dict[_Key, list[int]], dict[_Key, Piece]]:
-    """Tensor metadata by path, holders (ascending ranks) by piece key, and one piece per key; empty
-    pieces are left out. Raises ValueError when ranks disagree about a tensor."""
-    tensors: dict[str, tuple[str, tuple[int, ...], str, str]] = {}
-    holders: dict[_Key, list[int]] = {}
-    by_key: dict[_Key, Piece] = {}
+@dataclass(frozen=True, slots=True)
+class SavePlan:
+    """Who writes each distinct piece; identical on all ranks because it is computed from the same
+    inputs. A rank lays out only its own file (`writes_of`): the manifest is assembled from what each
+    rank reports it wrote, so no rank needs another's layout."""
+
+    tensors: dict[str, tuple[str, tuple[int, ...], str, str]]
+    """path → (dtype, shape, layout, sharding) of every logical tensor."""
+    writer: dict[_Key, int]
+    """The rank that writes each distinct piece, by (path, offsets, shape)."""
+    pieces_by_rank: tuple[tuple[Piece, ...], ...]
+    """The planner's input: what every rank holds."""
+
+    def writes_of(self, rank: int) -> RankWrites:
+        """`rank`'s shard file: the pieces it writes, in file order (larger element sizes first, so
+        every piece is aligned to its element size; then by key, so every rank agrees)."""
+        writer = self.writer
+        mine: dict[_Key, Piece] = {}
+        for piece in self.pieces_by_rank[rank]:
+            box = piece.box
+            key = (piece.path, box.offsets, box.shape)
+            if writer.get(key) == rank and 0 not in box.shape:
+                mine[key] = piece
+        placed = []
+        offset = 0
+        for i, key in enumerate(sorted(mine, key=lambda k: (-ITEMSIZE[mine[k].dtype], k))):
+            piece = mine[key]
+            placed.append(Placed(piece, f"{i}:{piece.path}", offset))
+            offset += piece.nbytes
+        return RankWrites(rank, shard_file(rank), tuple(placed))
+
+    @property
+    def writes(self) -> tuple[RankWrites, ...]:
+        """Every rank's file (tools and tests; a saving rank needs only `writes_of(its rank)`)."""
+        return tuple(self.writes_of(rank) for rank in range(len(self.pieces_by_rank)))
+
+
+def plan_save(pieces_by_rank: Sequence[Sequence[Piece]]) -> SavePlan:
+    """Assign each distinct piece to exactly one holder. Raises ValueError when ranks disagree about a
+    tensor's dtype, shape or layout.
+
+    A piece only one rank holds goes to it; pieces held by several ranks (replicated) go, largest
+    first, to whichever holder has the fewest bytes so far, so replicated tensors spread across ranks
+    (a tie goes to the lowest rank). Empty pieces are written by nobody.
+
+    Every rank runs this on the same gathered input, so it is on every save's critical path when the
+    layout changed: one pass over all pieces with one dict operation each, nothing sorted but the
+    replicated pieces, and no per-piece objects (benchmarks/operator_scale.py times it at 1k-16k
+    ranks against DCP's global plan)."""
+    first: dict[str, Piece] = {}
+    writer: dict[_Key, int] = {}
+    others: dict[_Key, list[int]] = {}  # the holders after the first, of replicated pieces
+    claim = writer.setdefault
     for rank, pieces in enumerate(pieces_by_rank):
         for piece in pieces:
-            known = tensors.get(piece.path)
+            path = piece.path
+            known = first.get(path)
             if known is None:
-                tensors[piece.path] = (piece.dtype, piece.shape, piece.layout, piece.sharding)
-            elif known[0] != piece.dtype or known[1] != piece.shape or known[2] != piece.layout:
+                first[path] = piece
+            elif known.dtype != piece.dtype or known.shape != piece.shape or known.layout != piece.layout:
                 raise ValueError(
-                    f"ranks disagree about tensor {piece.path}: {known[:3]} vs "
+                    f"ranks disagree about tensor {path}: {(known.dtype, known.shape, known.layout)} vs "
                     f"{(piece.dtype, piece.shape, piece.layout)}"
                 )
             box = piece.box
-            key = (piece.path, box.offsets, box.shape)
-            held = holders.get(key)
-            if held is None:
-                if 0 in box.shape:
-                    continue
-                holders[key] = [rank]
-                by_key[key] = piece
-            else:
-                held.append(rank)
-    return tensors, holders, by_key
+            key = (path, box.offsets, box.shape)
+            if claim(key, rank) != rank:
+                others.setdefault(key, []).append(rank)
+    if others:
+        _balance(writer, others, first, len(pieces_by_rank))
+    tensors = {path: (p.dtype, p.shape, p.layout, p.sharding) for path, p in first.items()}
+    return SavePlan(tensors, writer, tuple(tuple(pieces) for pieces in pieces_by_rank))
 
 
-def plan_save(pieces_by_rank: list[list[Piece]]) -> SavePlan:
-    """Assign each distinct piece to exactly one holder and lay out the shard files.
-
-    Pieces held by a single rank go to it; pieces held by several ranks (replicated) go, largest first,
-    to whichever holder has the fewest bytes so far, so replicated tensors spread across ranks.
-
-    Linear in the number of pieces (plus the sorts): every piece is looked at once, its size is computed
-    once per distinct piece, and a replicated piece's holder is a `min` over its holders' loads
-    (benchmarks/operator_scale.py times it at 1k-16k ranks against DCP's global plan)."""
-    tensors, holders, by_key = _distinct_pieces(pieces_by_rank)
-    nbytes = {key: piece.nbytes for key, piece in by_key.items()}
-    load = [0] * len(pieces_by_rank)
-    assigned: list[list[Piece]] = [[] for _ in pieces_by_rank]
-    replicated = []
-    for key, held in holders.items():  # a piece only one rank holds goes to it, in any order
-        if len(held) == 1:
-            load[held[0]] += nbytes[key]
-            assigned[held[0]].append(by_key[key])
-        else:
-            replicated.append(key)
-    for key in sorted(replicated, key=lambda k: (-nbytes[k], k)):
-        rank = min(holders[key], key=load.__getitem__)  # holders ascend: a tie goes to the lowest rank
+def _balance(
+    writer: dict[_Key, int], others: dict[_Key, list[int]], first: dict[str, Piece], world: int
+) -> None:
+    """Reassign each replicated piece (in `others`), largest first, to its least-loaded holder."""
+    itemsize = {path: ITEMSIZE[piece.dtype] for path, piece in first.items()}
+    load = [0] * world
+    for key, rank in writer.items():
+        if key not in others:
+            load[rank] += math.prod(key[2]) * itemsize[key[0]]
+    nbytes = {key: math.prod(key[2]) * itemsize[key[0]] for key in others}
+    for key in sorted(others, key=lambda k: (-nbytes[k], k)):
+        rank = min([writer[key], *others[key]], key=load.__getitem__)  # ascending: ties go low
+        writer[key] = rank
         load[rank] += nbytes[key]
-        assigned[rank].append(by_key[key])
-    writes = []
-    for rank, pieces in enumerate(assigned):
-        pieces.sort(key=lambda p: (-ITEMSIZE[p.dtype], p.key))
-        placed = []
-        offset = 0
-        for i, piece in enumerate(pieces):
-            placed.append(Placed(piece, f"{i}:{piece.path}", offset))
-            offset += nbytes[piece.key]
-        writes.append(RankWrites(rank, shard_file(rank), tuple(placed)))
-    return SavePlan(tuple(writes), tensors)
 
 
 def checksum_chunks(length: int, chunk: int) -> list[tuple[int, int]]:

@@ -125,7 +125,7 @@ def test_silent_member(pods: list[Any], nodes_: Any, expect: dict[str, Any]) -> 
 @pytest.mark.parametrize(
     ("timeout", "interval"),
     [
-        pytest.param(30, 3.0, id="default-3s"),
+        pytest.param(30, 7.5, id="default-7.5s"),
         pytest.param(8, 2.0, id="quarter"),
         pytest.param(1, 1.25, id="floor-5s"),
     ],

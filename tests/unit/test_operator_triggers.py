@@ -103,3 +103,69 @@ def test_a_burst_of_peer_lost_reports_schedules_one_follow_up_pass(monkeypatch: 
     assert time.monotonic() - last >= 0.2
     time.sleep(0.3)
     assert passes == [("ns", "big")]
+
+
+def _event(uid: str, agent: dict[str, Any]) -> dict[str, Any]:
+    pod = worker(agent=agent, uid=uid, namespace="ns", labels={"elastra.dev/job": "big"})
+    return pod
+
+
+def test_heartbeats_stop_at_kopfs_filter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a pod's signature was acted on, its heartbeats (new step and time only) do not pass the
+    handler's `when=` filter: Kopf neither invokes nor logs a handler for them. A deletion always does."""
+    import kopf
+
+    from elastra_operator import handlers
+
+    monkeypatch.setattr(handlers._Passes, "seen", {})
+    first = kopf.Body(_event("u-1", RUNNING))
+    beat = kopf.Body(_event("u-1", {**RUNNING, "step": 11, "time": "t2"}))
+    failed = kopf.Body(_event("u-1", {**RUNNING, "state": "Failed"}))
+    assert handlers._may_move_the_plan(type="ADDED", body=first)
+    handlers._Passes.seen["u-1"] = pod_signature(first)
+    assert not handlers._may_move_the_plan(type="MODIFIED", body=beat)
+    assert handlers._may_move_the_plan(type="MODIFIED", body=failed)
+    assert handlers._may_move_the_plan(type="DELETED", body=beat)
+
+
+def test_the_pod_handler_never_waits_for_a_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handler runs on Kopf's event loop and only queues the pass: a slow pass (a loaded API server)
+    must not hold the loop, or every pod's events queue up inside Kopf (they grew the operator to 1 GB
+    with 100 jobs x 16 heartbeating pods). Requests for a job already queued are merged."""
+    import asyncio
+    import threading
+    import time
+
+    import kopf
+
+    from elastra_operator import handlers
+
+    release = threading.Event()
+    started = threading.Event()
+    passes: list[tuple[str, str]] = []
+
+    def slow_pass(namespace: str, name: str) -> None:
+        passes.append((namespace, name))
+        started.set()
+        release.wait(10)
+
+    monkeypatch.setattr(handlers, "_one_pass", slow_pass)
+    monkeypatch.setattr(handlers._Passes, "seen", {})
+
+    async def deliver() -> None:
+        for i in range(50):
+            body = kopf.Body(_event(f"u-{i}", {**RUNNING, "generation": 3}))
+            await asyncio.wait_for(handlers.worker_pod_changed(type="MODIFIED", body=body), timeout=1)
+
+    try:
+        asyncio.run(deliver())
+        assert started.wait(5)
+        time.sleep(0.2)
+        assert passes == [("ns", "big")]  # one running; the other 49 requests merged into one more
+    finally:
+        release.set()
+    deadline = time.monotonic() + 5
+    while len(passes) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert passes == [("ns", "big")] * 2

@@ -26,7 +26,7 @@ REASON_CHARS = 160
 UNRESPONSIVE = "Unresponsive"
 """Failure reason prefix of a member whose agent stopped reporting (`Facts.unresponsive`)."""
 HEARTBEAT_FRACTION = 4
-"""Agents report at least every quarter of the silence timeout (and 3 s): one late write is no loss."""
+"""Agents report at least every quarter of the silence timeout: one late write is no loss."""
 MIN_SILENCE_SECONDS = 5.0
 """Least silence that counts as a loss whatever `nodeLossTimeoutSeconds` says (1 s would count a busy
 API server or a loaded machine's scheduling delay as a lost node)."""

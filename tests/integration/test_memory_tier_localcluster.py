@@ -265,6 +265,7 @@ def sources(r: Restored, key: str, pods: Callable[[str], bool] = lambda _: True)
 
 def test_kill_during_encoding_never_restores_the_torn_snapshot(memory_job: Run) -> None:
     r = memory_job.get("encode")
+    assert plan_groups(r.members, GROUP_SIZE, PARITY)[0].holders == (r.members[3],), "rank 3 encodes parity"
     memory_restored(r)
     torn = memory_job.armed_step
     # rank 3 died in step `torn`'s snapshot: no rank got further (the others may have counted that step)

@@ -40,6 +40,18 @@ def _peer(pod: str, after_s: float) -> Failure:
         pytest.param(
             [_peer(f"w-{i}", 0) for i in range(4)], 0.0, (False, frozenset()), id="nobody-silent",
         ),
+        pytest.param(
+            [_peer("w-0", 0), _peer("w-1", 0.9), _peer("w-2", 1.4)], 1.4,
+            (False, frozenset({"w-3"})), id="one-silent-a-second-after-the-first-symptom-not-the-last",
+        ),
+        pytest.param(
+            [_peer("w-0", 0), _peer("w-1", 0.1), _peer("w-2", 0.2)], PEER_QUIET_SECONDS * 0.9,
+            (True, frozenset()), id="one-silent-gets-a-second-to-report-its-cause",
+        ),
+        pytest.param(
+            [_peer("w-0", 0), _peer("w-1", 0.9)], 1.4, (True, frozenset()),
+            id="two-silent-wait-for-quiet-after-the-last",
+        ),
     ],
 )  # fmt: skip
 def test_silent_suspects(failed: list[Failure], now_s: float, expected: tuple[bool, frozenset[str]]) -> None:

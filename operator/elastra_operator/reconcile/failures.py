@@ -56,7 +56,13 @@ def silent_suspects(
     collective is among the silent ones. Every live member gets up to `PEER_SETTLE_SECONDS` to report
     too — or, once the silent are few (`few_silent`), until no new report came for
     `PEER_QUIET_SECONDS`; `wait` is True until then. After that the silent ones are the suspects, to
-    be left out of the next generation (a dead pod's last report still says Running)."""
+    be left out of the next generation (a dead pod's last report still says Running).
+
+    When everyone but one member has reported, that one gets `PEER_QUIET_SECONDS` from the first
+    symptom, not from the last: if it is alive (its worker crashed) its own report left when the
+    failure happened, as the first symptom did, so how long hundreds of symptoms then take through the
+    API (1-2 s for 511 reports here) is no reason to wait longer for it. In a small job, where the
+    symptoms arrive together, the two rules are the same."""
     nobody = frozenset[str]()
     if any(f.peer_since is None for f in failed):
         return False, nobody  # a cause is known
@@ -67,8 +73,10 @@ def silent_suspects(
     times = [f.peer_since for f in failed if f.peer_since is not None]
     waited = (now - min(times)).total_seconds()
     quiet = (now - max(times)).total_seconds()
-    settled = waited >= PEER_SETTLE_SECONDS or (
-        few_silent(len(named), len(silent)) and quiet >= PEER_QUIET_SECONDS
+    settled = (
+        waited >= PEER_SETTLE_SECONDS
+        or (len(silent) == 1 and waited >= PEER_QUIET_SECONDS)
+        or (few_silent(len(named), len(silent)) and quiet >= PEER_QUIET_SECONDS)
     )
     return (False, silent) if settled else (True, nobody)
 

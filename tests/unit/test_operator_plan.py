@@ -273,11 +273,11 @@ CASES = [
     ),
     pytest.param(
         job(m=M3, record=STARTED),
-        [*peer_lost(0, ago=3), *peer_lost(1, ago=0.5), *running(2)],
+        [*peer_lost(0, ago=0.8), *peer_lost(1, ago=0.3), *running(2)],
         nodes(3),
         [ckpt(40)],
         {"m": None, "phase": "Rescaling", "failures": 0},
-        id="peer-errors-still-arriving-keep-the-operator-waiting",
+        id="the-silent-member-gets-a-second-from-the-first-symptom",
     ),
     pytest.param(
         job(m=M3, record=STARTED),

@@ -20,24 +20,28 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch.distributed as dist
 
-from elastra.api.memory import plan_groups
+from elastra.api.memory import Group, plan_groups
 from elastra.api.pod import PodContract
 from elastra.checkpoint import faults
 from elastra.checkpoint.checkpointer import Checkpointer
 from elastra.checkpoint.format import MANIFEST, step_dir
 from elastra.checkpoint.handles import CheckpointError
+from elastra.checkpoint.memory_staging import FileStaging
 from elastra.storage import join_key
-from elastra.storage.erasure import encode
+from elastra.storage.erasure import default_codec, encode
 from elastra.storage.memory import MemoryStore, PeerClient
-from elastra.storage.peers import Layout, PodMemoryStorage, parity_file
+from elastra.storage.peers import Layout, PodMemoryStorage, fill_block_range, parity_file
 
 log = logging.getLogger(__name__)
+
+ENCODE_PIECE = 32 << 20
+"""Parity is encoded this many bytes of each block at a time (k such buffers in memory at once)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -105,6 +109,10 @@ class MemorySnapshotter(Checkpointer):
         self.store = MemoryStore(config.dir)
         self.tier = PodMemoryStorage(self.store, config.pod, config.peers)
         self._durable = self.tier
+        self._file_staging = FileStaging(self.store, config.local_rank)
+        self._file_staging.remove_leftovers()
+        self._staging = self._file_staging
+        self.tier.adopt = self._file_staging.adopt
         self.snapshot_bytes = 0
         """Bytes this pod's store held after the newest commit (data + parity + manifest)."""
         self.encode_seconds = 0.0
@@ -165,34 +173,53 @@ class MemorySnapshotter(Checkpointer):
         parity = len(groups[0].holders) if groups else 0
         lengths = tuple(max(sum(s for _, s in blocks[p]) for p in g.members) for g in groups)
         frozen = {pod: tuple(files) for pod, files in blocks.items()}
-        return Layout(parity, groups, frozen, lengths), addrs
+        return Layout(parity, groups, frozen, lengths, default_codec()), addrs
 
     def _encode_parity(
         self, step: int, layout: Layout, addrs: dict[str, str], *, first_rank_of_pod: bool
     ) -> None:
-        """On the first rank of each holder pod: read the group's blocks, encode and store its parity."""
+        """On the first rank of each holder pod: stream the group's blocks in, encode and store its
+        parity, `ENCODE_PIECE` bytes at a time (one reused buffer per member: bounded memory, and no
+        fresh pages to fault in and zero for every snapshot)."""
         if not first_rank_of_pod:
             return
-        for group, length in zip(layout.groups, layout.lengths, strict=True):
-            if self.config.pod not in group.holders:
-                continue
-            blocks = []
-            for member in group.members:
-                block = bytearray(length)
-                offset = 0
-                for name, size in layout.blocks[member]:
-                    key = join_key(step_dir(step), name)
-                    view = memoryview(block)[offset : offset + size]
-                    if member == self.config.pod:
-                        self.store.read_into(key, 0, [view])
-                    else:
-                        PeerClient(addrs[member]).read_into(key, 0, view)
-                    offset += size
-                blocks.append(block)
-            faults.crash_point("encode", self.rank)
-            index = group.holders.index(self.config.pod)
-            (parity,) = encode(blocks, layout.parity, only=[index])
-            self.store.put_bytes(join_key(step_dir(step), parity_file(group.index, index)), parity)
+        for group in layout.groups:
+            if self.config.pod in group.holders:
+                index = group.holders.index(self.config.pod)
+                key = join_key(step_dir(step), parity_file(group.index, index))
+                self.store.put_stream(key, self._parity_pieces(step, layout, group, index=index, addrs=addrs))
+
+    def _parity_pieces(
+        self, step: int, layout: Layout, group: Group, *, index: int, addrs: dict[str, str]
+    ) -> Iterator[bytes | bytearray | memoryview]:
+        length = layout.lengths[group.index]
+        piece = max(1, min(ENCODE_PIECE, length))
+        buffers = [bytearray(piece) for _ in group.members]
+        out = memoryview(bytearray(piece)) if group.k > 1 else memoryview(b"")
+        for lo in range(0, length, piece):
+            n = min(piece, length - lo)
+            views = [memoryview(b)[:n] for b in buffers]
+            for member, view in zip(group.members, views, strict=True):
+                fill_block_range(layout.blocks[member], lo, view, self._block_reader(step, member, addrs))
+            if lo == 0:
+                faults.crash_point("encode", self.rank)
+            if group.k == 1:  # the parity of one block is a copy of it: written from the buffer
+                yield views[0]
+            else:
+                (parity,) = encode(views, layout.parity, only=[index], codec=layout.codec, out=[out[:n]])
+                yield parity
+
+    def _block_reader(
+        self, step: int, member: str, addrs: dict[str, str]
+    ) -> Callable[[str, int, memoryview], None]:
+        def read(name: str, offset: int, view: memoryview) -> None:
+            key = join_key(step_dir(step), name)
+            if member == self.config.pod:
+                self.store.read_into(key, offset, [view])
+            else:
+                PeerClient(addrs[member]).read_into(key, offset, view)
+
+        return read
 
     def _check_cap(self, step: int, layout: Layout) -> None:
         if self.config.max_bytes is None:
@@ -213,6 +240,7 @@ class MemorySnapshotter(Checkpointer):
         if self.config.local_rank == 0:
             self.store.prune(keep=1)
         self.snapshot_bytes = self.store.bytes_held()
+        self._file_staging.preallocate()
         if step in self._started:
             self.snapshot_seconds = time.perf_counter() - self._started.pop(step)
 
@@ -236,6 +264,14 @@ class MemorySnapshotter(Checkpointer):
                     self.store.delete(join_key(step_dir(step), MANIFEST))
                     self.store.delete_prefix(step_dir(step))
         return restored
+
+    def close(self) -> None:
+        """As `Checkpointer.close`, and the staging file of a save that failed before it was adopted
+        is deleted."""
+        try:
+            super().close()
+        finally:
+            self._file_staging.discard()
 
 
 def from_env(process_group: dist.ProcessGroup | None = None) -> MemorySnapshotter | None:

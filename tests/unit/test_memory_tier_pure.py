@@ -9,7 +9,7 @@ import os
 import pytest
 
 from elastra.api.memory import lost_groups, memory_ratio, plan_groups
-from elastra.checkpoint.memory import MemoryConfig
+from elastra.checkpoint.memory import MemoryConfig, cap_problem
 from elastra.storage import StorageError
 from elastra.storage.erasure import CODECS, ErasureError, available, decode, encode
 from elastra.storage.peers import Layout
@@ -117,6 +117,22 @@ def test_layout_round_trip_and_locate() -> None:
     assert Layout.from_json(layout.to_json()) == layout
     assert Layout.from_json({**GOOD, "codec": "isa-l"}).codec == "isa-l"
     assert layout.locate("rank-00001.safetensors") == ("b", 0, 7)
+
+
+@pytest.mark.parametrize(
+    ("pod", "cap", "refused"),
+    [
+        pytest.param("a", 28, False, id="data-and-parity-twice-fit"),  # 10 data + 4 parity, twice
+        pytest.param("a", 27, True, id="previous-snapshot-not-counted-would-overflow"),
+        pytest.param("b", 14, False, id="member-without-parity"),
+        pytest.param("c", 27, True, id="holder-of-the-big-group"),
+    ],
+)
+def test_cap_counts_the_previous_snapshot(pod: str, cap: int, refused: bool) -> None:
+    problem = cap_problem(Layout.from_json(GOOD), pod, cap)
+    assert (problem is not None) == refused
+    if refused:
+        assert problem is not None and "maxBytesPerPod" in problem
 
 
 @pytest.mark.parametrize(

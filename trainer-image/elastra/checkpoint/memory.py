@@ -44,6 +44,20 @@ ENCODE_PIECE = 32 << 20
 """Parity is encoded this many bytes of each block at a time (k such buffers in memory at once)."""
 
 
+def cap_problem(layout: Layout, pod: str, max_bytes: int) -> str | None:
+    """Why `pod` cannot take this snapshot under its cap (`maxBytesPerPod`, its memory volume's
+    `sizeLimit`), or None. The pod holds its data block and the parity blocks it is a holder of; and
+    it still holds the previous snapshot until this one commits, so the cap must fit twice that."""
+    mine = sum(size for _, size in layout.blocks.get(pod, ()))
+    mine += sum(n for g, n in zip(layout.groups, layout.lengths, strict=True) if pod in g.holders)
+    if 2 * mine <= max_bytes:
+        return None
+    return (
+        f"pod {pod} would hold {mine} bytes of it next to the previous snapshot's (2 x {mine} at the "
+        f"peak), over its cap of {max_bytes} (spec.checkpoint.memory.maxBytesPerPod)"
+    )
+
+
 @dataclass(kw_only=True, slots=True)
 class MemoryConfig:
     """The memory tier of one worker (env `ELASTRA_MEMORY_*`, set by the agent)."""
@@ -63,7 +77,8 @@ class MemoryConfig:
     group_size: int = 4
     """Pods per group (`k`)."""
     max_bytes: int | None = None
-    """Cap on this pod's snapshot memory (data + parity of one snapshot); over it, no snapshot."""
+    """Cap on this pod's snapshot memory (its volume's `sizeLimit`): a snapshot whose data + parity on
+    this pod is over half of it is refused (`cap_problem`)."""
     local_rank: int = 0
     """This worker's rank within its pod: local rank 0 prunes the pod's store."""
 
@@ -146,10 +161,10 @@ class MemorySnapshotter(Checkpointer):
         layout, addrs = self._layout(reports, pods_of_ranks)
         error: str | None = None
         try:
+            self._check_cap(step, layout)  # before encoding: no parity work for a refused snapshot
             started = time.perf_counter()
             self._encode_parity(step, layout, addrs, first_rank_of_pod=self._first_rank_of_pod(pods_of_ranks))
             self.encode_seconds = time.perf_counter() - started
-            self._check_cap(step, layout)
         except Exception as exc:
             log.warning("memory snapshot %d: %s", step, exc)
             error = f"rank {self.rank}: {exc}"
@@ -222,16 +237,10 @@ class MemorySnapshotter(Checkpointer):
         return read
 
     def _check_cap(self, step: int, layout: Layout) -> None:
-        if self.config.max_bytes is None:
-            return
-        mine = sum(s for _, s in layout.blocks.get(self.config.pod, ()))
-        held = zip(layout.groups, layout.lengths, strict=True)
-        mine += sum(n for g, n in held if self.config.pod in g.holders)
-        if mine > self.config.max_bytes:
-            raise CheckpointError(
-                f"pod {self.config.pod} would hold {mine} bytes of snapshot {step}, over its cap of "
-                f"{self.config.max_bytes} (spec.checkpoint.memory.maxBytesPerPod)"
-            )
+        if self.config.max_bytes is not None:
+            problem = cap_problem(layout, self.config.pod, self.config.max_bytes)
+            if problem:
+                raise CheckpointError(f"snapshot {step}: {problem}")
 
     def _after_commit(self, step: int, manifest: str) -> None:
         key = join_key(step_dir(step), MANIFEST)

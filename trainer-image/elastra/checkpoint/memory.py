@@ -135,6 +135,9 @@ class MemorySnapshotter(Checkpointer):
         self.snapshot_seconds: float | None = None
         """From `save()` to the in-memory commit, of the newest committed snapshot."""
         self._started: dict[int, float] = {}
+        self.restore_dirtied = False
+        """The newest `restore()` had a load attempt fail: the tensors it reads into in place may be
+        partly overwritten (the session then refuses a fresh start on them)."""
 
     def save(self, step: int, state: object, *, staging: str = "eager") -> Any:
         """As `Checkpointer.save` (a snapshot still in flight makes this one skip)."""
@@ -256,16 +259,21 @@ class MemorySnapshotter(Checkpointer):
     # ------------------------------------------------------------------ restore
     def restore(self, state: object, not_before: int = 0) -> int | None:
         """Load the newest memory snapshot at or after step `not_before` that every rank can read;
-        None (on every rank) when there is none. Afterwards this pod's store drops newer steps."""
+        None (on every rank) when there is none. Afterwards this pod's store drops newer steps (all of
+        them when none loaded). Reads go straight into the tensors, so a snapshot that fails mid-read
+        leaves them partly overwritten: `restore_dirtied` says so (an older snapshot, or the disk
+        tier's load, overwrites them again)."""
         mine = sorted(s for s in self.tier.committed_steps() if s >= not_before)
         everyone = self._all_gather(mine, self._control)
         candidates = sorted({s for steps in everyone for s in steps}, reverse=True)
         restored = None
+        self.restore_dirtied = False
         for step in candidates:
             try:
                 restored = self.load(state, step=step)
                 break
             except CheckpointError as exc:
+                self.restore_dirtied = True  # conservatively: it may have failed mid-read
                 log.warning("memory snapshot %d unusable: %s", step, exc)
         if self.config.local_rank == 0:
             for step in self.store.steps():

@@ -77,7 +77,7 @@ class FileStaging(StagingBuffer):
         root = Path(self._store.uri)
         root.mkdir(parents=True, exist_ok=True)
         path = root / f"{self._prefix}{uuid.uuid4().hex[:12]}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)  # as the file tier
         try:
             os.posix_fallocate(fd, 0, nbytes)
             mapping = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))

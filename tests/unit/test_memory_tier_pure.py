@@ -11,7 +11,7 @@ import pytest
 from elastra.api.memory import lost_groups, memory_ratio, plan_groups
 from elastra.checkpoint.memory import MemoryConfig, cap_problem
 from elastra.storage import StorageError
-from elastra.storage.erasure import CODECS, ErasureError, available, decode, encode
+from elastra.storage.erasure import CODECS, ErasureError, available, decode, decode_into, encode
 from elastra.storage.peers import Layout
 
 PODS = [f"p{i}" for i in range(8)]
@@ -75,6 +75,28 @@ def test_erasure_rebuilds_any_block_from_any_k_shares(k: int, m: int, codec: str
         for want in range(k):
             assert decode({s: shares[s] for s in kept}, k, m, want, codec) == blocks[want]
     assert encode(blocks, m, only=[m - 1], codec=codec) == [shares[k + m - 1]]
+
+
+@pytest.mark.parametrize("codec", [pytest.param(c, id=c) for c in CODECS])
+@pytest.mark.parametrize(
+    ("kept", "ranges"),
+    [
+        pytest.param((0, 2, 3), [(0, 1000), (1000, 3099), (3099, 4099)], id="rebuilt-into-three-views"),
+        pytest.param((0, 2, 3), [(17, 1017)], id="rebuilt-an-inner-range"),
+        pytest.param((0, 1, 2), [(0, 10), (4000, 4099)], id="block-present-copied"),
+    ],
+)
+def test_erasure_decode_into_fills_the_views(
+    codec: str, kept: tuple[int, ...], ranges: list[tuple[int, int]]
+) -> None:
+    if not available(codec):
+        pytest.skip(f"{codec} is not installed here")
+    blocks = [os.urandom(4099) for _ in range(3)]
+    shares = dict(enumerate([*blocks, *encode(blocks, 1, codec=codec)]))
+    outs = [bytearray(b - a) for a, b in ranges]
+    decode_into({s: shares[s] for s in kept}, 3, 1, 1, codec=codec,
+                out=[(a, memoryview(o)) for (a, _), o in zip(ranges, outs, strict=True)])  # fmt: skip
+    assert [bytes(o) for o in outs] == [blocks[1][a:b] for a, b in ranges]
 
 
 def test_erasure_codecs_differ_and_refuse_each_others_parity() -> None:

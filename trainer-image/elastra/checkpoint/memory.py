@@ -275,6 +275,7 @@ class MemorySnapshotter(Checkpointer):
             except CheckpointError as exc:
                 self.restore_dirtied = True  # conservatively: it may have failed mid-read
                 log.warning("memory snapshot %d unusable: %s", step, exc)
+        self.tier.release_buffers()
         if self.config.local_rank == 0:
             for step in self.store.steps():
                 if restored is None or step > restored:

@@ -95,15 +95,17 @@ def _cauchy(k: int, parity: int) -> np.ndarray:
     return matrix.reshape(k + parity, k)
 
 
-def _isal_apply(rows: np.ndarray, inputs: Sequence[Buffer], outputs: Sequence[Buffer], n: int) -> None:
-    """outputs[i] = sum_j rows[i, j] * inputs[j] over GF(2^8), `n` bytes each, by ISA-L."""
+def _isal_apply(
+    rows: np.ndarray, inputs: Sequence[Buffer], outputs: Sequence[Buffer], n: int, in_offset: int = 0
+) -> None:
+    """outputs[i][:n] = sum_j rows[i, j] * inputs[j][in_offset : in_offset + n] over GF(2^8), by ISA-L."""
     lib = _isal()
     assert lib is not None
     k, count = len(inputs), len(outputs)
     rows = np.ascontiguousarray(rows, dtype=np.uint8)
     tables = np.empty(32 * k * count, dtype=np.uint8)
     lib.ec_init_tables(k, count, rows.ctypes.data_as(ctypes.c_void_p), tables.ctypes.data_as(ctypes.c_void_p))
-    sources, targets = _pointers(inputs), _pointers(outputs)
+    sources, targets = [p + in_offset for p in _pointers(inputs)], _pointers(outputs)
     for offset in range(0, n, _ISAL_MAX):  # its lengths are C ints
         length = min(_ISAL_MAX, n - offset)
         shifted_in = (ctypes.c_void_p * k)(*[p + offset for p in sources])
@@ -177,3 +179,42 @@ def decode(shares: Mapping[int, Buffer], k: int, parity: int, want: int, codec: 
     out = bytearray(n)
     _isal_apply(inverse[[want]], [usable[s] for s in numbers], [out], n)
     return out
+
+
+def decode_into(
+    shares: Mapping[int, Buffer],
+    k: int,
+    parity: int,
+    want: int,
+    *,
+    codec: str,
+    out: Sequence[tuple[int, memoryview]],
+) -> None:
+    """As `decode`, but bytes `[offset, offset + len(view))` of data block `want` go straight into each
+    writable `(offset, view)` of `out` (ISA-L writes them there; zfec decodes, then they are copied)."""
+    if codec != "isa-l" or want in shares or k == 1:
+        data = memoryview(decode(shares, k, parity, want, codec))
+        for offset, view in out:
+            view[:] = data[offset : offset + view.nbytes]
+        return
+    if not available(codec):
+        raise ErasureError(f"erasure codec {codec!r} is not available in this process")
+    usable = {n: b for n, b in shares.items() if 0 <= n < k + parity}
+    if len(usable) < k:
+        raise ErasureError(f"need {k} shares to rebuild share {want}, have {sorted(usable)}")
+    n = _equal(list(usable.values()))
+    if any(offset < 0 or offset + view.nbytes > n for offset, view in out):
+        raise ErasureError(f"out ranges must lie within the {n} bytes of a share")
+    numbers = sorted(usable)[:k]
+    lib = _isal()
+    assert lib is not None
+    square = np.ascontiguousarray(_cauchy(k, parity)[numbers])
+    inverse = np.empty_like(square)
+    if lib.gf_invert_matrix(
+        square.ctypes.data_as(ctypes.c_void_p), inverse.ctypes.data_as(ctypes.c_void_p), k
+    ):
+        raise ErasureError(f"shares {numbers} do not determine the data (singular matrix)")
+    inputs = [usable[s] for s in numbers]
+    for offset, view in out:
+        if view.nbytes:
+            _isal_apply(inverse[[want]], inputs, [view], view.nbytes, in_offset=offset)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from elastra.api.memory import Group
 from elastra.storage.base import NotFoundError, StorageError, check_key, join_key
-from elastra.storage.erasure import CODECS, ErasureError, decode
+from elastra.storage.erasure import CODECS, ErasureError, decode_into
 from elastra.storage.memory import MANIFEST, MemoryStore, PeerClient
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,7 @@ class PodMemoryStorage:
         self.peers = {p: PeerClient(a) for p, a in peers.items() if p != pod}
         self._layouts: dict[int, Layout] = {}
         self._lock = threading.Lock()
+        self._buffers: dict[int, builtins.list[bytearray]] = {}
         self.bytes_by_source = {"own": 0, "peer": 0, "rebuilt": 0}
         self.adopt: Callable[[str, builtins.list[memoryview]], bool] | None = None
         """When set (by the snapshotter's `FileStaging`): `put_parts` first offers it the parts, and
@@ -298,7 +299,7 @@ class PodMemoryStorage:
         ]
         total = sum(v.nbytes for v in views)
         piece = min(REBUILD_PIECE, total)
-        buffers: dict[int, bytearray] = {}
+        buffers = self._share_buffers(piece, len(candidates))
         pending_views = list(views)
         with concurrent.futures.ThreadPoolExecutor(max(1, group.k)) as pool:
             for lo in range(0, total, piece):
@@ -309,13 +310,11 @@ class PodMemoryStorage:
                     batch, pending = pending[: group.k - len(shares)], pending[group.k - len(shares) :]
                     futures = {}
                     for s in batch:
-                        buffer = memoryview(buffers.setdefault(s, bytearray(piece)))[:n]
-                        futures[s] = (
-                            buffer,
-                            pool.submit(
-                                self._share_range, step, layout, group, s, start=start + lo, out=buffer
-                            ),
+                        buffer = buffers[candidates.index(s)][:n]
+                        task = pool.submit(
+                            self._share_range, step, layout, group, s, start=start + lo, out=buffer
                         )
+                        futures[s] = (buffer, task)
                     for share, (buffer, future) in futures.items():
                         try:
                             future.result()
@@ -324,21 +323,41 @@ class PodMemoryStorage:
                             log.warning(
                                 "memory tier: share %d of group %d unusable: %s", share, group.index, exc
                             )
+                targets = []  # this piece's bytes, as (offset in the piece, the caller's view to fill)
+                offset = 0
+                while offset < n:
+                    head = pending_views[0]
+                    m = min(head.nbytes, n - offset)
+                    targets.append((offset, head[:m]))
+                    offset += m
+                    pending_views[0] = head[m:]
+                    if not pending_views[0].nbytes:
+                        pending_views.pop(0)
                 try:
-                    data = memoryview(decode(shares, group.k, layout.parity, want, layout.codec))
+                    decode_into(shares, group.k, layout.parity, want, codec=layout.codec, out=targets)
                 except ErasureError as exc:
                     raise StorageError(
                         f"step {step}: pod {lost}'s data is lost: group {group.index} has {len(shares)} of "
                         f"the {group.k} shares needed ({exc})"
                     ) from exc
-                while data.nbytes:  # scatter into the caller's views
-                    head = pending_views[0]
-                    m = min(head.nbytes, data.nbytes)
-                    head[:m] = data[:m]
-                    data = data[m:]
-                    pending_views[0] = head[m:]
-                    if not pending_views[0].nbytes:
-                        pending_views.pop(0)
+
+    def _share_buffers(self, size: int, count: int) -> builtins.list[memoryview]:
+        """`count` buffers of `size` bytes for this thread, reused across its rebuilds (a restore
+        rebuilds in many ranged reads: fresh buffers would fault in and zero pages every time) until
+        `release_buffers`."""
+        me = threading.get_ident()
+        with self._lock:
+            mine = self._buffers.get(me, [])
+        if len(mine) < count or any(len(b) < size for b in mine[:count]):
+            mine = [bytearray(max(size, len(mine[i]) if i < len(mine) else 0)) for i in range(count)]
+            with self._lock:
+                self._buffers[me] = mine
+        return [memoryview(b) for b in mine[:count]]
+
+    def release_buffers(self) -> None:
+        """Free the rebuild buffers (after a restore)."""
+        with self._lock:
+            self._buffers.clear()
 
     def _count(self, source: str, n: int) -> None:
         with self._lock:

@@ -314,9 +314,10 @@ def render(figures: dict[str, Any], details: dict[str, Any]) -> str:
     rows = "\n".join(
         f"| {name} | " + " | ".join(cell(v.get(label, {})) for label in labels) + " |"
         for name, v in e.items()
+        if any("encode_gb_per_s" in x for x in v.values())
     )
-    missing = sorted({f"{name}: {v['unavailable']}" for name, per in e.items() for v in per.values()
-                      if "unavailable" in v})  # fmt: skip
+    missing = sorted({f"{name} ({v['unavailable'].split(':')[0]})" for name, per in e.items()
+                      for v in per.values() if "unavailable" in v})  # fmt: skip
     codec = details["chosen_library"]
     f = figures
 
@@ -380,7 +381,7 @@ parity blocks / rebuild one lost block; every rebuild checked against the lost b
 | --- | --- | --- | --- | --- |
 {rows}
 
-Not measurable here: {unavailable}.
+Not measurable here (the wheel lacks the backend, or it refuses every k, m above): {unavailable}.
 
 Chosen (made new parity in this run): **{codec}**. {choice} `isa-l` is ISA-L's `ec_encode_data` called
 through ctypes on the caller's buffers (`elastra.storage.erasure`: no concatenation, no fragment

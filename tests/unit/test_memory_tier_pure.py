@@ -9,9 +9,9 @@ import os
 import pytest
 
 from elastra.api.memory import lost_groups, memory_ratio, plan_groups
-from elastra.checkpoint.memory import MemoryConfig
+from elastra.checkpoint.memory import MemoryConfig, cap_problem
 from elastra.storage import StorageError
-from elastra.storage.erasure import ErasureError, decode, encode
+from elastra.storage.erasure import CODECS, ErasureError, available, decode, decode_into, encode
 from elastra.storage.peers import Layout
 
 PODS = [f"p{i}" for i in range(8)]
@@ -64,14 +64,52 @@ def test_plan_groups_refuses(bad: tuple[str, ...]) -> None:
         plan_groups(list(bad), 0 if len(bad) == 1 else 4, 1)
 
 
-@pytest.mark.parametrize(("k", "m"), [(1, 1), (2, 1), (3, 1), (3, 2), (4, 2)])
-def test_erasure_rebuilds_any_block_from_any_k_shares(k: int, m: int) -> None:
+@pytest.mark.parametrize("codec", [pytest.param(c, id=c) for c in CODECS])
+@pytest.mark.parametrize(("k", "m"), [(1, 1), (2, 1), (3, 1), (3, 2), (4, 2), (4, 4)])
+def test_erasure_rebuilds_any_block_from_any_k_shares(k: int, m: int, codec: str) -> None:
+    if not available(codec):
+        pytest.skip(f"{codec} is not installed here")
     blocks = [os.urandom(4099) for _ in range(k)]
-    shares = dict(enumerate([*blocks, *encode(blocks, m)]))
+    shares = dict(enumerate([*blocks, *encode(blocks, m, codec=codec)]))
     for kept in itertools.combinations(shares, k):
         for want in range(k):
-            assert decode({s: shares[s] for s in kept}, k, m, want) == blocks[want]
-    assert encode(blocks, m, only=[m - 1]) == [shares[k + m - 1]]
+            assert decode({s: shares[s] for s in kept}, k, m, want, codec) == blocks[want]
+    assert encode(blocks, m, only=[m - 1], codec=codec) == [shares[k + m - 1]]
+
+
+@pytest.mark.parametrize("codec", [pytest.param(c, id=c) for c in CODECS])
+@pytest.mark.parametrize(
+    ("kept", "ranges"),
+    [
+        pytest.param((0, 2, 3), [(0, 1000), (1000, 3099), (3099, 4099)], id="rebuilt-into-three-views"),
+        pytest.param((0, 2, 3), [(17, 1017)], id="rebuilt-an-inner-range"),
+        pytest.param((0, 1, 2), [(0, 10), (4000, 4099)], id="block-present-copied"),
+    ],
+)
+def test_erasure_decode_into_fills_the_views(
+    codec: str, kept: tuple[int, ...], ranges: list[tuple[int, int]]
+) -> None:
+    if not available(codec):
+        pytest.skip(f"{codec} is not installed here")
+    blocks = [os.urandom(4099) for _ in range(3)]
+    shares = dict(enumerate([*blocks, *encode(blocks, 1, codec=codec)]))
+    outs = [bytearray(b - a) for a, b in ranges]
+    decode_into({s: shares[s] for s in kept}, 3, 1, 1, codec=codec,
+                out=[(a, memoryview(o)) for (a, _), o in zip(ranges, outs, strict=True)])  # fmt: skip
+    assert [bytes(o) for o in outs] == [blocks[1][a:b] for a, b in ranges]
+
+
+def test_erasure_codecs_differ_and_refuse_each_others_parity() -> None:
+    """A snapshot decodes only with the codec its layout names: their parity bytes differ."""
+    if not available("isa-l"):
+        pytest.skip("isa-l is not installed here")
+    blocks = [os.urandom(1000) for _ in range(3)]
+    (zfec_parity,) = encode(blocks, 1, codec="zfec")
+    (isal_parity,) = encode(blocks, 1, codec="isa-l")
+    assert bytes(zfec_parity) != bytes(isal_parity)
+    shares = {0: blocks[0], 2: blocks[2], 3: isal_parity}
+    assert decode(shares, 3, 1, 1, "isa-l") == blocks[1]
+    assert decode(shares, 3, 1, 1, "zfec") != blocks[1]
 
 
 @pytest.mark.parametrize(
@@ -97,8 +135,26 @@ GOOD = {
 
 def test_layout_round_trip_and_locate() -> None:
     layout = Layout.from_json(GOOD)
+    assert layout.codec == "zfec"  # a document from before the codec was recorded
     assert Layout.from_json(layout.to_json()) == layout
+    assert Layout.from_json({**GOOD, "codec": "isa-l"}).codec == "isa-l"
     assert layout.locate("rank-00001.safetensors") == ("b", 0, 7)
+
+
+@pytest.mark.parametrize(
+    ("pod", "cap", "refused"),
+    [
+        pytest.param("a", 28, False, id="data-and-parity-twice-fit"),  # 10 data + 4 parity, twice
+        pytest.param("a", 27, True, id="previous-snapshot-not-counted-would-overflow"),
+        pytest.param("b", 14, False, id="member-without-parity"),
+        pytest.param("c", 27, True, id="holder-of-the-big-group"),
+    ],
+)
+def test_cap_counts_the_previous_snapshot(pod: str, cap: int, refused: bool) -> None:
+    problem = cap_problem(Layout.from_json(GOOD), pod, cap)
+    assert (problem is not None) == refused
+    if refused:
+        assert problem is not None and "maxBytesPerPod" in problem
 
 
 @pytest.mark.parametrize(
@@ -111,6 +167,7 @@ def test_layout_round_trip_and_locate() -> None:
         pytest.param({"groups": [{"members": ["zz"], "holders": ["c"], "length": 30}]}, id="unknown-pod"),
         pytest.param({"groups": [{"members": ["a"], "holders": [], "length": 30}]}, id="holders-vs-parity"),
         pytest.param({"blocks": []}, id="blocks-not-a-map"),
+        pytest.param({"codec": "rot13"}, id="unknown-codec"),
     ],
 )
 def test_layout_refuses_hostile_documents(change: dict[str, object]) -> None:

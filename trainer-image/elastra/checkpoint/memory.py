@@ -20,24 +20,42 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch.distributed as dist
 
-from elastra.api.memory import plan_groups
+from elastra.api.memory import Group, plan_groups
 from elastra.api.pod import PodContract
 from elastra.checkpoint import faults
 from elastra.checkpoint.checkpointer import Checkpointer
 from elastra.checkpoint.format import MANIFEST, step_dir
 from elastra.checkpoint.handles import CheckpointError
+from elastra.checkpoint.memory_staging import FileStaging
 from elastra.storage import join_key
-from elastra.storage.erasure import encode
+from elastra.storage.erasure import default_codec, encode
 from elastra.storage.memory import MemoryStore, PeerClient
-from elastra.storage.peers import Layout, PodMemoryStorage, parity_file
+from elastra.storage.peers import Layout, PodMemoryStorage, fill_block_range, parity_file
 
 log = logging.getLogger(__name__)
+
+ENCODE_PIECE = 32 << 20
+"""Parity is encoded this many bytes of each block at a time (k such buffers in memory at once)."""
+
+
+def cap_problem(layout: Layout, pod: str, max_bytes: int) -> str | None:
+    """Why `pod` cannot take this snapshot under its cap (`maxBytesPerPod`, its memory volume's
+    `sizeLimit`), or None. The pod holds its data block and the parity blocks it is a holder of; and
+    it still holds the previous snapshot until this one commits, so the cap must fit twice that."""
+    mine = sum(size for _, size in layout.blocks.get(pod, ()))
+    mine += sum(n for g, n in zip(layout.groups, layout.lengths, strict=True) if pod in g.holders)
+    if 2 * mine <= max_bytes:
+        return None
+    return (
+        f"pod {pod} would hold {mine} bytes of it next to the previous snapshot's (2 x {mine} at the "
+        f"peak), over its cap of {max_bytes} (spec.checkpoint.memory.maxBytesPerPod)"
+    )
 
 
 @dataclass(kw_only=True, slots=True)
@@ -59,7 +77,8 @@ class MemoryConfig:
     group_size: int = 4
     """Pods per group (`k`)."""
     max_bytes: int | None = None
-    """Cap on this pod's snapshot memory (data + parity of one snapshot); over it, no snapshot."""
+    """Cap on this pod's snapshot memory (its volume's `sizeLimit`): a snapshot whose data + parity on
+    this pod is over half of it is refused (`cap_problem`)."""
     local_rank: int = 0
     """This worker's rank within its pod: local rank 0 prunes the pod's store."""
 
@@ -105,6 +124,10 @@ class MemorySnapshotter(Checkpointer):
         self.store = MemoryStore(config.dir)
         self.tier = PodMemoryStorage(self.store, config.pod, config.peers)
         self._durable = self.tier
+        self._file_staging = FileStaging(self.store, config.local_rank)
+        self._file_staging.remove_leftovers()
+        self._staging = self._file_staging
+        self.tier.adopt = self._file_staging.adopt
         self.snapshot_bytes = 0
         """Bytes this pod's store held after the newest commit (data + parity + manifest)."""
         self.encode_seconds = 0.0
@@ -112,6 +135,9 @@ class MemorySnapshotter(Checkpointer):
         self.snapshot_seconds: float | None = None
         """From `save()` to the in-memory commit, of the newest committed snapshot."""
         self._started: dict[int, float] = {}
+        self.restore_dirtied = False
+        """The newest `restore()` had a load attempt fail: the tensors it reads into in place may be
+        partly overwritten (the session then refuses a fresh start on them)."""
 
     def save(self, step: int, state: object, *, staging: str = "eager") -> Any:
         """As `Checkpointer.save` (a snapshot still in flight makes this one skip)."""
@@ -138,10 +164,10 @@ class MemorySnapshotter(Checkpointer):
         layout, addrs = self._layout(reports, pods_of_ranks)
         error: str | None = None
         try:
+            self._check_cap(step, layout)  # before encoding: no parity work for a refused snapshot
             started = time.perf_counter()
             self._encode_parity(step, layout, addrs, first_rank_of_pod=self._first_rank_of_pod(pods_of_ranks))
             self.encode_seconds = time.perf_counter() - started
-            self._check_cap(step, layout)
         except Exception as exc:
             log.warning("memory snapshot %d: %s", step, exc)
             error = f"rank {self.rank}: {exc}"
@@ -165,46 +191,59 @@ class MemorySnapshotter(Checkpointer):
         parity = len(groups[0].holders) if groups else 0
         lengths = tuple(max(sum(s for _, s in blocks[p]) for p in g.members) for g in groups)
         frozen = {pod: tuple(files) for pod, files in blocks.items()}
-        return Layout(parity, groups, frozen, lengths), addrs
+        return Layout(parity, groups, frozen, lengths, default_codec()), addrs
 
     def _encode_parity(
         self, step: int, layout: Layout, addrs: dict[str, str], *, first_rank_of_pod: bool
     ) -> None:
-        """On the first rank of each holder pod: read the group's blocks, encode and store its parity."""
+        """On the first rank of each holder pod: stream the group's blocks in, encode and store its
+        parity, `ENCODE_PIECE` bytes at a time (one reused buffer per member: bounded memory, and no
+        fresh pages to fault in and zero for every snapshot)."""
         if not first_rank_of_pod:
             return
-        for group, length in zip(layout.groups, layout.lengths, strict=True):
-            if self.config.pod not in group.holders:
-                continue
-            blocks = []
-            for member in group.members:
-                block = bytearray(length)
-                offset = 0
-                for name, size in layout.blocks[member]:
-                    key = join_key(step_dir(step), name)
-                    view = memoryview(block)[offset : offset + size]
-                    if member == self.config.pod:
-                        self.store.read_into(key, 0, [view])
-                    else:
-                        PeerClient(addrs[member]).read_into(key, 0, view)
-                    offset += size
-                blocks.append(block)
-            faults.crash_point("encode", self.rank)
-            index = group.holders.index(self.config.pod)
-            (parity,) = encode(blocks, layout.parity, only=[index])
-            self.store.put_bytes(join_key(step_dir(step), parity_file(group.index, index)), parity)
+        for group in layout.groups:
+            if self.config.pod in group.holders:
+                index = group.holders.index(self.config.pod)
+                key = join_key(step_dir(step), parity_file(group.index, index))
+                self.store.put_stream(key, self._parity_pieces(step, layout, group, index=index, addrs=addrs))
+
+    def _parity_pieces(
+        self, step: int, layout: Layout, group: Group, *, index: int, addrs: dict[str, str]
+    ) -> Iterator[bytes | bytearray | memoryview]:
+        length = layout.lengths[group.index]
+        piece = max(1, min(ENCODE_PIECE, length))
+        buffers = [bytearray(piece) for _ in group.members]
+        out = memoryview(bytearray(piece)) if group.k > 1 else memoryview(b"")
+        for lo in range(0, length, piece):
+            n = min(piece, length - lo)
+            views = [memoryview(b)[:n] for b in buffers]
+            for member, view in zip(group.members, views, strict=True):
+                fill_block_range(layout.blocks[member], lo, view, self._block_reader(step, member, addrs))
+            if lo == 0:
+                faults.crash_point("encode", self.rank)
+            if group.k == 1:  # the parity of one block is a copy of it: written from the buffer
+                yield views[0]
+            else:
+                (parity,) = encode(views, layout.parity, only=[index], codec=layout.codec, out=[out[:n]])
+                yield parity
+
+    def _block_reader(
+        self, step: int, member: str, addrs: dict[str, str]
+    ) -> Callable[[str, int, memoryview], None]:
+        def read(name: str, offset: int, view: memoryview) -> None:
+            key = join_key(step_dir(step), name)
+            if member == self.config.pod:
+                self.store.read_into(key, offset, [view])
+            else:
+                PeerClient(addrs[member]).read_into(key, offset, view)
+
+        return read
 
     def _check_cap(self, step: int, layout: Layout) -> None:
-        if self.config.max_bytes is None:
-            return
-        mine = sum(s for _, s in layout.blocks.get(self.config.pod, ()))
-        held = zip(layout.groups, layout.lengths, strict=True)
-        mine += sum(n for g, n in held if self.config.pod in g.holders)
-        if mine > self.config.max_bytes:
-            raise CheckpointError(
-                f"pod {self.config.pod} would hold {mine} bytes of snapshot {step}, over its cap of "
-                f"{self.config.max_bytes} (spec.checkpoint.memory.maxBytesPerPod)"
-            )
+        if self.config.max_bytes is not None:
+            problem = cap_problem(layout, self.config.pod, self.config.max_bytes)
+            if problem:
+                raise CheckpointError(f"snapshot {step}: {problem}")
 
     def _after_commit(self, step: int, manifest: str) -> None:
         key = join_key(step_dir(step), MANIFEST)
@@ -213,29 +252,44 @@ class MemorySnapshotter(Checkpointer):
         if self.config.local_rank == 0:
             self.store.prune(keep=1)
         self.snapshot_bytes = self.store.bytes_held()
+        self._file_staging.preallocate()
         if step in self._started:
             self.snapshot_seconds = time.perf_counter() - self._started.pop(step)
 
     # ------------------------------------------------------------------ restore
     def restore(self, state: object, not_before: int = 0) -> int | None:
         """Load the newest memory snapshot at or after step `not_before` that every rank can read;
-        None (on every rank) when there is none. Afterwards this pod's store drops newer steps."""
+        None (on every rank) when there is none. Afterwards this pod's store drops newer steps (all of
+        them when none loaded). Reads go straight into the tensors, so a snapshot that fails mid-read
+        leaves them partly overwritten: `restore_dirtied` says so (an older snapshot, or the disk
+        tier's load, overwrites them again)."""
         mine = sorted(s for s in self.tier.committed_steps() if s >= not_before)
         everyone = self._all_gather(mine, self._control)
         candidates = sorted({s for steps in everyone for s in steps}, reverse=True)
         restored = None
+        self.restore_dirtied = False
         for step in candidates:
             try:
                 restored = self.load(state, step=step)
                 break
             except CheckpointError as exc:
+                self.restore_dirtied = True  # conservatively: it may have failed mid-read
                 log.warning("memory snapshot %d unusable: %s", step, exc)
+        self.tier.release_buffers()
         if self.config.local_rank == 0:
             for step in self.store.steps():
                 if restored is None or step > restored:
                     self.store.delete(join_key(step_dir(step), MANIFEST))
                     self.store.delete_prefix(step_dir(step))
         return restored
+
+    def close(self) -> None:
+        """As `Checkpointer.close`, and the staging file of a save that failed before it was adopted
+        is deleted."""
+        try:
+            super().close()
+        finally:
+            self._file_staging.discard()
 
 
 def from_env(process_group: dist.ProcessGroup | None = None) -> MemorySnapshotter | None:

@@ -254,6 +254,7 @@ class Session:
                 self.config.under_agent or not has_checkpoint(self.checkpointer, self.config.restore_uri)
             )
             if self.checkpointer is None or fresh_job:
+                self._refuse_fresh_start_on_dirtied_state()
                 forget_fresh_optimizers(state, created)
                 return self._start_from_pretrained(state, pretrained, prefix, key_map, allow_missing)
             if self._timeline:
@@ -271,6 +272,7 @@ class Session:
             finally:
                 self._publish_restore()
         if loaded is None:
+            self._refuse_fresh_start_on_dirtied_state()
             forget_fresh_optimizers(state, created)
             return self._start_from_pretrained(state, pretrained, prefix, key_map, allow_missing)
         assert flat is not None  # something was loaded into it
@@ -291,6 +293,19 @@ class Session:
         else:
             announce(self.rank, f"restored step {loaded} from {tier} in {seconds:.2f}s")
         return self._last_saved_step
+
+    def _refuse_fresh_start_on_dirtied_state(self) -> None:
+        """A memory snapshot that failed mid-read may have overwritten part of the state in place, and
+        with no checkpoint to overwrite it again a fresh start would train on that mix: raise instead.
+        The failed restore already dropped the pod's snapshots, so the restarted worker starts clean."""
+        if self.memory is not None and self.memory.restore_dirtied:
+            from elastra.checkpoint.handles import CheckpointError
+
+            raise CheckpointError(
+                "a memory snapshot failed while being read into the state, and there is no checkpoint "
+                "to restore instead: refusing to start fresh on partly overwritten tensors (the "
+                "snapshots were dropped: a restarted worker starts clean)"
+            )
 
     def _restore_from_memory(
         self, state: Mapping[str, Any], step: int | None, created: list[str]

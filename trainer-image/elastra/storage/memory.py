@@ -24,6 +24,7 @@ import re
 import shutil
 import signal
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -46,6 +47,27 @@ class MemoryStore(LocalStorage):
         self.direct_io = False  # memory is the page cache: there is no second copy to spare
         self.durable = False  # tmpfs has nothing to flush
 
+    def put_stream(self, key: str, pieces: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Write `key` from `pieces` as they are produced (one write each: no concatenation, so a
+        producer can reuse its buffers), atomically as any write: renamed into place once complete."""
+
+        def write(fd: int, _tmp: str) -> None:
+            for piece in pieces:
+                view = memoryview(piece).cast("B")
+                while view.nbytes:
+                    view = view[os.write(fd, view) :]
+
+        self._atomic_write(key, write)
+
+    def adopt(self, key: str, path: str) -> None:
+        """Make the complete file `path` (on this store's file system) `key`, by a rename."""
+        target = self._path(key)
+        self._make_dirs(target.parent)
+        try:
+            os.replace(path, target)
+        except OSError as exc:
+            raise StorageError(f"moving {path} to {target}: {exc}") from exc
+
     def steps(self) -> dict[int, bool]:
         """`{step: committed}` of every `step-N` directory (committed: its manifest is here)."""
         out: dict[int, bool] = {}
@@ -55,9 +77,11 @@ class MemoryStore(LocalStorage):
         return out
 
     def bytes_held(self) -> int:
-        """Bytes of every file in the store."""
+        """Bytes of every file of the store's snapshots (its `step-N` directories: not the staging
+        file the snapshotter keeps mapped for the next save)."""
         root = Path(self.uri)
-        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
+        steps = (d for d in root.glob("step-*") if d.is_dir()) if root.is_dir() else ()
+        return sum(p.stat().st_size for d in steps for p in d.rglob("*") if p.is_file())
 
     def prune(self, keep: int = 1) -> list[int]:
         """Keep the newest `keep` committed steps and anything newer (a snapshot being written);

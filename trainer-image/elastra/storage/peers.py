@@ -21,12 +21,12 @@ import concurrent.futures
 import json
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from elastra.api.memory import Group
 from elastra.storage.base import NotFoundError, StorageError, check_key, join_key
-from elastra.storage.erasure import ErasureError, decode
+from elastra.storage.erasure import CODECS, ErasureError, decode_into
 from elastra.storage.memory import MANIFEST, MemoryStore, PeerClient
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,12 @@ class Layout:
     """pod → its data block: the shard files (name, size) in order."""
     lengths: tuple[int, ...]
     """Each group's padded block length."""
+    codec: str = "zfec"
+    """The erasure codec that made the parity (`elastra.storage.erasure.CODECS`)."""
 
     def to_json(self) -> dict[str, object]:
         return {
+            "codec": self.codec,
             "parity": self.parity,
             "groups": [
                 {"members": list(g.members), "holders": list(g.holders), "length": n}
@@ -82,7 +85,9 @@ class Layout:
                 groups.append(Group(i, members, holders))
                 lengths.append(length)
             assert 0 <= parity <= 16
-            return Layout(parity, tuple(groups), blocks, tuple(lengths))
+            codec = str(raw.get("codec", "zfec"))  # snapshots from before the codec was recorded
+            assert codec in CODECS, f"unknown erasure codec {codec!r}"
+            return Layout(parity, tuple(groups), blocks, tuple(lengths), codec)
         except (AssertionError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StorageError(f"malformed memory layout in manifest: {exc!r}") from exc
 
@@ -103,6 +108,25 @@ class Layout:
         raise NotFoundError(f"pod {pod} is in no group")
 
 
+def fill_block_range(
+    files: Sequence[tuple[str, int]],
+    start: int,
+    out: memoryview,
+    read: Callable[[str, int, memoryview], None],
+) -> None:
+    """Fill `out` with bytes `[start, start + len(out))` of a data block, the concatenation of `files`
+    (name, size) zero-padded past its end: `read(name, offset in that file, view)` fills each piece."""
+    n, offset = out.nbytes, 0
+    for name, size in files:
+        lo, hi = max(start, offset), min(start + n, offset + size)
+        if lo < hi:
+            read(name, lo - offset, out[lo - start : hi - start])
+        offset += size
+    pad_from = max(start, offset)  # `offset` is now the block's data length
+    if pad_from < start + n:  # the zero padding: `out` may be a reused buffer
+        out[pad_from - start :] = bytes(start + n - pad_from)
+
+
 class PodMemoryStorage:
     """The memory tier seen from one pod: its own store plus its live peers. Thread-safe."""
 
@@ -114,14 +138,19 @@ class PodMemoryStorage:
         self.peers = {p: PeerClient(a) for p, a in peers.items() if p != pod}
         self._layouts: dict[int, Layout] = {}
         self._lock = threading.Lock()
+        self._buffers: dict[int, builtins.list[bytearray]] = {}
         self.bytes_by_source = {"own": 0, "peer": 0, "rebuilt": 0}
+        self.adopt: Callable[[str, builtins.list[memoryview]], bool] | None = None
+        """When set (by the snapshotter's `FileStaging`): `put_parts` first offers it the parts, and
+        writes them only when it declines (it renames the staged file into place instead)."""
 
     # ------------------------------------------------------------------ writes: this pod only
     def put_bytes(self, key: str, data: bytes | memoryview) -> None:
         self.store.put_bytes(key, data)
 
     def put_parts(self, key: str, parts: builtins.list[memoryview]) -> None:
-        self.store.put_parts(key, parts)
+        if self.adopt is None or not self.adopt(key, parts):
+            self.store.put_parts(key, parts)
 
     def put_file(self, key: str, path: str) -> None:
         self.store.put_file(key, path)
@@ -221,11 +250,7 @@ class PodMemoryStorage:
                 return
             except StorageError as exc:  # the peer died since the generation began: rebuild instead
                 log.warning("memory tier: %s; rebuilding from parity", exc)
-        data = memoryview(self.rebuild(step, pod, offset + start, total))
-        pos = 0
-        for view in views:
-            view[:] = data[pos : pos + view.nbytes]
-            pos += view.nbytes
+        self.rebuild_into(step, pod, offset + start, views)
         self._count("rebuilt", total)
 
     def _peer_read(self, pod: str, key: str, start: int, views: builtins.list[memoryview]) -> None:
@@ -234,24 +259,20 @@ class PodMemoryStorage:
             start += view.nbytes
 
     def _share_range(
-        self, step: int, layout: Layout, group: Group, share: int, span: tuple[int, int]
-    ) -> bytearray:
-        """Bytes `[start, start+n)` of one share of `group` (a data block, zero-padded, or a parity block)."""
-        start, n = span
+        self, step: int, layout: Layout, group: Group, share: int, *, start: int, out: memoryview
+    ) -> None:
+        """Fill `out` with bytes `[start, start + len(out))` of one share of `group` (a data block,
+        zero-padded, or a parity block)."""
         holder = group.members[share] if share < group.k else group.holders[share - group.k]
-        out = bytearray(n)
         if share >= group.k:
             key = join_key(f"step-{step}", parity_file(group.index, share - group.k))
-            self._read_from(holder, key, start, memoryview(out))
-            return out
-        offset = 0
-        for name, size in layout.blocks[holder]:
-            lo, hi = max(start, offset), min(start + n, offset + size)
-            if lo < hi:
-                key = join_key(f"step-{step}", name)
-                self._read_from(holder, key, lo - offset, memoryview(out)[lo - start : hi - start])
-            offset += size
-        return out  # past the block's end: the zero padding
+            self._read_from(holder, key, start, out)
+            return
+
+        def read(name: str, offset: int, view: memoryview) -> None:
+            self._read_from(holder, join_key(f"step-{step}", name), offset, view)
+
+        fill_block_range(layout.blocks[holder], start, out, read)
 
     def _read_from(self, pod: str, key: str, start: int, out: memoryview) -> None:
         if pod == self.pod:
@@ -260,8 +281,15 @@ class PodMemoryStorage:
             self.peers[pod].read_into(key, start, out)
 
     def rebuild(self, step: int, lost: str, start: int, n: int) -> bytearray:
-        """Bytes `[start, start+n)` of lost pod `lost`'s data block, decoded from its group's live shares:
-        in pieces of `REBUILD_PIECE` bytes (bounded memory), each piece's `k` shares read in parallel."""
+        """Bytes `[start, start+n)` of lost pod `lost`'s data block, decoded from its group's live shares."""
+        out = bytearray(n)
+        self.rebuild_into(step, lost, start, [memoryview(out)])
+        return out
+
+    def rebuild_into(self, step: int, lost: str, start: int, views: builtins.list[memoryview]) -> None:
+        """Fill `views` (in order) with lost pod `lost`'s data block from byte `start`, decoded from its
+        group's live shares: in pieces of `REBUILD_PIECE` bytes (bounded memory: one reused buffer per
+        share), each piece's `k` shares read in parallel, its decoded bytes copied straight to `views`."""
         layout = self.layout(step)
         group = layout.group_of(lost)
         want = group.members.index(lost)
@@ -269,30 +297,67 @@ class PodMemoryStorage:
         candidates = [
             s for s, pod in enumerate((*group.members, *group.holders)) if pod in alive and pod != lost
         ]
-        out = bytearray(n)
+        total = sum(v.nbytes for v in views)
+        piece = min(REBUILD_PIECE, total)
+        buffers = self._share_buffers(piece, len(candidates))
+        pending_views = list(views)
         with concurrent.futures.ThreadPoolExecutor(max(1, group.k)) as pool:
-            for lo in range(0, n, REBUILD_PIECE):
-                span = (start + lo, min(REBUILD_PIECE, n - lo))
-                shares: dict[int, bytearray] = {}
+            for lo in range(0, total, piece):
+                n = min(piece, total - lo)
+                shares: dict[int, memoryview] = {}
                 pending = list(candidates)
                 while len(shares) < group.k and pending:
                     batch, pending = pending[: group.k - len(shares)], pending[group.k - len(shares) :]
-                    futures = {s: pool.submit(self._share_range, step, layout, group, s, span) for s in batch}
-                    for share, future in futures.items():
+                    futures = {}
+                    for s in batch:
+                        buffer = buffers[candidates.index(s)][:n]
+                        task = pool.submit(
+                            self._share_range, step, layout, group, s, start=start + lo, out=buffer
+                        )
+                        futures[s] = (buffer, task)
+                    for share, (buffer, future) in futures.items():
                         try:
-                            shares[share] = future.result()
+                            future.result()
+                            shares[share] = buffer
                         except StorageError as exc:
                             log.warning(
                                 "memory tier: share %d of group %d unusable: %s", share, group.index, exc
                             )
+                targets = []  # this piece's bytes, as (offset in the piece, the caller's view to fill)
+                offset = 0
+                while offset < n:
+                    head = pending_views[0]
+                    m = min(head.nbytes, n - offset)
+                    targets.append((offset, head[:m]))
+                    offset += m
+                    pending_views[0] = head[m:]
+                    if not pending_views[0].nbytes:
+                        pending_views.pop(0)
                 try:
-                    out[lo : lo + span[1]] = decode(shares, group.k, layout.parity, want)
+                    decode_into(shares, group.k, layout.parity, want, codec=layout.codec, out=targets)
                 except ErasureError as exc:
                     raise StorageError(
                         f"step {step}: pod {lost}'s data is lost: group {group.index} has {len(shares)} of "
                         f"the {group.k} shares needed ({exc})"
                     ) from exc
-        return out
+
+    def _share_buffers(self, size: int, count: int) -> builtins.list[memoryview]:
+        """`count` buffers of `size` bytes for this thread, reused across its rebuilds (a restore
+        rebuilds in many ranged reads: fresh buffers would fault in and zero pages every time) until
+        `release_buffers`."""
+        me = threading.get_ident()
+        with self._lock:
+            mine = self._buffers.get(me, [])
+        if len(mine) < count or any(len(b) < size for b in mine[:count]):
+            mine = [bytearray(max(size, len(mine[i]) if i < len(mine) else 0)) for i in range(count)]
+            with self._lock:
+                self._buffers[me] = mine
+        return [memoryview(b) for b in mine[:count]]
+
+    def release_buffers(self) -> None:
+        """Free the rebuild buffers (after a restore)."""
+        with self._lock:
+            self._buffers.clear()
 
     def _count(self, source: str, n: int) -> None:
         with self._lock:

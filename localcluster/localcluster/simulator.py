@@ -321,7 +321,7 @@ class Simulator:
         report = CommitReport(
             step=step,
             uri=uri,
-            tiers=("s3",) if uri.startswith("s3://") else ("directory",),
+            tiers=("durable",),  # as the real checkpointer says (`CommitInfo.tiers`)
             bytes=0,
             manifest_digest="sha256:" + hashlib.sha256(uri.encode()).hexdigest(),
             world_size=record.world_size,
@@ -353,7 +353,7 @@ class Simulator:
             reason=agent.reason,
             ack_request=agent.ack,
             restore_seconds=agent.restore_s,
-            restore_tier="s3" if agent.restore_s is not None else None,
+            restore_tier="durable" if agent.restore_s is not None else None,  # as a real agent says
             time=dt.datetime.now(dt.UTC),
         )
         agent.reported, agent.reported_at = key, now

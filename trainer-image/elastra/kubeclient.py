@@ -6,8 +6,10 @@ present, `ca.crt` from the ServiceAccount folder, and the API server's address f
 `KUBERNETES_SERVICE_HOST`/`KUBERNETES_SERVICE_PORT`. The folder is the in-cluster path
 `/var/run/secrets/kubernetes.io/serviceaccount` unless `ELASTRA_SERVICEACCOUNT_DIR` names another one:
 the operator always sets it to that same path in worker pods, so localcluster (which has no mount
-namespaces and maps mount paths to per-pod folders) can rewrite it to the pod's own folder. Without
-`ca.crt` the server is reached over plain HTTP (localcluster before it serves TLS).
+namespaces and maps mount paths to per-pod folders) can rewrite it to the pod's own folder. The server
+is always reached over HTTPS, as client-go does: with `ca.crt` as the trust anchor when the folder has
+one, else the system's trust store. There is no plain-HTTP fallback: the token is a credential, and a
+missing `ca.crt` must not send it in clear text.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class InCluster:
     """Where and how to reach the API server from inside a pod."""
 
     server: str
-    """`https://host:port` (or `http://` without a CA)."""
+    """`https://host:port`."""
     token_path: pathlib.Path
     """The ServiceAccount token file."""
     ca_path: pathlib.Path | None
@@ -56,13 +58,10 @@ def in_cluster(environ: Mapping[str, str] | None = None) -> InCluster:
     if not token.is_file():
         raise InClusterError(f"no ServiceAccount token at {token}")
     ca = folder / "ca.crt"
-    has_ca = ca.is_file()
     host = f"[{host}]" if ":" in host else host
     namespace_file = folder / "namespace"
     namespace = namespace_file.read_text().strip() if namespace_file.is_file() else None
-    return InCluster(
-        f"{'https' if has_ca else 'http'}://{host}:{port}", token, ca if has_ca else None, namespace
-    )
+    return InCluster(f"https://{host}:{port}", token, ca if ca.is_file() else None, namespace)
 
 
 def in_cluster_configuration(settings: InCluster) -> Any:

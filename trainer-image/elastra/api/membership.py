@@ -174,7 +174,8 @@ class AgentReport(_Wire):
     restore_seconds: Annotated[float, Field(ge=0)] | None = None
     """How long this generation's restore took on this pod (set from `Running` on, when it restored)."""
     restore_tier: str | None = None
-    """Tier the restore read from (`memory`, `local`, `s3`, `directory`)."""
+    """Tier the restore read from: `memory`, `local` or `durable` (the job's S3 or directory root), or
+    `pretrained` for a first start from pretrained weights."""
     restored_step: Annotated[int, Field(ge=0)] | None = None
     """Step this generation's restore actually loaded; older than the membership's restore point
     when that one was unusable and the ranks fell back, or newer when the memory tier had a newer
@@ -194,7 +195,8 @@ class CommitReport(_Wire):
     uri: str
     """URI of the committed step directory in the durable tier."""
     tiers: tuple[str, ...]
-    """Tiers that hold the whole checkpoint (`local`, `s3`)."""
+    """Tiers that hold the whole checkpoint: `durable` (the job's S3 or directory root), and `local` when
+    the node-local copy was written too."""
     bytes: Annotated[int, Field(ge=0)]
     """Total payload bytes."""
     manifest_digest: str

@@ -253,6 +253,14 @@ CASES = [
     ),
     pytest.param(
         job(m=M3, record=STARTED),
+        [*running(0), pod(1, report=agent(1, "Failed", exitCode=77, reason="RestartRequired")), *running(2)],
+        nodes(3),
+        [],
+        {"failures": 1, "phase": "Starting", "m": (2, "Run", ["tj-w-0", "tj-w-1", "tj-w-2"])},
+        id="a-worker-that-must-start-clean-is-restarted-in-place-not-failed",
+    ),
+    pytest.param(
+        job(m=M3, record=STARTED),
         [
             pod(0, report=agent(1, "Failed", exitCode=1, reason="PeerLost: gloo connection reset")),
             pod(1, phase="Failed", exit_code=137),

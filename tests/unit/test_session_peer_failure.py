@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch.distributed as dist
 
-from elastra.session.session import is_peer_failure
+from elastra.checkpoint.handles import CheckpointError, RestartRequired
+from elastra.session.session import is_peer_failure, worker_exit_code
 
 
 @pytest.mark.parametrize(
@@ -33,3 +34,19 @@ from elastra.session.session import is_peer_failure
 )
 def test_is_peer_failure(exc: BaseException, peer: bool) -> None:
     assert is_peer_failure(exc) is peer
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        pytest.param(RuntimeError("Connection reset by peer"), 75, id="peer-gone-rescale"),
+        pytest.param(
+            RestartRequired("a memory snapshot failed while being read into the state"), 77,
+            id="state-dirtied-by-a-failed-restore-restart-clean",
+        ),
+        pytest.param(CheckpointError("no usable checkpoint"), 1, id="other-checkpoint-error-is-a-crash"),
+        pytest.param(KeyError("model"), 1, id="user-bug-crash"),
+    ],
+)  # fmt: skip
+def test_worker_exit_code(exc: BaseException, code: int) -> None:
+    assert worker_exit_code(exc) == code

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from elastra.api.membership import AgentState, Membership
+from elastra.api.membership import EXIT_RESTART_CLEAN, AgentState, Membership
 from elastra.api.trainingjob import TrainingJobSpec
 
 from .views import NodeView, PodView
@@ -51,8 +51,9 @@ class Failure(NamedTuple):
 
 
 def permanent_exit(code: int | None, retryable: tuple[int, ...]) -> bool:
-    """Exit codes 1-127 come from user code and are permanent unless listed; 128+ are signals: retryable."""
-    return code is not None and 1 <= code <= 127 and code not in retryable
+    """Exit codes 1-127 come from user code and are permanent unless listed; 128+ are signals: retryable.
+    `EXIT_RESTART_CLEAN` is the session's own (a worker that must start over), never permanent."""
+    return code is not None and 1 <= code <= 127 and code not in retryable and code != EXIT_RESTART_CLEAN
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

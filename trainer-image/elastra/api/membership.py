@@ -28,6 +28,11 @@ JOB_LABEL = "elastra.dev/job"
 """Label on every object that belongs to a TrainingJob."""
 ROLE_LABEL = "elastra.dev/role"
 """Label naming what an object is for (`worker`)."""
+EXIT_RESTART_CLEAN = 77
+"""Worker exit code: its in-memory state can no longer be trusted and a fresh process must start over
+(a memory restore failed while reading into the tensors, with no checkpoint to overwrite them). Not the
+user's bug and never a permanent failure: the operator restarts the worker in place with the next
+generation, whatever `retryableExitCodes` says."""
 
 
 def membership_configmap_name(job: str) -> str:

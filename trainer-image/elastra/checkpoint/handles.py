@@ -11,6 +11,11 @@ class CheckpointError(RuntimeError):
     """A save did not commit, or no usable checkpoint could be loaded."""
 
 
+class RestartRequired(CheckpointError):
+    """The state was partly overwritten by a failed restore and nothing can overwrite it again: only a
+    fresh process can start over (under an agent the worker exits `EXIT_RESTART_CLEAN`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class CommitInfo:
     """What a committed save produced (the facts of the pod agent's commit report)."""

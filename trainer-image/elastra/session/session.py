@@ -44,6 +44,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 import torch.distributed as dist
 
+from elastra.api.membership import EXIT_RESTART_CLEAN
+from elastra.checkpoint.handles import RestartRequired
 from elastra.control import (
     CONTROL_FILE,
     EXIT_PEER_LOST,
@@ -105,6 +107,16 @@ def is_peer_failure(exc: BaseException) -> bool:
     if isinstance(exc, dist.DistError):
         return True
     return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in PEER_FAILURE_MARKERS)
+
+
+def worker_exit_code(exc: BaseException) -> int:
+    """How a worker killed by `exc` exits under an agent: a peer's failure (rescale), a state that only a
+    fresh process can start over from (restart; never permanent), else a crash (user code). Pure."""
+    if is_peer_failure(exc):
+        return EXIT_PEER_LOST
+    if isinstance(exc, RestartRequired):
+        return EXIT_RESTART_CLEAN
+    return EXIT_CRASHED
 
 
 def _materialize(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -209,7 +221,7 @@ class Session:
             traceback.print_exception(kind, exc, tb)
             self._publish(failure=f"{kind.__name__}: {exc}", force=True)
             sys.stderr.flush()
-            os._exit(EXIT_PEER_LOST if is_peer_failure(exc) else EXIT_CRASHED)
+            os._exit(worker_exit_code(exc))
 
         sys.excepthook = excepthook
 
@@ -299,9 +311,7 @@ class Session:
         with no checkpoint to overwrite it again a fresh start would train on that mix: raise instead.
         The failed restore already dropped the pod's snapshots, so the restarted worker starts clean."""
         if self.memory is not None and self.memory.restore_dirtied:
-            from elastra.checkpoint.handles import CheckpointError
-
-            raise CheckpointError(
+            raise RestartRequired(
                 "a memory snapshot failed while being read into the state, and there is no checkpoint "
                 "to restore instead: refusing to start fresh on partly overwritten tensors (the "
                 "snapshots were dropped: a restarted worker starts clean)"

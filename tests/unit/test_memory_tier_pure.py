@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import pathlib
 
 import pytest
 
@@ -12,6 +13,7 @@ from elastra.api.memory import lost_groups, memory_ratio, plan_groups
 from elastra.checkpoint.memory import MemoryConfig, cap_problem
 from elastra.storage import StorageError
 from elastra.storage.erasure import CODECS, ErasureError, available, decode, decode_into, encode
+from elastra.storage.memory import MemoryStore
 from elastra.storage.peers import Layout
 
 PODS = [f"p{i}" for i in range(8)]
@@ -199,3 +201,23 @@ def test_memory_config_from_env() -> None:
         }
     )
     assert config is not None and config.addr == "10.0.0.2:9401" and config.peers["p0"] == "10.0.0.1:9401"
+
+
+@pytest.mark.parametrize(
+    ("start", "n", "mapped"),
+    [
+        pytest.param(0, 10_000, True, id="whole-file"),
+        pytest.param(4095, 3, True, id="unaligned-start-across-a-page"),
+        pytest.param(9_000, 1_000, True, id="up-to-the-end"),
+        pytest.param(9_000, 1_001, False, id="past-the-end-is-read-instead"),
+        pytest.param(0, 0, False, id="empty"),
+    ],
+)
+def test_memory_store_map_range(tmp_path: pathlib.Path, start: int, n: int, mapped: bool) -> None:
+    data = os.urandom(10_000)
+    store = MemoryStore(str(tmp_path))
+    store.put_bytes("step-1/a.bin", data)
+    view = store.map_range("step-1/a.bin", start, n)
+    assert (view is not None) == mapped
+    if view is not None:
+        assert view.readonly and bytes(view) == data[start : start + n]

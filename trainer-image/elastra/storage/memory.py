@@ -19,6 +19,7 @@ import http.client
 import http.server
 import json
 import logging
+import mmap
 import os
 import re
 import shutil
@@ -67,6 +68,26 @@ class MemoryStore(LocalStorage):
             os.replace(path, target)
         except OSError as exc:
             raise StorageError(f"moving {path} to {target}: {exc}") from exc
+
+    def map_range(self, key: str, start: int, n: int) -> memoryview | None:
+        """Bytes `[start, start + n)` of `key` as a read-only view of the file's own pages (tmpfs: no
+        copy), or None when the file is shorter (the caller then reads instead). Safe to hold: store
+        files are replaced by renames, never truncated or rewritten in place, so the mapped inode
+        keeps its bytes (and no access past its end can fault) while the view lives."""
+        if start < 0 or n <= 0:
+            return None
+        fd = self._open_for_reading(key)
+        try:
+            if os.fstat(fd).st_size < start + n:
+                return None
+            base = start - start % mmap.ALLOCATIONGRANULARITY
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # page tables filled in one call
+            mapping = mmap.mmap(fd, start + n - base, flags=flags, prot=mmap.PROT_READ, offset=base)
+        except OSError as exc:
+            raise StorageError(f"mapping {self._path(key)}: {exc}") from exc
+        finally:
+            os.close(fd)
+        return memoryview(mapping)[start - base : start - base + n]  # the view keeps the mapping
 
     def steps(self) -> dict[int, bool]:
         """`{step: committed}` of every `step-N` directory (committed: its manifest is here)."""

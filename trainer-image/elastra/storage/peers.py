@@ -274,6 +274,29 @@ class PodMemoryStorage:
 
         fill_block_range(layout.blocks[holder], start, out, read)
 
+    def _own_share(
+        self, step: int, layout: Layout, group: Group, share: int, *, start: int, n: int
+    ) -> memoryview | None:
+        """Bytes `[start, start + n)` of a share this pod holds, mapped from its store without a copy,
+        when they lie within one file (not across files or into the zero padding); else None."""
+        holder = group.members[share] if share < group.k else group.holders[share - group.k]
+        if holder != self.pod:
+            return None
+        found = (parity_file(group.index, share - group.k), 0) if share >= group.k else None
+        offset = 0
+        for file, size in layout.blocks[holder] if share < group.k else ():
+            if offset <= start and start + n <= offset + size:
+                found = (file, offset)
+                break
+            offset += size
+        if found is None:
+            return None
+        try:
+            return self.store.map_range(join_key(f"step-{step}", found[0]), start - found[1], n)
+        except StorageError as exc:  # read it instead, as a peer's share
+            log.warning("memory tier: mapping own share: %s", exc)
+            return None
+
     def _read_from(self, pod: str, key: str, start: int, out: memoryview) -> None:
         if pod == self.pod:
             self.store.read_into(key, start, [out])
@@ -310,6 +333,10 @@ class PodMemoryStorage:
                     batch, pending = pending[: group.k - len(shares)], pending[group.k - len(shares) :]
                     futures = {}
                     for s in batch:
+                        mapped = self._own_share(step, layout, group, s, start=start + lo, n=n)
+                        if mapped is not None:  # in this pod's memory: decoded from in place, no copy
+                            shares[s] = mapped
+                            continue
                         buffer = buffers[candidates.index(s)][:n]
                         task = pool.submit(
                             self._share_range, step, layout, group, s, start=start + lo, out=buffer

@@ -596,6 +596,7 @@ class Kube:
                     ckpt_api.PLURAL,
                     action.name,
                     patch,
+                    _content_type="application/json-patch+json",  # the client would send a merge patch
                 )
             except ApiException as exc:
                 if exc.status not in (409, 422):

@@ -49,6 +49,7 @@ from .reconcile.actions import (
     MarkUnverified,
     Observe,
     PatchStatus,
+    Reverify,
     WriteMembership,
 )
 from .reconcile.status import CREATE_FAILED
@@ -198,6 +199,8 @@ def checkpoint_view(raw: dict[str, Any]) -> CheckpointView | None:
         tiers=tuple(t.name for t in spec.tiers),
         bytes=spec.bytes,
         committed_at=spec.committed_at,
+        manifest_digest=spec.manifest_digest,
+        generation=spec.generation,
         deleting=raw["metadata"].get("deletionTimestamp") is not None,
         verified=not any(
             isinstance(c, dict) and c.get("type") == ckpt_api.VERIFIED and c.get("status") == "False"
@@ -410,6 +413,9 @@ class Kube:
                 case MarkUnverified(name=name, reason=reason, message=message):
                     log.warning("checkpoint %s/%s unusable: %s", job.namespace, name, message)
                     self.mark_checkpoint_unverified(job.namespace, name, reason, message)
+                case Reverify():
+                    log.info("checkpoint %s/%s usable again: %s", job.namespace, action.name, action.message)
+                    self.reverify_checkpoint(job.namespace, action)
                 case PatchStatus(status=status):
                     self.patch_job_status(job.namespace, job.name, status)
                 case DeleteJob(reason=reason):
@@ -570,9 +576,39 @@ class Kube:
 
     def mark_checkpoint_unverified(self, namespace: str, name: str, reason: str, message: str) -> None:
         """Condition `Verified=False` on a Checkpoint (kept with its storage for a person to inspect)."""
+        self._set_verified(namespace, name, False, reason, message)
+
+    def reverify_checkpoint(self, namespace: str, action: Reverify) -> None:
+        """The new save's spec (a JSON Patch that fails unless the spec still names the old digest, and
+        leaves metadata and the finalizer alone), then `Verified=True`. Spec first: a pass cut short in
+        between leaves the new spec with `Verified=False`, which the next pass finishes."""
+        if action.spec is not None:
+            patch = [
+                {"op": "test", "path": "/spec/manifestDigest", "value": action.expected_digest},
+                {"op": "replace", "path": "/spec", "value": action.spec},
+            ]
+            try:
+                self._ignore_404(
+                    self.custom.patch_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    ckpt_api.PLURAL,
+                    action.name,
+                    patch,
+                    _content_type="application/json-patch+json",  # the client would send a merge patch
+                )
+            except ApiException as exc:
+                if exc.status not in (409, 422):
+                    raise
+                log.warning("checkpoint %s/%s changed: %s", namespace, action.name, api_message(exc))
+                return
+        self._set_verified(namespace, action.name, True, action.reason, action.message)
+
+    def _set_verified(self, namespace: str, name: str, verified: bool, reason: str, message: str) -> None:
         condition = {
             "type": ckpt_api.VERIFIED,
-            "status": "False",
+            "status": "True" if verified else "False",
             "reason": reason,
             "message": message,
             "lastTransitionTime": dt.datetime.now(dt.UTC).isoformat(),

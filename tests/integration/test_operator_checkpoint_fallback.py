@@ -2,7 +2,9 @@
 
 - the newest checkpoint is corrupted mid-run, then a node is killed: the new generation's ranks fall
   back together to the older checkpoint, the agents say so, the operator marks the corrupt Checkpoint
-  `Verified=False` (with an Event) and the job goes on and Succeeds;
+  `Verified=False` (with an Event); the job trains on from the older one, saves the same step again
+  (a new manifest), the operator verifies that Checkpoint again (reason `Recommitted`, with its new
+  digest) and the job Succeeds;
 - a fork: a child job with `restoreFrom` naming the parent's Checkpoint starts at that step at another
   world size and checkpoints into its own root.
 """
@@ -92,6 +94,7 @@ def test_corrupt_newest_checkpoint_then_node_kill_recovers_from_the_older_one(
     h.wait(lambda: len(h.checkpoints("fb")) >= 2, 60, "two committed checkpoints")
     newest = h.checkpoints("fb")[-1]
     bad_step = newest["spec"]["step"]
+    bad_digest = newest["spec"]["manifestDigest"]
     corrupt(pathlib.Path(newest["spec"]["uri"]))
     m = h.membership("fb")
     assert m is not None
@@ -113,8 +116,21 @@ def test_corrupt_newest_checkpoint_then_node_kill_recovers_from_the_older_one(
     assert restored and all(r.restored_step == bad_step - 20 for r in restored), "fell back to the older one"
     assert [s.step for s in restored[0].restore_skipped] == [bad_step]
 
+    def reverified() -> dict[str, Any] | None:
+        c = next((c for c in h.checkpoints("fb") if c["spec"]["step"] == bad_step), None)
+        verified = condition(c, "Verified") if c else None
+        return c if verified and verified["status"] == "True" else None
+
+    again = h.wait(reverified, 30, "the re-saved step to be Verified again")
+    assert condition(again, "Verified")["reason"] == "Recommitted"  # type: ignore[index]
+    assert again["spec"]["manifestDigest"] != bad_digest, "the spec describes the new save"
+    assert again["spec"]["generation"] == m2.generation
+    assert again["metadata"]["finalizers"] == ["elastra.dev/finalizer"]
+    assert "CheckpointRecommitted" in h.events("fb")
+
     status = h.wait(finished(h, "fb"), 90, "the job to finish")
     assert status["phase"] == "Succeeded", status
+    assert h.log.read_text().count("usable again:") == 1, "re-verified once, not again on later passes"
 
 
 def test_fork_with_restore_from_at_another_world_size(

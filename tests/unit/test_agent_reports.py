@@ -138,3 +138,28 @@ def test_file_reader_parses_only_changes_and_keeps_the_last_good(tmp_path: pathl
 )
 def test_report_due_on_change_force_or_heartbeat(changed: bool, since: float, force: bool, due: bool) -> None:
     assert agent_module.report_due(changed=changed, since_last_s=since, interval_s=3.0, force=force) is due
+
+
+@pytest.mark.parametrize(
+    ("last", "commit", "reported"),
+    [
+        pytest.param(None, {"step": 40, "manifestDigest": "sha256:0a"}, True, id="first-commit"),
+        pytest.param(
+            {"step": 40, "manifestDigest": "sha256:0a"}, {"step": 60, "manifestDigest": "sha256:0c"}, True,
+            id="a-newer-step",
+        ),
+        pytest.param(
+            {"step": 40, "manifestDigest": "sha256:0a"}, {"step": 40, "manifestDigest": "sha256:0b"}, True,
+            id="the-same-step-saved-again-after-a-fallback",
+        ),
+        pytest.param(
+            {"step": 40, "manifestDigest": "sha256:0a"}, {"step": 40, "manifestDigest": "sha256:0a"}, False,
+            id="the-same-commit-read-again",
+        ),
+    ],
+)  # fmt: skip
+def test_commit_reported_once_per_save(
+    last: dict[str, object] | None, commit: dict[str, object], reported: bool
+) -> None:
+    previous = agent_module.commit_key(last) if last is not None else None
+    assert (agent_module.commit_key(commit) != previous) is reported

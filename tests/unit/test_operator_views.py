@@ -7,10 +7,11 @@ import json
 from typing import Any
 
 import pytest
-from test_operator_support import NOW, agent, commit, spec
+from test_operator_support import NOW, agent, commit, job, membership, spec
 
 from elastra.api.membership import Membership, MembershipPhase
 from elastra_operator.kube import checkpoint_view, job_view, node_view, pod_view
+from elastra_operator.reconcile.manifests import checkpoint_object
 from elastra_operator.reconcile.views import OperatorRecord
 
 
@@ -167,3 +168,27 @@ def test_node_view_keeps_only_scheduling_taints() -> None:
         "status": {},
     }
     assert node_view(raw).taints == (("a", "", "NoSchedule"),)
+
+
+@pytest.mark.parametrize(
+    ("conditions", "verified"),
+    [
+        pytest.param([], True, id="no-condition-is-verified"),
+        pytest.param(
+            [{"type": "Verified", "status": "False", "reason": "RestoreFailed"}], False, id="restore-failed"
+        ),
+        pytest.param(
+            [{"type": "Verified", "status": "True", "reason": "Recommitted"}], True, id="recommitted-again"
+        ),
+    ],
+)
+def test_checkpoint_view_reads_the_save_it_describes(
+    conditions: list[dict[str, Any]], verified: bool
+) -> None:
+    """The digest and generation are what `commits.recommitted` compares a new commit with."""
+    report = commit(60).model_copy(update={"manifest_digest": "sha256:beef", "generation": 3})
+    raw = checkpoint_object(job(m=membership(3, ["tj-w-0"])), report)
+    raw["status"] = {"conditions": conditions}
+    view = checkpoint_view(raw)
+    assert view is not None
+    assert (view.manifest_digest, view.generation, view.verified) == ("sha256:beef", 3, verified)

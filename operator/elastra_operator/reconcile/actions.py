@@ -52,6 +52,21 @@ class MarkUnverified:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Reverify:
+    """A `Verified=False` Checkpoint whose step the trainers saved again: replace its spec with the new
+    save's (only while the spec still names `expected_digest`; metadata and finalizer stay), then set
+    `Verified=True`. `spec` None: the spec already is the new save's (a pass cut short in between)."""
+
+    name: str
+    spec: dict[str, Any] | None
+    expected_digest: str
+    """`spec.manifestDigest` the replacement is conditional on (a JSON Patch `test`)."""
+    reason: str
+    """CamelCase cause (`Recommitted`)."""
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WriteMembership:
     """Create or replace the membership ConfigMap, conditional on the resourceVersion last read."""
 
@@ -99,6 +114,7 @@ Action = (
     | DeletePod
     | DeleteCheckpoint
     | MarkUnverified
+    | Reverify
     | WriteMembership
     | PatchStatus
     | DeleteJob

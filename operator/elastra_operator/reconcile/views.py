@@ -107,7 +107,12 @@ class CheckpointView:
     committed_at: dt.datetime
     deleting: bool = False
     verified: bool = True
-    """False once a restore reported it unusable (condition `Verified=False`): never restored again."""
+    """False once a restore reported it unusable (condition `Verified=False`): never restored again,
+    unless the trainers save its step again (`commits.recommitted`)."""
+    manifest_digest: str = ""
+    """`spec.manifestDigest`: which save of the step the object describes."""
+    generation: int = 0
+    """`spec.generation`: the generation that wrote that save."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from elastra.agent.config import AgentConfig, agent_config_from_env
@@ -68,6 +68,14 @@ def report_due(*, changed: bool, since_last_s: float, interval_s: float, force: 
     return force or changed or since_last_s >= interval_s
 
 
+def commit_key(commit: Mapping[str, Any]) -> tuple[Any, Any]:
+    """What makes a worker's `last_commit` a new one to report: its step and manifest digest. A later
+    generation that fell back past a corrupt checkpoint saves the same step again (a new manifest);
+    keyed by step alone, the agent that survived the rescale would never report it and the operator
+    would never verify that step again."""
+    return commit.get("step"), commit.get("manifestDigest")
+
+
 def failure_reason(rank: int, code: int, detail: str | None) -> str:
     """The `reason` of a Failed report. Pure."""
     text = f"worker rank {rank} exited with code {code}" + (f": {detail}" if detail else "")
@@ -114,7 +122,8 @@ class Agent:
         self._control: ControlMessage | None = None
         self._reported: tuple[Any, ...] | None = None
         self._reported_at = 0.0
-        self._commit_step: int | None = None
+        self._commit: tuple[Any, Any] | None = None
+        """`commit_key` of the last commit reported."""
         self._succeeded_at: float | None = None
         self.zygote: Zygote | None = None
         self.memory_server: Any = None
@@ -305,8 +314,8 @@ class Agent:
             self._set_state(AgentState.RUNNING)
         for status in statuses:
             commit = status.last_commit
-            if commit is not None and commit.get("step") != self._commit_step:
-                self._commit_step = commit.get("step")
+            if commit is not None and commit_key(commit) != self._commit:
+                self._commit = commit_key(commit)
                 self.link.report({COMMIT_ANNOTATION: json.dumps(commit, separators=(",", ":"))})
 
     # ------------------------------------------------------------------ reports

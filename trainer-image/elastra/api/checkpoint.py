@@ -96,4 +96,5 @@ class CheckpointStatus(StatusModel):
     message: str = ""
     """Why, when not Committed."""
     conditions: tuple[Condition, ...] = ()
-    """`Verified=False` (reason `RestoreFailed`) once a generation's restore found it unusable."""
+    """`Verified=False` (reason `RestoreFailed`) once a generation's restore found it unusable;
+    `Verified=True` (reason `Recommitted`) once a later save of the same step replaced it."""

@@ -40,8 +40,9 @@ from elastra.api.membership import (
 )
 
 from . import storage
-from .kube import Conflict, Kube, checkpoint_view, job_view, node_view
+from .kube import Conflict, Kube
 from .metrics import OperatorMetrics
+from .parse import checkpoint_view, job_view, node_view
 from .reconcile import trust
 from .reconcile.actions import Event, PatchStatus
 from .reconcile.checks import deletion_refusal, teardown

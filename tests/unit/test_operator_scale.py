@@ -7,7 +7,7 @@ import pytest
 from test_operator_support import NOW, agent, at, ckpt, job, node, pod, summarize
 
 from elastra.api.membership import Member, Membership
-from elastra_operator.kube import departing
+from elastra_operator.parse import departing
 from elastra_operator.reconcile.actions import Event
 from elastra_operator.reconcile.plan import plan
 from elastra_operator.reconcile.views import OperatorRecord

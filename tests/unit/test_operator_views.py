@@ -10,7 +10,7 @@ import pytest
 from test_operator_support import NOW, agent, commit, job, membership, spec
 
 from elastra.api.membership import Membership, MembershipPhase
-from elastra_operator.kube import checkpoint_view, job_view, node_view, pod_view
+from elastra_operator.parse import checkpoint_view, job_view, node_view, pod_view
 from elastra_operator.reconcile.manifests import checkpoint_object
 from elastra_operator.reconcile.views import OperatorRecord
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 from elastra.control import EXIT_PEER_LOST, EXIT_PEER_STOPPED
 from elastra.session.config import ConfigError, SessionConfig, from_env, save_due
 from elastra.session.rng import RngState
-from elastra.session.session import Session, Stateful, init
+from elastra.session.session import Session, init
+from elastra.session.stateful import Stateful
 
 __all__ = [
     "EXIT_PEER_LOST",

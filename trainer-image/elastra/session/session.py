@@ -39,7 +39,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -59,13 +59,8 @@ from elastra.control import (
 )
 from elastra.session.config import SessionConfig, from_env, save_due
 from elastra.session.fences import Fences, Stall
-from elastra.session.starting import (
-    announce,
-    forget_fresh_optimizers,
-    has_checkpoint,
-    init_fresh_optimizers,
-    load_pretrained_into,
-)
+from elastra.session.restoring import Restore
+from elastra.session.stateful import materialize
 
 log = logging.getLogger("elastra.session")
 
@@ -74,20 +69,6 @@ EXIT_CRASHED = 1
 STATUS_INTERVAL_S = 0.5
 """Least time between two routine status writes; events (saves, commits) write at once."""
 KEPT_SAVES = 16
-REASON_CHARS = 512
-REPORTED_SKIPS = 16
-"""At most this many skipped checkpoints (the newest) are reported."""
-"""A skipped checkpoint's reason is cut to this many characters in the status (it travels to the
-operator in a pod annotation)."""
-
-
-@runtime_checkable
-class Stateful(Protocol):
-    """Anything with `state_dict()` / `load_state_dict()`; saved through its state dict."""
-
-    def state_dict(self) -> Any: ...
-
-    def load_state_dict(self, state: Any) -> Any: ...
 
 
 PEER_FAILURE_MARKERS = (
@@ -117,11 +98,6 @@ def worker_exit_code(exc: BaseException) -> int:
     if isinstance(exc, RestartRequired):
         return EXIT_RESTART_CLEAN
     return EXIT_CRASHED
-
-
-def _materialize(state: Mapping[str, Any]) -> dict[str, Any]:
-    """The state with every `Stateful` value replaced by its state dict (top level only)."""
-    return {k: (v.state_dict() if isinstance(v, Stateful) else v) for k, v in state.items()}
 
 
 def _free_port() -> int:
@@ -243,7 +219,7 @@ class Session:
         falls back together to the next older committed one of the same root, and the status says
         which step was restored and why the newer ones were skipped. Run by hand, the newest
         committed checkpoint under the URI, if any. The world size may differ from the one that
-        saved: every rank loads its own slice.
+        saved: every rank loads its own slice. The memory tier, when the pod has one, is tried first.
 
         With no checkpoint to restore, a job with pretrained weights (`pretrained`, else
         `ELASTRA_PRETRAINED_URI` from `restoreFrom`: a Hugging Face model location) starts from them:
@@ -251,124 +227,20 @@ class Session:
         its own slices, and the optimizer and the step start fresh (0). An optimizer handed here as is
         with no state yet gets its state created before a checkpoint restore fills it.
         `allow_missing`: state tensors the source may lack (True: any). Each restore prints one line:
-        the step, the tier, the seconds, and what was skipped.
+        the step, the tier, the seconds, and what was skipped. The order of the tiers and the fresh
+        start live in `restoring.Restore`.
         """
-        pretrained = pretrained or self.config.pretrained_uri
-        step = self.config.restore_step
-        started = time.monotonic()
-        tier: str | None = None
-        created: list[str] = []  # optimizers whose state was created for a restore to fill
-        loaded, flat = self._restore_from_memory(state, step, created)
-        if loaded is not None:
-            tier = "memory"
-        else:
-            fresh_job = step is None and (
-                self.config.under_agent or not has_checkpoint(self.checkpointer, self.config.restore_uri)
-            )
-            if self.checkpointer is None or fresh_job:
-                self._refuse_fresh_start_on_dirtied_state()
-                forget_fresh_optimizers(state, created)
-                return self._start_from_pretrained(state, pretrained, prefix, key_map, allow_missing)
-            if self._timeline:
-                self._timeline["restoring"] = time.time()
-            if flat is None:
-                created += init_fresh_optimizers(state)
-                flat = _materialize(state)
-            assert self.checkpointer is not None
-            try:
-                # step None: the newest committed one
-                loaded = self.checkpointer.load(
-                    flat, step=step, source=self.config.restore_uri, fallback=self.config.under_agent,
-                    allow_missing=allow_missing,
-                )  # fmt: skip
-            finally:
-                self._publish_restore()
-        if loaded is None:
-            self._refuse_fresh_start_on_dirtied_state()
-            forget_fresh_optimizers(state, created)
-            return self._start_from_pretrained(state, pretrained, prefix, key_map, allow_missing)
-        assert flat is not None  # something was loaded into it
-        for key, value in state.items():
-            if isinstance(value, Stateful):
-                value.load_state_dict(flat[key])
-        seconds = time.monotonic() - started
-        self._timeline["restored"] = time.time()
-        if tier is None and self.checkpointer is not None:
-            by_tier = self.checkpointer.stats.restore_bytes_by_tier
-            tier = max(by_tier, key=lambda t: by_tier[t]) if any(by_tier.values()) else "durable"
-        self.restore_tier = tier
-        self._last_saved_step = int(loaded)
-        self._publish(step=self._last_saved_step, restore_seconds=seconds, restore_tier=str(tier), force=True)
-        report = self.checkpointer.last_report if tier != "memory" and self.checkpointer is not None else None
-        if report is not None:
-            announce(self.rank, report.summary())
-        else:
-            announce(self.rank, f"restored step {loaded} from {tier} in {seconds:.2f}s")
-        return self._last_saved_step
-
-    def _refuse_fresh_start_on_dirtied_state(self) -> None:
-        """A memory snapshot that failed mid-read may have overwritten part of the state in place, and
-        with no checkpoint to overwrite it again a fresh start would train on that mix: raise instead.
-        The failed restore already dropped the pod's snapshots, so the restarted worker starts clean."""
-        if self.memory is not None and self.memory.restore_dirtied:
-            raise RestartRequired(
-                "a memory snapshot failed while being read into the state, and there is no checkpoint "
-                "to restore instead: refusing to start fresh on partly overwritten tensors (the "
-                "snapshots were dropped: a restarted worker starts clean)"
-            )
-
-    def _restore_from_memory(
-        self, state: Mapping[str, Any], step: int | None, created: list[str]
-    ) -> tuple[int | None, dict[str, Any] | None]:
-        """The memory tier first, when the pod has one and its newest snapshot every rank can read is at
-        least as new as `step`: (the step loaded or None, the materialized state or None). The keys of
-        optimizers whose state it created are added to `created`."""
-        if self.memory is None:
-            return None, None
-        if self._timeline:
-            self._timeline["restoring"] = time.time()
-        created += init_fresh_optimizers(state)
-        flat = _materialize(state)
-        loaded = self.memory.restore(flat, not_before=step or 0)
-        if loaded is None:
-            self._timeline.pop("restoring", None)  # nothing was restored from memory
-        else:
-            self._publish(restored_step=loaded, force=True)
-        return loaded, flat
-
-    def _start_from_pretrained(
-        self, state: Mapping[str, Any], uri: str | None, prefix: str | None,
-        key_map: Callable[[str], str | None] | None, allow_missing: bool | Collection[str],
-    ) -> int:  # fmt: skip
-        """A fresh start: from the pretrained weights at `uri` when there are some; step 0 either way."""
-        if uri is None:
-            announce(self.rank, "starting fresh at step 0: no checkpoint to restore, no pretrained weights")
-            return 0
-        started = time.monotonic()
-        if self._timeline:
-            self._timeline["restoring"] = time.time()
-        flat = _materialize(state)
-        report = load_pretrained_into(flat, uri, prefix=prefix, key_map=key_map, allow_missing=allow_missing)
-        for key, value in state.items():
-            if isinstance(value, Stateful):
-                value.load_state_dict(flat[key])
-        self._timeline["restored"] = time.time()
-        seconds = time.monotonic() - started
-        self._publish(restore_seconds=seconds, restore_tier="pretrained", force=True)
-        announce(self.rank, report.summary())
-        return 0
-
-    def _publish_restore(self) -> None:
-        """Tell the agent which step the restore actually loaded and which newer ones it skipped."""
-        result = self.checkpointer.last_restore if self.checkpointer is not None else None
-        if result is None:
-            return
-        from elastra.api.membership import RestoreSkip
-
-        skipped = tuple(
-            RestoreSkip(step=s.step, reason=s.reason[:REASON_CHARS]) for s in result.skipped[:REPORTED_SKIPS]
+        restore = Restore(
+            rank=self.rank, config=self.config, checkpointer=self.checkpointer, memory=self.memory,
+            timeline=self._timeline, publish=self._publish,
+        )  # fmt: skip
+        loaded, tier = restore.run(
+            state, pretrained or self.config.pretrained_uri, prefix, key_map, allow_missing
         )
-        self._publish(restored_step=result.step, restore_skipped=skipped, force=True)
+        if tier not in (None, "pretrained"):  # a checkpoint or snapshot: the step it holds was saved
+            self.restore_tier = tier
+            self._last_saved_step = loaded
+        return loaded
 
     # ------------------------------------------------------------------ lazy staging
     @property
@@ -435,7 +307,7 @@ class Session:
             saved = True
         if requested:
             self._agreed_request_time = request_time
-        memory = self.memory.step(completed, lambda: _materialize(state)) if self.memory else {}
+        memory = self.memory.step(completed, lambda: materialize(state)) if self.memory else {}
         self._publish(step=completed, loss=loss, force=saved, **memory)
         self._last_step_time = time.monotonic()  # do not count the save in the next step time
         if stop:
@@ -522,7 +394,7 @@ class Session:
         self.fence()  # the previous lazy save's stall is final before this one starts
         staging = "eager" if wait else self.staging
         started = time.monotonic()
-        handle = self.checkpointer.save(completed, _materialize(state), staging=staging)
+        handle = self.checkpointer.save(completed, materialize(state), staging=staging)
         self._last_save_time = time.monotonic()
         # The state dicts (FSDP gathers metadata) count too.
         stall = Stall(seconds=self._last_save_time - started)

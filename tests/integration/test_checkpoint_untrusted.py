@@ -178,10 +178,9 @@ def _one_rank_fails_to_parse(rank: int, port: int, root: str) -> None:
         w = torch.arange(8, dtype=torch.float32) * step
         ckpt.save(step, {"w": w[rank * 4 : rank * 4 + 4].clone()}).wait()  # not a DTensor: replicated
     if rank == 1:  # only this rank sees broken manifests (e.g. a stale cache): bug-class exceptions
-        import elastra.checkpoint.checkpointer as engine
         import elastra.checkpoint.restore as attempt
 
-        real = engine.read_manifest
+        real = attempt.read_manifest
         failures = {3: TypeError("unhashable type: 'list'"), 2: RecursionError("maximum recursion depth")}
 
         def broken(storage: Any, step: int) -> Any:
@@ -189,8 +188,8 @@ def _one_rank_fails_to_parse(rank: int, port: int, root: str) -> None:
                 raise failures[step]
             return real(storage, step)
 
-        # wherever a restore attempt looks the manifest up
-        engine.read_manifest = attempt.read_manifest = broken  # type: ignore[assignment]
+        # where a restore attempt looks the manifest up
+        attempt.read_manifest = broken  # type: ignore[assignment]
     fresh = {"w": torch.zeros(4)}
     assert ckpt.load(fresh) == 1, f"rank {rank}: every rank falls back together"
     assert ckpt.last_restore is not None and [s.step for s in ckpt.last_restore.skipped] == [3, 2]

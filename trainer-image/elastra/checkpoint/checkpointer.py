@@ -28,13 +28,11 @@ import torch.distributed as dist
 from torch.utils.hooks import RemovableHandle
 
 from elastra.checkpoint import faults
-from elastra.checkpoint.coverage import Coverage, StateMismatch, cover, like
 from elastra.checkpoint.format import (
     CHUNK_BYTES,
     DIRECT_IO_ALIGN,
     FORMAT_VERSION,
     MANIFEST,
-    FormatError,
     Fragment,
     Manifest,
     TensorEntry,
@@ -46,26 +44,25 @@ from elastra.checkpoint.format import (
 from elastra.checkpoint.geometry import Box
 from elastra.checkpoint.handles import CheckpointError, CheckpointStats, CommitInfo, SaveHandle
 from elastra.checkpoint.plan import Piece, RankWrites, SavePlan, plan_save
-from elastra.checkpoint.reader import read_manifest
 from elastra.checkpoint.report import RestoreReport
 from elastra.checkpoint.restore import (
     NONE,
     RestoreResult,
     Skipped,
+    apply_restored,
     next_candidate,
-    read_candidate,
+    restore_report,
     split_source,
+    try_candidate,
 )
 from elastra.checkpoint.retention import apply_retention, committed_steps
 from elastra.checkpoint.staging import (
-    FillKind,
     Staged,
     StagingBuffer,
     StagingJob,
     checksum_pieces,
-    fill_kind,
 )
-from elastra.checkpoint.state import ST_TO_TORCH, TensorLeaf, is_tensor_value, split_state, walk
+from elastra.checkpoint.state import split_state
 from elastra.storage import LocalStorage, S3Options, Storage, StorageError, join_key, open_storage
 from elastra.storage.local import make_private
 
@@ -73,8 +70,6 @@ log = logging.getLogger(__name__)
 
 BUSY_POLICIES = ("wait", "skip")
 STAGING_MODES = ("eager", "lazy")
-_Read = tuple[Coverage, tuple[Manifest, Any, list[torch.Tensor]]]
-"""What one candidate read: which leaves it covers, and the manifest, sources and data of those."""
 MISMATCH = 2
 """A restore verdict: the state does not fit the checkpoint (1: the checkpoint is unusable)."""
 
@@ -467,7 +462,7 @@ class Checkpointer:
                 candidate = self._agree_max(next_candidate(committed, below))
                 if candidate == NONE:
                     break
-            error, mismatch, read = self._try_candidate(
+            error, mismatch, read = try_candidate(
                 storage, local, candidate, leaves, values=values, allow_missing=allow_missing
             )
             verdict = self._agree_max(MISMATCH if mismatch else int(error is not None))
@@ -484,11 +479,11 @@ class Checkpointer:
                 continue
             assert read is not None  # no error: the candidate was read
             coverage, (manifest, sources, restored) = read
-            self._apply(state, coverage.loadable, restored, manifest)
+            apply_restored(state, coverage.loadable, restored, manifest)
             self.stats.restore_bytes_by_tier = dict(sources.bytes_by_tier)
             self.stats.restore_seconds = time.perf_counter() - started
             self.last_restore = RestoreResult(requested, candidate, root, tuple(skipped))
-            self.last_report = self._report(candidate, root, coverage, sources.bytes_by_tier, started)
+            self.last_report = restore_report(candidate, root, coverage, sources.bytes_by_tier, started)
             if coverage.unexpected or coverage.missing:
                 log.warning("%s", self.last_report.summary())
             return candidate
@@ -498,37 +493,6 @@ class Checkpointer:
             raise CheckpointError(f"no usable committed checkpoint under {root}: tried {tried}")
         return None
 
-    @staticmethod
-    def _report(
-        step: int, root: str, coverage: Coverage, by_tier: dict[str, int], started: float
-    ) -> RestoreReport:
-        tier = max(by_tier, key=lambda t: by_tier[t]) if any(by_tier.values()) else "durable"
-        return RestoreReport(
-            step=step, source=f"{root}/{step_dir(step)}", restored=len({x.path for x in coverage.loadable}),
-            missing=coverage.missing, unexpected=coverage.unexpected, tied=coverage.tied,
-            seconds=time.perf_counter() - started, bytes_read=sum(by_tier.values()), tier=tier,
-        )  # fmt: skip
-
-    @staticmethod
-    def _try_candidate(
-        storage: Storage, local: Storage | None, candidate: int, leaves: list[TensorLeaf], *,
-        values: dict[str, Any], allow_missing: bool | Collection[str],
-    ) -> tuple[str | None, bool, _Read | None]:  # fmt: skip
-        """One candidate: `(error, the error is a state mismatch, (coverage, what read_candidate read))`."""
-        try:
-            manifest = read_manifest(storage, candidate)
-            coverage = cover(leaves, values, manifest.tensors, step=candidate, allow_missing=allow_missing)
-            return None, False, (coverage, read_candidate(storage, local, candidate, coverage.loadable,
-                                                          manifest=manifest))  # fmt: skip
-        except StateMismatch as exc:
-            return str(exc), True, None
-        except Exception as exc:  # anything a hostile checkpoint provokes: all ranks decide together
-            return (
-                (f"{type(exc).__name__}: {exc}" if not isinstance(exc, FormatError) else str(exc)),
-                False,
-                None,
-            )
-
     def _committed(self, storage: Storage) -> list[int]:
         """Committed steps of a tier, or none when it cannot be listed (then every rank agrees on
         what the others found)."""
@@ -537,38 +501,6 @@ class Checkpointer:
         except Exception as exc:
             log.warning("cannot list %s: %s", storage.uri, exc)
             return []
-
-    @staticmethod
-    def _fill_target(leaf: TensorLeaf, manifest: Manifest) -> torch.Tensor:
-        """Where the restore of `leaf` is read to: its own memory when it is a contiguous CPU tensor of
-        the saved dtype (no copy at all); for a CUDA tensor pinned host memory (the reads land there,
-        then one asynchronous copy each goes to the device at full PCIe speed); else a scratch tensor.
-        `_apply` copies the last two over."""
-        entry = manifest.tensors.get(leaf.path)
-        dtype = ST_TO_TORCH[entry.dtype] if entry is not None else leaf.local.dtype
-        local = leaf.local
-        kind = fill_kind(local.device.type, local.is_contiguous(), local.dtype == dtype)
-        if kind is FillKind.IN_PLACE:
-            return local.detach().view(leaf.box.shape)
-        return torch.empty(leaf.box.shape, dtype=dtype, pin_memory=kind is FillKind.PINNED)
-
-    @staticmethod
-    def _apply(
-        state: object, leaves: list[TensorLeaf], restored: list[torch.Tensor], manifest: Manifest
-    ) -> None:
-        devices: set[torch.device] = set()
-        with torch.no_grad():
-            for leaf, data in zip(leaves, restored, strict=True):
-                if data.data_ptr() != leaf.local.data_ptr():  # not already read in place
-                    on_cuda = leaf.local.is_cuda
-                    leaf.local.copy_(data.view(leaf.local.shape), non_blocking=on_cuda)
-                    if on_cuda:
-                        devices.add(leaf.local.device)
-        for device in devices:  # the copies ran on the current streams: done before load() returns
-            torch.cuda.current_stream(device).synchronize()  # type: ignore[no-untyped-call]
-        for path, container, key, value in list(walk(state)):
-            if not is_tensor_value(value) and path in manifest.values:
-                container[key] = like(value, manifest.values[path])  # type: ignore[index]
 
     def wait_quietly(self) -> None:
         """Wait for an in-flight save, logging rather than raising its failure."""

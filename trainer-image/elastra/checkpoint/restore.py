@@ -1,4 +1,6 @@
-"""Which checkpoint a restore reads, one attempt at reading it, and what came of it.
+"""Which checkpoint a restore reads, one attempt at reading it (`try_candidate`), applying what it read
+to the state (`apply_restored`), and what came of it (`RestoreResult`, `restore_report`). The walk over
+the candidates and the collectives that agree on them are `Checkpointer.load`'s.
 
 A restore source is a checkpoint root (`s3://bucket/prefix`, a directory) or one step directory of
 one (`<root>/step-N`, what the operator hands a generation as `ELASTRA_RESTORE_URI`, possibly another
@@ -11,13 +13,18 @@ with the others instead of skipping a collective they wait in.
 from __future__ import annotations
 
 import concurrent.futures
+import time
+from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from elastra.checkpoint.format import FormatError, Manifest, parse_step_dir
+from elastra.checkpoint.coverage import Coverage, StateMismatch, cover, like
+from elastra.checkpoint.format import FormatError, Manifest, parse_step_dir, step_dir
 from elastra.checkpoint.reader import Sources, fill_tasks, read_manifest, run_reads
-from elastra.checkpoint.state import ST_TO_TORCH, TensorLeaf
+from elastra.checkpoint.report import RestoreReport
+from elastra.checkpoint.state import ST_TO_TORCH, TensorLeaf, is_tensor_value, walk
 from elastra.storage import Storage
 
 READ_THREADS = 4
@@ -113,3 +120,59 @@ def read_candidate(
     with concurrent.futures.ThreadPoolExecutor(READ_THREADS) as pool:
         run_reads(sources, tasks, pool)
     return manifest, sources, restored
+
+
+CandidateRead = tuple[Coverage, tuple[Manifest, Sources, list[torch.Tensor]]]
+"""What one candidate read: which leaves it covers, and the manifest, sources and data of those."""
+
+
+def try_candidate(
+    storage: Storage, local: Storage | None, candidate: int, leaves: list[TensorLeaf], *,
+    values: dict[str, Any], allow_missing: bool | Collection[str],
+) -> tuple[str | None, bool, CandidateRead | None]:  # fmt: skip
+    """One candidate: `(error, the error is a state mismatch, (coverage, what read_candidate read))`."""
+    try:
+        manifest = read_manifest(storage, candidate)
+        coverage = cover(leaves, values, manifest.tensors, step=candidate, allow_missing=allow_missing)
+        return None, False, (coverage, read_candidate(storage, local, candidate, coverage.loadable,
+                                                      manifest=manifest))  # fmt: skip
+    except StateMismatch as exc:
+        return str(exc), True, None
+    except Exception as exc:  # anything a hostile checkpoint provokes: all ranks decide together
+        return (
+            (f"{type(exc).__name__}: {exc}" if not isinstance(exc, FormatError) else str(exc)),
+            False,
+            None,
+        )
+
+
+def restore_report(
+    step: int, root: str, coverage: Coverage, by_tier: dict[str, int], started: float
+) -> RestoreReport:
+    """What a restore of `step` from `root` did, for its one line and the agent's report."""
+    tier = max(by_tier, key=lambda t: by_tier[t]) if any(by_tier.values()) else "durable"
+    return RestoreReport(
+        step=step, source=f"{root}/{step_dir(step)}", restored=len({x.path for x in coverage.loadable}),
+        missing=coverage.missing, unexpected=coverage.unexpected, tied=coverage.tied,
+        seconds=time.perf_counter() - started, bytes_read=sum(by_tier.values()), tier=tier,
+    )  # fmt: skip
+
+
+def apply_restored(
+    state: object, leaves: list[TensorLeaf], restored: list[torch.Tensor], manifest: Manifest
+) -> None:
+    """Copy what was read into scratch or pinned buffers over the state's tensors (those read in place
+    are done), wait for device copies, and set the saved non-tensor values."""
+    devices: set[torch.device] = set()
+    with torch.no_grad():
+        for leaf, data in zip(leaves, restored, strict=True):
+            if data.data_ptr() != leaf.local.data_ptr():  # not already read in place
+                on_cuda = leaf.local.is_cuda
+                leaf.local.copy_(data.view(leaf.local.shape), non_blocking=on_cuda)
+                if on_cuda:
+                    devices.add(leaf.local.device)
+    for device in devices:  # the copies ran on the current streams: done before load() returns
+        torch.cuda.current_stream(device).synchronize()  # type: ignore[no-untyped-call]
+    for path, container, key, value in list(walk(state)):
+        if not is_tensor_value(value) and path in manifest.values:
+            container[key] = like(value, manifest.values[path])  # type: ignore[index]

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from test_operator_harness import NS, Harness
+from test_operator_harness import NS, Harness, agent_template
 
 from elastra.api.membership import AGENT_ANNOTATION, AgentReport
 from elastra.api.memory import lost_groups, plan_groups
@@ -83,24 +83,10 @@ class Run:
 
 
 def template(out: pathlib.Path) -> dict[str, Any]:
-    command = [sys.executable, "-m", "elastra.agent", "--", sys.executable, str(TRAINER), "100000"]
-    command += [str(out), "0.1"]
-    env = {
-        "OMP_NUM_THREADS": "1",
-        "ELASTRA_METRICS_PORT": "0",
-        "ELASTRA_REPORT_INTERVAL_SECONDS": "1",
-        "ELASTRA_MEMBERSHIP_POLL_SECONDS": "1",
-        "ELASTRA_COLLECTIVE_TIMEOUT_SECONDS": "20",
-        "ELASTRA_ZYGOTE_PRELOAD": "elastra.session,elastra.checkpoint,elastra.checkpoint.memory",
-    }
-    container = {
-        "name": "trainer",
-        "image": "memory-trainer",
-        "command": command,
-        "env": [{"name": k, "value": v} for k, v in env.items()],
-        "resources": {"limits": {"nvidia.com/gpu": 1}},
-    }
-    return {"spec": {"containers": [container]}}
+    preload = {"ELASTRA_ZYGOTE_PRELOAD": "elastra.session,elastra.checkpoint,elastra.checkpoint.memory"}
+    return agent_template(
+        [sys.executable, str(TRAINER), "100000", str(out), "0.1"], "memory-trainer", preload
+    )
 
 
 class Driver:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from test_operator_harness import NS, ROOT, Harness, make_harness  # noqa: F401 (fixture)
+from test_operator_harness import NS, ROOT, Harness, agent_template, make_harness  # noqa: F401 (fixture)
 
 from elastra.api.membership import AGENT_ANNOTATION, AgentReport
 
@@ -29,23 +29,9 @@ TRAIN = ROOT / "examples" / "gpt_tiny" / "train.py"
 
 def trainer(steps: int, step_sleep: float) -> dict[str, Any]:
     """A pod template running the real agent and gpt_tiny (small, CPU, one thread)."""
-    command = [sys.executable, "-m", "elastra.agent", "--", sys.executable, str(TRAIN), "--steps", str(steps)]
-    command += ["--global-batch", "8", "--micro-batch", "4", "--block", "16", "--step-sleep", str(step_sleep)]
-    env = {
-        "OMP_NUM_THREADS": "1",
-        "ELASTRA_METRICS_PORT": "0",
-        "ELASTRA_REPORT_INTERVAL_SECONDS": "1",
-        "ELASTRA_MEMBERSHIP_POLL_SECONDS": "1",
-        "ELASTRA_COLLECTIVE_TIMEOUT_SECONDS": "20",
-    }
-    container = {
-        "name": "trainer",
-        "image": "gpt-tiny",
-        "command": command,
-        "env": [{"name": k, "value": v} for k, v in env.items()],
-        "resources": {"limits": {"nvidia.com/gpu": 1}},
-    }
-    return {"spec": {"containers": [container]}}
+    command = [sys.executable, str(TRAIN), "--steps", str(steps), "--global-batch", "8", "--micro-batch", "4"]
+    command += ["--block", "16", "--step-sleep", str(step_sleep)]
+    return agent_template(command, "gpt-tiny")
 
 
 def finished(h: Harness, name: str) -> Callable[[], dict[str, Any] | None]:

@@ -181,6 +181,28 @@ class Harness:
         return until(predicate, timeout, what, diagnostics=operator_log)
 
 
+def agent_template(command: list[str], image: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """A worker pod template: the real agent running `command` (`python -m elastra.agent -- …`), with
+    the timings the localcluster tests use (1 s reports and membership polls, 20 s collective timeout)
+    and one GPU."""
+    settings = {
+        "OMP_NUM_THREADS": "1",
+        "ELASTRA_METRICS_PORT": "0",
+        "ELASTRA_REPORT_INTERVAL_SECONDS": "1",
+        "ELASTRA_MEMBERSHIP_POLL_SECONDS": "1",
+        "ELASTRA_COLLECTIVE_TIMEOUT_SECONDS": "20",
+        **(env or {}),
+    }
+    container = {
+        "name": "trainer",
+        "image": image,
+        "command": [sys.executable, "-m", "elastra.agent", "--", *command],
+        "env": [{"name": k, "value": v} for k, v in settings.items()],
+        "resources": {"limits": {"nvidia.com/gpu": 1}},
+    }
+    return {"spec": {"containers": [container]}}
+
+
 def metric_value(text: str, name: str, **labels: str) -> float:
     """The value of one sample in Prometheus text format (0 when absent)."""
     for line in text.splitlines():

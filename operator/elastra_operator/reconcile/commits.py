@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from elastra.api.checkpoint import checkpoint_name
 from elastra.api.membership import CommitReport
@@ -30,6 +31,19 @@ class Bookkeeping:
     observations: tuple[Action, ...] = ()
 
 
+def _trusted_object(job: JobView, pod: PodView, commit: CommitReport) -> dict[str, Any] | Event:
+    """The Checkpoint object a pod's commit report asks for, or the Event that says why it is refused
+    (the report fails the trust checks, or cannot make a valid object)."""
+    problem = trust.commit_problem(job, pod, commit)
+    if problem is not None:
+        message = f"{pod.name}: commit of step {commit.step} ignored: {problem}"
+        return Event(reason=Reason.COMMIT_REJECTED, message=message, warning=True)
+    try:
+        return manifests.checkpoint_object(job, commit)
+    except ValueError as exc:
+        return Event(reason=Reason.BAD_COMMIT_REPORT, message=f"{pod.name}: {exc}", warning=True)
+
+
 def record(job: JobView, pods: Sequence[PodView], known: Sequence[CheckpointView]) -> Bookkeeping:
     """Pure: a Checkpoint object for every commit report not yet recorded, `Verified=False` on those a
     restore skipped, re-verification of those saved again, and retention of `keep`."""
@@ -43,15 +57,9 @@ def record(job: JobView, pods: Sequence[PodView], known: Sequence[CheckpointView
         commit = pod.commit
         if commit is None or checkpoint_name(job.name, commit.step) in names:
             continue
-        problem = trust.commit_problem(job, pod, commit)
-        if problem is not None:
-            message = f"{pod.name}: commit of step {commit.step} ignored: {problem}"
-            events.append(Event(reason=Reason.COMMIT_REJECTED, message=message, warning=True))
-            continue
-        try:
-            manifest = manifests.checkpoint_object(job, commit)
-        except ValueError as exc:
-            events.append(Event(reason=Reason.BAD_COMMIT_REPORT, message=f"{pod.name}: {exc}", warning=True))
+        manifest = _trusted_object(job, pod, commit)
+        if isinstance(manifest, Event):
+            events.append(manifest)
             continue
         name = checkpoint_name(job.name, commit.step)
         names.add(name)
@@ -183,16 +191,10 @@ def recommitted(
         resaved = commit.manifest_digest != c.manifest_digest
         if not resaved and commit.generation != c.generation:
             continue  # the save found unusable, reported again
-        problem = trust.commit_problem(job, pod, commit)
-        if problem is not None:
-            if resaved:
-                message = f"{pod.name}: commit of step {commit.step} ignored: {problem}"
-                actions.append(Event(reason=Reason.COMMIT_REJECTED, message=message, warning=True))
-            continue
-        try:
-            manifest = manifests.checkpoint_object(job, commit)
-        except ValueError as exc:
-            actions.append(Event(reason=Reason.BAD_COMMIT_REPORT, message=f"{pod.name}: {exc}", warning=True))
+        manifest = _trusted_object(job, pod, commit)
+        if isinstance(manifest, Event):
+            if resaved or manifest.reason != Reason.COMMIT_REJECTED:  # an old refusal is not news
+                actions.append(manifest)
             continue
         message = (
             f"step {commit.step} was saved again by generation {commit.generation} "

@@ -149,6 +149,20 @@ def encode(
     return list(outputs)
 
 
+def _decoding_matrix(numbers: list[int], k: int, parity: int) -> np.ndarray:
+    """ISA-L: the inverse of the encoding matrix's rows for shares `numbers` (k of them), whose row
+    `want` rebuilds data share `want` from those shares. ErasureError when they are not independent."""
+    lib = _isal()
+    assert lib is not None
+    square = np.ascontiguousarray(_cauchy(k, parity)[numbers])
+    inverse = np.empty_like(square)
+    if lib.gf_invert_matrix(
+        square.ctypes.data_as(ctypes.c_void_p), inverse.ctypes.data_as(ctypes.c_void_p), k
+    ):
+        raise ErasureError(f"shares {numbers} do not determine the data (singular matrix)")
+    return inverse
+
+
 def decode(shares: Mapping[int, Buffer], k: int, parity: int, want: int, codec: str = "zfec") -> Buffer:
     """Data block `want` (`0 <= want < k`) from any `k` of the shares (`{share number: bytes}`), made
     by `codec`. Never one of the given buffers: the caller may reuse them."""
@@ -168,14 +182,7 @@ def decode(shares: Mapping[int, Buffer], k: int, parity: int, want: int, codec: 
     if codec == "zfec":
         data: list[bytes] = zfec.Decoder(k, k + parity).decode([usable[s] for s in numbers], numbers)
         return data[want]
-    lib = _isal()
-    assert lib is not None
-    square = np.ascontiguousarray(_cauchy(k, parity)[numbers])
-    inverse = np.empty_like(square)
-    if lib.gf_invert_matrix(
-        square.ctypes.data_as(ctypes.c_void_p), inverse.ctypes.data_as(ctypes.c_void_p), k
-    ):
-        raise ErasureError(f"shares {numbers} do not determine the data (singular matrix)")
+    inverse = _decoding_matrix(numbers, k, parity)
     out = bytearray(n)
     _isal_apply(inverse[[want]], [usable[s] for s in numbers], [out], n)
     return out
@@ -206,14 +213,7 @@ def decode_into(
     if any(offset < 0 or offset + view.nbytes > n for offset, view in out):
         raise ErasureError(f"out ranges must lie within the {n} bytes of a share")
     numbers = sorted(usable)[:k]
-    lib = _isal()
-    assert lib is not None
-    square = np.ascontiguousarray(_cauchy(k, parity)[numbers])
-    inverse = np.empty_like(square)
-    if lib.gf_invert_matrix(
-        square.ctypes.data_as(ctypes.c_void_p), inverse.ctypes.data_as(ctypes.c_void_p), k
-    ):
-        raise ErasureError(f"shares {numbers} do not determine the data (singular matrix)")
+    inverse = _decoding_matrix(numbers, k, parity)
     inputs = [usable[s] for s in numbers]
     for offset, view in out:
         if view.nbytes:

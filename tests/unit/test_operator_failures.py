@@ -84,3 +84,17 @@ def test_unplanned(failed: list[Failure], counted: list[tuple[str, str]]) -> Non
 )  # fmt: skip
 def test_failure_label(failed: list[tuple[str, str]], suspects: set[str], label: str) -> None:
     assert failure_label(failed, suspects) == label
+
+
+def test_two_pods_one_silent_gets_the_whole_settle_time() -> None:
+    """With one reporter and one silent member either may be the broken one: no 1 s shortcut."""
+    two: list[PodView | None] = MEMBERS[:2]
+    failed = [_peer("w-0", 0)]
+    assert silent_suspects(two, failed, T0 + dt.timedelta(seconds=PEER_QUIET_SECONDS * 2)) == (
+        True,
+        frozenset(),
+    )
+    assert silent_suspects(two, failed, T0 + dt.timedelta(seconds=PEER_SETTLE_SECONDS)) == (
+        False,
+        frozenset({"w-1"}),
+    )

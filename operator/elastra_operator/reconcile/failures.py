@@ -58,11 +58,13 @@ def silent_suspects(
     `PEER_QUIET_SECONDS`; `wait` is True until then. After that the silent ones are the suspects, to
     be left out of the next generation (a dead pod's last report still says Running).
 
-    When everyone but one member has reported, that one gets `PEER_QUIET_SECONDS` from the first
-    symptom, not from the last: if it is alive (its worker crashed) its own report left when the
-    failure happened, as the first symptom did, so how long hundreds of symptoms then take through the
-    API (1-2 s for 511 reports here) is no reason to wait longer for it. In a small job, where the
-    symptoms arrive together, the two rules are the same."""
+    When everyone but one member has reported, and the reporters are at least two, that one gets
+    `PEER_QUIET_SECONDS` from the first symptom, not from the last: if it is alive (its worker
+    crashed) its own report left when the failure happened, as the first symptom did, so how long
+    hundreds of symptoms then take through the API (1-2 s for 511 reports here) is no reason to wait
+    longer for it. In a job of three or more whose symptoms arrive together, the two rules are the
+    same. With one reporter and one silent member (a 2-pod job) either may be the broken one, so the
+    silent one still gets the whole settle time."""
     nobody = frozenset[str]()
     if any(f.peer_since is None for f in failed):
         return False, nobody  # a cause is known
@@ -75,7 +77,7 @@ def silent_suspects(
     quiet = (now - max(times)).total_seconds()
     settled = (
         waited >= PEER_SETTLE_SECONDS
-        or (len(silent) == 1 and waited >= PEER_QUIET_SECONDS)
+        or (len(silent) == 1 and len(named) > 1 and waited >= PEER_QUIET_SECONDS)
         or (few_silent(len(named), len(silent)) and quiet >= PEER_QUIET_SECONDS)
     )
     return (False, silent) if settled else (True, nobody)

@@ -58,3 +58,10 @@ def test_manifest_held_only_by_a_peer(
         assert mine.size(key) is None
         with pytest.raises(NotFoundError):
             read_manifest(mine, 5)
+
+
+def test_an_empty_rebuild_reads_nothing(tmp_path: Path) -> None:
+    """A rebuild of zero bytes (a lost pod's empty range) returns at once: it needs no layout, no share
+    (the piece size would be 0, and stepping through the range by 0 raised ValueError)."""
+    mine = PodMemoryStorage(MemoryStore(str(tmp_path / "mine")), "p0", {})
+    assert mine.rebuild(5, "p1", 0, 0) == bytearray()

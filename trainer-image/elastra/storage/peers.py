@@ -312,7 +312,10 @@ class PodMemoryStorage:
     def rebuild_into(self, step: int, lost: str, start: int, views: builtins.list[memoryview]) -> None:
         """Fill `views` (in order) with lost pod `lost`'s data block from byte `start`, decoded from its
         group's live shares: in pieces of `REBUILD_PIECE` bytes (bounded memory: one reused buffer per
-        share), each piece's `k` shares read in parallel, its decoded bytes copied straight to `views`."""
+        share), each piece's `k` shares read in parallel, its decoded bytes copied straight to `views`.
+        Nothing to fill is nothing to do (no layout read, no share fetched)."""
+        if not any(v.nbytes for v in views):
+            return
         layout = self.layout(step)
         group = layout.group_of(lost)
         want = group.members.index(lost)

@@ -7,9 +7,9 @@ present, `ca.crt` from the ServiceAccount folder, and the API server's address f
 `/var/run/secrets/kubernetes.io/serviceaccount` unless `ELASTRA_SERVICEACCOUNT_DIR` names another one:
 the operator always sets it to that same path in worker pods, so localcluster (which has no mount
 namespaces and maps mount paths to per-pod folders) can rewrite it to the pod's own folder. The server
-is always reached over HTTPS, as client-go does: with `ca.crt` as the trust anchor when the folder has
-one, else the system's trust store. There is no plain-HTTP fallback: the token is a credential, and a
-missing `ca.crt` must not send it in clear text.
+is always reached over HTTPS: with `ca.crt` as the trust anchor when the folder has one, else the
+client's default bundle (the kubernetes client's: certifi's). There is no plain-HTTP fallback: the
+token is a credential, and a missing `ca.crt` must not send it in clear text.
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ class AgentConfig:
     grace_seconds: float
     """The pod's termination grace period (`ELASTRA_TERMINATION_GRACE_SECONDS`, 30)."""
     report_interval_s: float
-    """Heartbeat: a report at least this often, changed or not (`ELASTRA_REPORT_INTERVAL_SECONDS`, 3; the
-    operator sets a quarter of `nodeLossTimeoutSeconds`, at most 3)."""
+    """Heartbeat: a report at least this often, changed or not (`ELASTRA_REPORT_INTERVAL_SECONDS`, 3 when
+    run by hand; the operator sets a quarter of the silence timeout, 7.5 s at the default)."""
     poll_interval_s: float
     """Re-read of the membership record besides the watch (`ELASTRA_MEMBERSHIP_POLL_SECONDS`, 5)."""
     zygote: bool = True

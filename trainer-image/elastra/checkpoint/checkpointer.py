@@ -132,7 +132,7 @@ class Checkpointer:
         self._staging = StagingBuffer()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="elastra-ckpt")
         self._inflight: SaveHandle | None = None
-        self._plan_cache: tuple[tuple[int, ...], SavePlan] | None = None
+        self._plan_cache: tuple[tuple[int, ...], SavePlan, RankWrites] | None = None
         """Every rank's layout signature at the last plan, and that plan."""
         self._pg = process_group
         if self._pg is None and dist.is_available() and dist.is_initialized():
@@ -200,16 +200,16 @@ class Checkpointer:
             return SaveHandle(step, time.perf_counter() - started, None)
         signatures = tuple(g["sig"] for g in gathered)
         if self._plan_cache is not None and self._plan_cache[0] == signatures:
-            plan = self._plan_cache[1]  # every rank's layout is unchanged: no second collective
+            _, plan, mine = self._plan_cache  # every rank's layout is unchanged: no second collective
         else:
             everyone = self._all_gather([p.to_json() for p in pieces], self._control)
             plan = plan_save(
                 [[Piece.from_json(raw) for raw in rank_pieces] for rank_pieces in everyone],
             )
-            self._plan_cache = (signatures, plan)
+            mine = plan.writes_of(self.rank)
+            self._plan_cache = (signatures, plan, mine)
         self.stats.saves += 1
         faults.crash_point("stage", self.rank)
-        mine = plan.writes_of(self.rank)
         by_key = {(x.path, x.box.offsets, x.box.shape): x for x in leaves}
         header = shard_header(
             [(p.name, p.piece.dtype, p.piece.box.shape, p.piece.nbytes) for p in mine.pieces],

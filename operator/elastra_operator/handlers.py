@@ -306,10 +306,7 @@ def _quietly(namespace: str, name: str) -> None:
                 del _FollowUps.due[key]
                 break
         time.sleep(wait)
-    try:
-        run_pass(namespace, name)
-    except Exception:  # the timer pass retries whatever this one could not do
-        log.exception("follow-up pass over %s/%s failed", namespace, name)
+    request_pass(namespace, name)
 
 
 def _one_pass(namespace: str, name: str) -> None:

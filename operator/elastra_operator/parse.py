@@ -101,6 +101,14 @@ def checkpoint_view(raw: dict[str, Any]) -> CheckpointView | None:
     except ValidationError as exc:
         log.warning("ignoring invalid Checkpoint %s: %s", raw["metadata"]["name"], exc.errors()[:1])
         return None
+    unverified = next(
+        (
+            c
+            for c in ((raw.get("status") or {}).get("conditions") or [])
+            if isinstance(c, dict) and c.get("type") == ckpt_api.VERIFIED and c.get("status") == "False"
+        ),
+        None,
+    )
     return CheckpointView(
         name=raw["metadata"]["name"],
         job=spec.job,
@@ -113,10 +121,8 @@ def checkpoint_view(raw: dict[str, Any]) -> CheckpointView | None:
         manifest_digest=spec.manifest_digest,
         generation=spec.generation,
         deleting=raw["metadata"].get("deletionTimestamp") is not None,
-        verified=not any(
-            isinstance(c, dict) and c.get("type") == ckpt_api.VERIFIED and c.get("status") == "False"
-            for c in ((raw.get("status") or {}).get("conditions") or [])
-        ),
+        verified=unverified is None,
+        unverified_reason=None if unverified is None else str(unverified.get("reason") or ""),
     )
 
 

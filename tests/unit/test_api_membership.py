@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from elastra.api.membership import AgentReport, AgentState, Membership
+from elastra.api.membership import AgentReport, AgentState, CommitReport, Membership
 
 
 def _member(pod: str, start: int, n: int = 1) -> dict[str, Any]:
@@ -60,3 +60,14 @@ def test_agent_report_rejects_unknown_state() -> None:
     assert ok.state is AgentState.RUNNING
     with pytest.raises(ValidationError):
         AgentReport.model_validate({"generation": 1, "state": "Exploded", "time": now})
+
+
+@pytest.mark.parametrize("field", [pytest.param(f, id=f) for f in ("commitSeconds", "stallSeconds")])
+def test_commit_report_timings_are_finite(field: str) -> None:
+    """A pod's commit report feeds the operator's histograms: inf would poison their sums for good."""
+    raw = {"step": 1, "uri": "/r/step-1", "tiers": ["durable"], "bytes": 1, "manifestDigest": "sha256:ab",
+           "worldSize": 1, "formatVersion": 1, "generation": 1,
+           "time": dt.datetime.now(dt.UTC).isoformat(), field: float("inf")}  # fmt: skip
+    with pytest.raises(ValidationError):
+        CommitReport.model_validate(raw)
+    assert CommitReport.model_validate({**raw, field: 1.5}) is not None

@@ -170,6 +170,16 @@ def test_cap_counts_the_previous_snapshot(pod: str, cap: int, refused: bool) -> 
         pytest.param({"groups": [{"members": ["a"], "holders": [], "length": 30}]}, id="holders-vs-parity"),
         pytest.param({"blocks": []}, id="blocks-not-a-map"),
         pytest.param({"codec": "rot13"}, id="unknown-codec"),
+        pytest.param({"parity": 1.9}, id="parity-a-float"),
+        pytest.param({"parity": 5, "groups": []}, id="parity-over-the-spec-bound"),
+        pytest.param({"groups": [{"members": [], "holders": ["c"], "length": 3}]}, id="empty-group"),
+        pytest.param(
+            {
+                "groups": [{"members": [f"p{i}" for i in range(33)], "holders": ["c"], "length": 10}],
+                "blocks": {**{f"p{i}": [] for i in range(33)}, "c": []},
+            },
+            id="group-over-the-spec-bound-each-member-a-rebuild-buffer",
+        ),
     ],
 )
 def test_layout_refuses_hostile_documents(change: dict[str, object]) -> None:

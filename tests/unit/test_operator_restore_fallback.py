@@ -106,8 +106,11 @@ OLD, NEW = "sha256:0a0a", "sha256:0b0b"
 
 
 def saved(step: int, digest: str, generation: int, *, verified: bool = True, **over: Any) -> CheckpointView:
-    """The Checkpoint of one save of `step`."""
-    c = dataclasses.replace(ckpt(step), manifest_digest=digest, generation=generation, verified=verified)
+    """The Checkpoint of one save of `step`; unverified as a restore marks it (reason RestoreFailed)."""
+    c = dataclasses.replace(
+        ckpt(step), manifest_digest=digest, generation=generation, verified=verified,
+        unverified_reason=None if verified else "RestoreFailed",
+    )  # fmt: skip
     return dataclasses.replace(c, **over)
 
 
@@ -137,6 +140,11 @@ FELL_BACK = agent(2, "Running", **fell_back(2, 50, 60))
         pytest.param(
             saved(60, OLD, 1, verified=False), resave(60, OLD, 1), 0, False, [],
             id="the-corrupt-save-reported-again-changes-nothing",
+        ),
+        pytest.param(
+            saved(60, NEW, 2, verified=False, unverified_reason="Quarantined"), resave(60, NEW, 2), 0, False,
+            [],
+            id="a-verified-false-a-person-set-is-not-undone-by-the-same-save-reported-again",
         ),
         pytest.param(
             saved(60, OLD, 1, verified=False), resave(60, OLD, 2), 0, False, [],

@@ -76,6 +76,13 @@ def test_commit_checks(m: object, on_pod: int, report: CommitReport, problem: st
         assert all(c.uri != report.uri for c in found.checkpoints)
 
 
+def test_a_rejected_commits_event_is_bounded_whatever_the_pod_wrote() -> None:
+    """The Event quotes the pod's uri: a 250 kB one must not make a 250 kB Event every pass."""
+    found = commits.record(job(m=membership(1, MEMBERS)), [pod(0, commit=_with(60, uri="/x" * 125_000))], [])
+    rejected = [a.message for a in found.events if isinstance(a, Event) and a.reason == "CommitRejected"]
+    assert len(rejected) == 1 and len(rejected[0]) <= commits.EVENT_CHARS
+
+
 FELL_BACK = agent(1, "Running", 45, restoredStep=30, restoreSkipped=[{"step": 50, "reason": "checksum"}])
 """Rank 0's agent: generation 1's ranks fell back together past the corrupt step 50 to step 30."""
 

@@ -31,17 +31,23 @@ class Bookkeeping:
     observations: tuple[Action, ...] = ()
 
 
+EVENT_CHARS = 1024
+"""Longest message of an Event or condition built from a pod's report (its fields are the pod's to choose)."""
+
+
 def _trusted_object(job: JobView, pod: PodView, commit: CommitReport) -> dict[str, Any] | Event:
     """The Checkpoint object a pod's commit report asks for, or the Event that says why it is refused
     (the report fails the trust checks, or cannot make a valid object)."""
     problem = trust.commit_problem(job, pod, commit)
     if problem is not None:
         message = f"{pod.name}: commit of step {commit.step} ignored: {problem}"
-        return Event(reason=Reason.COMMIT_REJECTED, message=message, warning=True)
+        return Event(reason=Reason.COMMIT_REJECTED, message=message[:EVENT_CHARS], warning=True)
     try:
         return manifests.checkpoint_object(job, commit)
     except ValueError as exc:
-        return Event(reason=Reason.BAD_COMMIT_REPORT, message=f"{pod.name}: {exc}", warning=True)
+        return Event(
+            reason=Reason.BAD_COMMIT_REPORT, message=f"{pod.name}: {exc}"[:EVENT_CHARS], warning=True
+        )
 
 
 def record(job: JobView, pods: Sequence[PodView], known: Sequence[CheckpointView]) -> Bookkeeping:
@@ -70,7 +76,7 @@ def record(job: JobView, pods: Sequence[PodView], known: Sequence[CheckpointView
             Event(
                 reason=Reason.CHECKPOINT_COMMITTED,
                 message=f"{name}: step {commit.step}, {commit.bytes} bytes in {tiers} "
-                f"({commit.commit_seconds:.2f}s)",
+                f"({commit.commit_seconds:.2f}s)"[:EVENT_CHARS],
             )
         )
         observations.append(Observe(metric=Metric.CHECKPOINT_COMMIT_SECONDS, value=commit.commit_seconds))
@@ -142,11 +148,17 @@ def unusable(
         reason = reported.get(c.step)
         if reason is not None and c.verified and c.job == job.name and c.generation < generation:
             message = f"a restore found step {c.step} unusable ({reason}); it is never restored again"
-            actions.append(MarkUnverified(name=c.name, reason=Reason.RESTORE_FAILED, message=message[:1024]))
             actions.append(
-                Event(reason=Reason.CHECKPOINT_UNUSABLE, message=f"{c.name}: {message}"[:1024], warning=True)
+                MarkUnverified(name=c.name, reason=Reason.RESTORE_FAILED, message=message[:EVENT_CHARS])
             )
-            c = dataclasses.replace(c, verified=False)
+            actions.append(
+                Event(
+                    reason=Reason.CHECKPOINT_UNUSABLE,
+                    message=f"{c.name}: {message}"[:EVENT_CHARS],
+                    warning=True,
+                )
+            )
+            c = dataclasses.replace(c, verified=False, unverified_reason=Reason.RESTORE_FAILED)
         out.append(c)
     return out, actions
 
@@ -165,7 +177,9 @@ def recommitted(
     replaces the old one, so its digest differs; the old, corrupt save reported again, or a stale
     report from an older generation, changes nothing). The one same-digest case acted on is a pass cut
     short between the two writes (spec already replaced by this generation's commit, status still
-    False): `unusable` never marks a save of the current generation, so such a state can only be that.
+    False, reason `RestoreFailed`): `unusable` never marks a save of the current generation, so such a
+    state can only be that. A `Verified=False` with any other reason (a person quarantining the save)
+    is left alone unless a new save replaces it.
 
     Abuse: only rank 0 of the current generation can do this, and it can already commit any new step
     with whatever content; claiming a new digest for a save it did not make buys it nothing more —
@@ -189,8 +203,10 @@ def recommitted(
         if c.verified or c.deleting or c.job != job.name or commit.generation < c.generation:
             continue
         resaved = commit.manifest_digest != c.manifest_digest
-        if not resaved and commit.generation != c.generation:
-            continue  # the save found unusable, reported again
+        if not resaved and (
+            commit.generation != c.generation or c.unverified_reason != Reason.RESTORE_FAILED
+        ):
+            continue  # the save found unusable reported again, or a Verified=False a person set
         manifest = _trusted_object(job, pod, commit)
         if isinstance(manifest, Event):
             if resaved or manifest.reason != Reason.COMMIT_REJECTED:  # an old refusal is not news
@@ -206,10 +222,12 @@ def recommitted(
                 spec=manifest["spec"] if resaved else None,
                 expected_digest=c.manifest_digest,
                 reason=Reason.RECOMMITTED,
-                message=message[:1024],
+                message=message[:EVENT_CHARS],
             )
         )
-        actions.append(Event(reason=Reason.CHECKPOINT_RECOMMITTED, message=f"{c.name}: {message}"[:1024]))
+        actions.append(
+            Event(reason=Reason.CHECKPOINT_RECOMMITTED, message=f"{c.name}: {message}"[:EVENT_CHARS])
+        )
         if resaved:
             actions.append(Observe(metric=Metric.CHECKPOINT_COMMIT_SECONDS, value=commit.commit_seconds))
         out[i] = _view(job, commit)

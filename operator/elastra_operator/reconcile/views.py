@@ -107,6 +107,8 @@ class CheckpointView:
     committed_at: dt.datetime
     deleting: bool = False
     verified: bool = True
+    unverified_reason: str | None = None
+    """The reason of its `Verified=False` condition (`RestoreFailed` when a restore marked it)."""
     """False once a restore reported it unusable (condition `Verified=False`): never restored again,
     unless the trainers save its step again (`commits.recommitted`)."""
     manifest_digest: str = ""

@@ -176,7 +176,7 @@ class AgentReport(_Wire):
     """Human-readable cause of a failure."""
     ack_request: str | None = None
     """Id of the newest checkpoint request the workers have seen."""
-    restore_seconds: Annotated[float, Field(ge=0)] | None = None
+    restore_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     """How long this generation's restore took on this pod (set from `Running` on, when it restored)."""
     restore_tier: str | None = None
     """Tier the restore read from: `memory`, `local` or `durable` (the job's S3 or directory root), or
@@ -212,9 +212,9 @@ class CommitReport(_Wire):
     """Checkpoint format version (docs/format.md)."""
     generation: Annotated[int, Field(ge=0)]
     """Generation that wrote it."""
-    stall_seconds: Annotated[float, Field(ge=0)] = 0.0
+    stall_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     """Time the save blocked the training loop on rank 0."""
-    commit_seconds: Annotated[float, Field(ge=0)] = 0.0
+    commit_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     """Time from `save()` to the manifest being committed."""
     request_id: str | None = None
     """The checkpoint request this save answered, if any."""

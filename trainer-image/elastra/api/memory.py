@@ -26,15 +26,20 @@ from pydantic import Field
 
 from elastra.api.base import SpecModel
 
+MAX_PARITY = 4
+"""Most parity blocks per group (`spec.checkpoint.memory.parity`)."""
+MAX_GROUP_SIZE = 32
+"""Most pods per erasure-coding group (`spec.checkpoint.memory.groupSize`)."""
+
 
 class MemoryTier(SpecModel):
     """`spec.checkpoint.memory`: in-memory snapshots with erasure coding across nodes (REFT)."""
 
     every_steps: Annotated[int, Field(ge=1)] = 1
     """Take a memory snapshot every this many steps (in addition to the disk and S3 tiers)."""
-    parity: Annotated[int, Field(ge=0, le=4)] = 1
+    parity: Annotated[int, Field(ge=0, le=MAX_PARITY)] = 1
     """Parity blocks per group: a group survives the loss of any `parity` of its nodes."""
-    group_size: Annotated[int, Field(ge=1, le=32)] = 4
+    group_size: Annotated[int, Field(ge=1, le=MAX_GROUP_SIZE)] = 4
     """Pods per erasure-coding group (`k`); fewer when the job has fewer than `k + parity` pods."""
     max_bytes_per_pod: Annotated[int, Field(ge=1 << 20)] | None = None
     """Cap on the snapshot memory of one pod (its memory volume's `sizeLimit`, and the snapshotter

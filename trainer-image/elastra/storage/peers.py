@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from elastra.api.memory import Group
+from elastra.api.memory import MAX_GROUP_SIZE, MAX_PARITY, Group
 from elastra.storage.base import NotFoundError, StorageError, check_key, join_key
 from elastra.storage.erasure import CODECS, ErasureError, decode_into
 from elastra.storage.memory import MANIFEST, MemoryStore, PeerClient
@@ -69,7 +69,8 @@ class Layout:
         """The layout, or StorageError when the document is malformed or inconsistent."""
         try:
             assert isinstance(raw, dict)
-            parity = int(raw["parity"])
+            parity = raw["parity"]
+            assert type(parity) is int and 0 <= parity <= MAX_PARITY, f"parity {parity!r}"
             blocks: dict[str, tuple[tuple[str, int], ...]] = {}
             for pod, files in raw["blocks"].items():
                 blocks[str(pod)] = tuple((check_key(str(name)), int(size)) for name, size in files)
@@ -78,13 +79,14 @@ class Layout:
             for i, g in enumerate(raw["groups"]):
                 members = tuple(str(p) for p in g["members"])
                 holders = tuple(str(p) for p in g["holders"])
+                # the spec's bounds: a group's rebuild reads (and buffers) up to k + parity - 1 shares
+                assert 1 <= len(members) <= MAX_GROUP_SIZE, f"group of {len(members)} members"
                 length = int(g["length"])
                 assert len(holders) == parity and len(set(members + holders)) == len(members + holders)
                 assert all(p in blocks for p in members) and length >= 0
                 assert all(sum(s for _, s in blocks[p]) <= length for p in members)
                 groups.append(Group(i, members, holders))
                 lengths.append(length)
-            assert 0 <= parity <= 16
             codec = str(raw.get("codec", "zfec"))  # snapshots from before the codec was recorded
             assert codec in CODECS, f"unknown erasure codec {codec!r}"
             return Layout(parity, tuple(groups), blocks, tuple(lengths), codec)
@@ -222,7 +224,7 @@ class PodMemoryStorage:
         try:
             doc = json.loads(self.get(join_key(f"step-{step}", MANIFEST)))
             layout = Layout.from_json(doc["meta"]["memory"])
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # a hostile peer's manifest
             raise StorageError(f"manifest of step {step} has no usable memory layout: {exc!r}") from exc
         with self._lock:
             self._layouts[step] = layout
